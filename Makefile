@@ -1,0 +1,48 @@
+# Two commands on a fresh machine with only Python 3.11+ and make:
+#   make demo   set up, generate a 5,000-household synthetic county, load it nightly-style
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.synced
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON := $(shell command -v $(PYTHON))
+export UV_NO_PROGRESS := 1
+
+.PHONY: setup demo test lint format dev check-defs clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+# Install exactly what uv.lock pins (fails if the lockfile is stale).
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sdv demo --data-dir data
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+check-defs: $(STAMP)
+	SDV_DATA_DIR=data $(VENV)/bin/dg check defs
+
+dev: $(STAMP)
+	$(VENV)/bin/sdv dev --data-dir data
+
+clean:
+	rm -rf data .pytest_cache

@@ -1,0 +1,136 @@
+"""Identifier checks shared by ingest (validity flags) and linkage (match keys).
+
+An identifier that fails its check is kept as delivered and flagged; it is never used as a
+match key. These functions are pure so the generator, the staging layer and the linkage
+model all agree on what "valid" means.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+_UPN_LETTERS = "ABCDEFGHJKLMNPQRTUVWXYZ"  # DfE: the alphabet less I, O and S (23 letters)
+_POSTCODE_RE = re.compile(r"^(GIR0AA|[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][ABD-HJLNP-UW-Z]{2})$")
+_POSTCODE_PATTERN = r"^(GIR0AA|[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][ABD-HJLNP-UW-Z]{2})$"
+
+
+def clean_nhs_number(value: str | None) -> str | None:
+    """Strip the spaces and hyphens sources put in NHS numbers (``943 476 5919``)."""
+    if value is None:
+        return None
+    cleaned = re.sub(r"[\s-]", "", value)
+    return cleaned or None
+
+
+def nhs_check_digit(first_nine: str) -> int | None:
+    """Modulus 11 check digit for the first nine digits, or None when no digit can be valid.
+
+    Weights 10 down to 2; 11 - (sum mod 11); 11 becomes 0 and 10 means the nine digits can
+    never form a valid number.
+    """
+    if len(first_nine) != 9 or not first_nine.isdigit():
+        raise ValueError(f"expected nine digits, got {first_nine!r}")
+    total = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        return 0
+    if check == 10:
+        return None
+    return check
+
+
+def is_valid_nhs_number(value: str | None) -> bool:
+    """True when ``value`` (spaces allowed) is ten digits with a correct Modulus 11 check."""
+    cleaned = clean_nhs_number(value)
+    if cleaned is None or len(cleaned) != 10 or not cleaned.isdigit():
+        return False
+    return nhs_check_digit(cleaned[:9]) == int(cleaned[9])
+
+
+def _upn_char_value(char: str, position: int) -> int:
+    if char.isdigit():
+        return int(char)
+    if position == 13 and char in _UPN_LETTERS:
+        # Temporary UPNs end in a letter, valued by its place in the check alphabet.
+        return _UPN_LETTERS.index(char)
+    raise ValueError(f"character {char!r} not allowed at UPN position {position}")
+
+
+def upn_check_letter(last_twelve: str) -> str:
+    """DfE UPN check letter for characters 2 to 13 (weights 2 to 13, sum mod 23)."""
+    if len(last_twelve) != 12:
+        raise ValueError(f"expected twelve characters, got {last_twelve!r}")
+    total = sum(_upn_char_value(c, pos) * pos for pos, c in enumerate(last_twelve.upper(), start=2))
+    return _UPN_LETTERS[total % 23]
+
+
+def is_valid_upn(value: str | None) -> bool:
+    """True for a 13-character UPN whose first letter is the right check letter."""
+    if value is None:
+        return False
+    upn = value.strip().upper()
+    if len(upn) != 13 or upn[0] not in _UPN_LETTERS:
+        return False
+    try:
+        return upn_check_letter(upn[1:]) == upn[0]
+    except ValueError:
+        return False
+
+
+def is_temporary_upn(value: str | None) -> bool:
+    """Temporary UPNs end in a letter rather than a digit."""
+    return value is not None and len(value.strip()) == 13 and value.strip()[-1].isalpha()
+
+
+def normalise_postcode(value: str | None) -> str | None:
+    """``ta12dy`` / ``TA1  2DY`` -> ``TA1 2DY``; None when it is not a UK postcode shape."""
+    if value is None:
+        return None
+    compact = re.sub(r"\s+", "", value).upper()
+    if not _POSTCODE_RE.match(compact):
+        return None
+    return f"{compact[:-3]} {compact[-3:]}"
+
+
+# --- Polars expressions: the same rules, vectorised for staging whole tables ----------
+
+
+def nhs_number_expr(col: str) -> pl.Expr:
+    """Cleaned NHS number (spaces and hyphens removed), null when empty."""
+    cleaned = pl.col(col).str.replace_all(r"[\s-]", "")
+    return pl.when(cleaned.str.len_chars() > 0).then(cleaned).otherwise(None)
+
+
+def nhs_valid_expr(col: str) -> pl.Expr:
+    """Modulus 11 validity of an already-cleaned NHS number column (null stays null)."""
+    digits = [pl.col(col).str.slice(i, 1).cast(pl.Int64, strict=False) for i in range(10)]
+    total = sum(d * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    check = pl.when(check == 11).then(0).otherwise(check)
+    shape_ok = pl.col(col).str.contains(r"^\d{10}$")
+    valid = (shape_ok & (check != 10) & (check == digits[9])).fill_null(False)
+    return pl.when(pl.col(col).is_null()).then(pl.lit(None, dtype=pl.Boolean)).otherwise(valid)
+
+
+def upn_valid_expr(col: str) -> pl.Expr:
+    """DfE check-letter validity of a UPN column (null stays null)."""
+    return pl.col(col).map_elements(is_valid_upn, return_dtype=pl.Boolean, skip_nulls=True)
+
+
+def postcode_expr(col: str) -> pl.Expr:
+    """Normalised postcode, null when absent or not a UK postcode shape."""
+    compact = pl.col(col).str.replace_all(r"\s+", "").str.to_uppercase()
+    ok = compact.str.contains(_POSTCODE_PATTERN)
+    return (
+        pl.when(ok)
+        .then(
+            pl.concat_str(
+                compact.str.slice(0, compact.str.len_chars() - 3),
+                pl.lit(" "),
+                compact.str.slice(-3),
+            )
+        )
+        .otherwise(None)
+    )

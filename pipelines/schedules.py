@@ -1,0 +1,66 @@
+"""Nightly schedules: one per source, plus a freshness sweep.
+
+The delivery sensor reacts to files as they land; the nightly schedule is the dependable
+beat a partnership plans around. For a file source it loads the newest complete delivery
+(a no-op if the sensor already did); for a database source it reads the tables as of
+tonight, under tonight's date.
+"""
+
+from datetime import date
+from typing import Any
+
+import dagster as dg
+
+from assets.ingest import partitions_for
+from assets.resources import LandingZone
+from warehouse.landing import discover, is_complete
+from warehouse.sources import Source
+
+JobTarget = Any  # what dg.define_asset_job returns; its class is not public
+
+NIGHTLY_CRON = "30 1 * * *"
+TIMEZONE = "Europe/London"
+
+
+def build_nightly_schedule(source: Source, job: JobTarget) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=f"nightly_{source.name}",
+        job=job,
+        cron_schedule=NIGHTLY_CRON,
+        execution_timezone=TIMEZONE,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Nightly load of {source.name}'s newest delivery.",
+    )
+    def _nightly(context: dg.ScheduleEvaluationContext, landing: LandingZone):
+        if source.reads_database:
+            key = context.scheduled_execution_time.date().isoformat()
+        else:
+            complete = [
+                d for d in discover(landing.root, {source.name: source}) if is_complete(d, source)
+            ]
+            if not complete:
+                return dg.SkipReason(f"no complete delivery for {source.name} in {landing.path}")
+            key = complete[-1].partition_key
+        partitions = partitions_for(source)
+        if not context.instance.has_dynamic_partition(partitions.name, key):
+            context.instance.add_dynamic_partitions(partitions.name, [key])
+        return dg.RunRequest(
+            partition_key=key, tags={"sdv/source": source.name, "sdv/trigger": "nightly"}
+        )
+
+    return _nightly
+
+
+def build_freshness_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="nightly_source_freshness",
+        job=job,
+        cron_schedule="0 6 * * *",
+        execution_timezone=TIMEZONE,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Flags any source that has not delivered within its freshness_days.",
+    )
+
+
+def today() -> date:
+    return date.today()

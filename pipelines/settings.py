@@ -1,0 +1,48 @@
+"""Where things live, from the environment, with defaults that suit a laptop demo.
+
+``SDV_DATA_DIR`` (default ``./data``) holds the warehouse file and Dagster's instance;
+``SDV_LANDING`` (default ``<data>/landing``) is the landing zone agencies deliver to;
+``SDV_WAREHOUSE`` overrides the DuckDB file; ``SDV_CONFIG_DIR`` the configuration folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from warehouse.sources import DEFAULT_CONFIG_DIR
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    landing: Path
+    warehouse: Path
+    config_dir: Path
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(os.environ.get("SDV_DATA_DIR", "data")).resolve()
+        return cls(
+            data_dir=data_dir,
+            landing=Path(os.environ.get("SDV_LANDING", data_dir / "landing")).resolve(),
+            warehouse=Path(
+                os.environ.get("SDV_WAREHOUSE", data_dir / "warehouse.duckdb")
+            ).resolve(),
+            config_dir=Path(os.environ.get("SDV_CONFIG_DIR", DEFAULT_CONFIG_DIR)).resolve(),
+        )
+
+    def export(self) -> None:
+        """Put these settings in the environment so Dagster code servers see the same."""
+        os.environ["SDV_DATA_DIR"] = str(self.data_dir)
+        os.environ["SDV_LANDING"] = str(self.landing)
+        os.environ["SDV_WAREHOUSE"] = str(self.warehouse)
+        os.environ["SDV_CONFIG_DIR"] = str(self.config_dir)
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)

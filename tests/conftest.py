@@ -1,0 +1,108 @@
+"""Shared fixtures: hand-made deliveries for exact cases, generated counties for scale."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from warehouse.sources import Source, load_sources
+
+Row = dict[str, str | None]
+
+
+@pytest.fixture(scope="session")
+def sources() -> dict[str, Source]:
+    return load_sources()
+
+
+def write_delivery(
+    landing: Path,
+    source: Source,
+    extract_date: str,
+    tables: dict[str, list[Row]],
+    *,
+    manifest: bool = True,
+    encoding: str = "utf-8",
+    headers: dict[str, list[str]] | None = None,
+) -> Path:
+    """Write a delivery folder: each table's CSV in the spec's column order (or ``headers``),
+    missing values as empty fields, plus a correct manifest unless told otherwise."""
+    folder = landing / source.name / extract_date
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for table, rows in tables.items():
+        columns = list(source.tables[table].columns)
+        header = (headers or {}).get(table, columns)
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+        data = buffer.getvalue().encode(encoding)
+        name = source.file_name(table)
+        (folder / name).write_bytes(data)
+        files[name] = {"rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}
+    if manifest:
+        (folder / "manifest.json").write_text(
+            json.dumps(
+                {"source": source.name, "extract_date": extract_date, "files": files}, indent=2
+            )
+        )
+    return folder
+
+
+@pytest.fixture
+def delivery_writer(tmp_path: Path, sources: dict[str, Source]) -> Callable[..., Path]:
+    landing = tmp_path / "landing"
+
+    def _write(source: str, extract_date: str, tables: dict[str, list[Row]], **kw) -> Path:
+        return write_delivery(landing, sources[source], extract_date, tables, **kw)
+
+    return _write
+
+
+def police_person(nominal_id: str, **overrides: str | None) -> Row:
+    row: Row = {
+        "nominal_id": nominal_id,
+        "forename": "Alfie",
+        "surname": "Example",
+        "dob": "2014-03-02",
+        "age_at_incident": None,
+        "sex": "M",
+        "address_line_1": "1 Test Street",
+        "town": "Testtown",
+        "postcode": "zz9 9zz",
+        "pnc_id": None,
+    }
+    row.update(overrides)
+    return row
+
+
+def police_tables(n: int = 3, **person_overrides: str | None) -> dict[str, list[Row]]:
+    """A small valid police delivery: n nominals, one incident, everyone involved."""
+    persons = [police_person(f"N{i}", **person_overrides) for i in range(1, n + 1)]
+    incidents = [
+        {
+            "incident_ref": "INC1",
+            "occurred_at": "2026-11-01T22:15:00",
+            "incident_type": "domestic_abuse",
+            "offence": None,
+            "dash_risk": "medium",
+            "encompass_notified": "true",
+            "location_postcode": "ZZ9 9ZZ",
+        }
+    ]
+    involvements = [
+        {"incident_ref": "INC1", "nominal_id": p["nominal_id"], "role": "victim"} for p in persons
+    ]
+    return {"persons": persons, "incidents": incidents, "involvements": involvements}
+
+
+TODAY = date(2026, 11, 20)

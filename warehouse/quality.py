@@ -1,0 +1,100 @@
+"""Data-quality measurements over what a load actually wrote to the warehouse.
+
+These read back from DuckDB rather than trusting the loader's own counts, so an asset
+check built on them can catch a load that wrote less (or other) than it said. They return
+plain values; turning them into pass/fail with thresholds from config is the caller's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import duckdb
+
+from warehouse.sources import Source
+from warehouse.store import relation_name
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    expected: int  # manifest rows, or the records parsed when there is no manifest
+    raw: int
+    staged: int
+    quarantined: int
+
+    @property
+    def balanced(self) -> bool:
+        """Every delivered record is in raw, and in exactly one of staged or quarantine."""
+        return self.expected == self.raw == self.staged + self.quarantined
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> int:
+    return int(con.execute(sql, params).fetchall()[0][0])
+
+
+def reconcile(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    table: str,
+    delivery_id: str,
+    extract_date: date,
+    expected: int,
+) -> Reconciliation:
+    name = relation_name(source, table)
+    return Reconciliation(
+        expected=expected,
+        raw=_count(con, f'SELECT count(*) FROM raw."{name}" WHERE _delivery_id = ?', [delivery_id]),
+        staged=_count(
+            con,
+            f'SELECT count(*) FROM staged."{name}" WHERE _extract_date = ? AND _delivery_id = ?',
+            [extract_date, delivery_id],
+        ),
+        quarantined=_count(
+            con,
+            f'SELECT count(*) FROM quarantine."{name}" '
+            "WHERE _extract_date = ? AND _delivery_id = ?",
+            [extract_date, delivery_id],
+        ),
+    )
+
+
+def required_nulls(
+    con: duckdb.DuckDBPyConnection, source: Source, table: str, extract_date: date
+) -> dict[str, int]:
+    """Staged rows of the partition with an empty required column (should be none)."""
+    name = relation_name(source.name, table)
+    required = source.tables[table].required
+    if not required:
+        return {}
+    selects = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in required)
+    row = con.execute(
+        f'SELECT {selects} FROM staged."{name}" WHERE _extract_date = ?', [extract_date]
+    ).fetchall()[0]
+    return dict(zip(required, (int(v) for v in row), strict=True))
+
+
+def identifier_validity(
+    con: duckdb.DuckDBPyConnection, source: str, table: str, column: str, extract_date: date
+) -> tuple[int, int]:
+    """(valid, present) counts of an identifier column in the partition's staged rows."""
+    name = relation_name(source, table)
+    row = con.execute(
+        f'SELECT count(*) FILTER (WHERE "{column}_valid"), count("{column}_valid") '
+        f'FROM staged."{name}" WHERE _extract_date = ?',
+        [extract_date],
+    ).fetchall()[0]
+    return int(row[0]), int(row[1])
+
+
+def days_since_delivery(
+    con: duckdb.DuckDBPyConnection, source: str, today: date
+) -> tuple[date | None, int | None]:
+    """The source's latest loaded extract date and how many days old it is today."""
+    latest = con.execute(
+        "SELECT max(extract_date) FROM meta.deliveries WHERE source = ? AND status = 'loaded'",
+        [source],
+    ).fetchall()[0][0]
+    if latest is None:
+        return None, None
+    return latest, (today - latest).days

@@ -1,0 +1,226 @@
+"""Read one source table as delivered (a CSV file or a database table) into a raw frame.
+
+The raw frame keeps every record exactly as delivered (as text, empty = null), with its
+1-based record number and any *shape* problem (wrong number of fields) noted so staging can
+quarantine it. Problems that make the whole file untrustworthy — undecodable bytes, a
+missing or duplicated header, an unknown column, a manifest mismatch — raise
+:class:`DeliveryError` naming the file, the line where we can, and the reason.
+
+We parse with the standard library's ``csv`` module rather than a fast bulk reader because
+we need record-level control: a record with a missing field must be quarantined with its
+number, not abort the file or shift its neighbours' columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from warehouse.landing import Delivery, DeliveryError, Manifest
+from warehouse.sources import Source, Table
+
+ROW_NUMBER = "_row_number"
+SHAPE_ERROR = "_shape_error"
+MAX_FIELD_CHARS = 1 << 20  # 1 MiB: a longer field is a broken file, not a long address
+
+_ENCODINGS = {"utf-8": "utf-8", "windows-1252": "cp1252", "latin-1": "latin-1"}
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """One delivered table: records as text, in spec column order."""
+
+    source: str
+    table: str
+    origin: str  # file name, or "db:<table or query>"
+    sha256: str
+    frame: pl.DataFrame  # spec columns (String) + _row_number + _shape_error
+
+    @property
+    def rows(self) -> int:
+        return self.frame.height
+
+
+def _decode(data: bytes, encoding: str, path: Path) -> str:
+    try:
+        text = data.decode(_ENCODINGS[encoding])
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DeliveryError(
+            path,
+            f"line {line}: byte {exc.start} is not valid {encoding} ({exc.reason}); "
+            f"check the source's 'encoding' setting",
+        ) from exc
+    return text.removeprefix("\ufeff")
+
+
+def _map_header(header: Sequence[str], table: Table, path: Path) -> list[str]:
+    """Apply the config's renames and check the header names exactly the spec's columns."""
+    mapped = [table.renames.get(h.strip(), h.strip()) for h in header]
+    seen: set[str] = set()
+    duplicates = [c for c in mapped if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
+    if duplicates:
+        raise DeliveryError(path, f"header repeats column(s) {sorted(set(duplicates))}")
+    unknown = [c for c in mapped if c not in table.columns]
+    if unknown:
+        raise DeliveryError(
+            path,
+            f"header has unexpected column(s) {unknown}; map them onto the spec with "
+            f"'renames' in the source config",
+        )
+    missing = [c for c in table.columns if c not in mapped]
+    if missing:
+        raise DeliveryError(path, f"header lacks column(s) {missing}")
+    return mapped
+
+
+def _frame(
+    columns: list[str],
+    records: Iterable[list[str | None]],
+    errors: list[str | None],
+    spec_order: Iterable[str],
+) -> pl.DataFrame:
+    records = list(records)
+    data: dict[str, list[str | None]] = {c: [] for c in columns}
+    if records:
+        for name, values in zip(columns, zip(*records, strict=True), strict=True):
+            data[name] = list(values)
+    frame = pl.DataFrame(data, schema={c: pl.String for c in columns})
+    frame = frame.select(list(spec_order)).with_columns(
+        pl.Series(ROW_NUMBER, range(1, len(records) + 1), dtype=pl.Int64),
+        pl.Series(SHAPE_ERROR, errors, dtype=pl.String),
+    )
+    return frame
+
+
+def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.DataFrame:
+    """Parse delivered CSV bytes into a raw frame (see module docstring)."""
+    table = source.tables[table_name]
+    text = _decode(data, source.encoding, path)
+    if not text.strip():
+        raise DeliveryError(path, "file is empty: expected a header row")
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=source.delimiter, strict=True)
+    try:
+        header = next(reader)
+        columns = _map_header(header, table, path)
+        width = len(columns)
+        records: list[list[str | None]] = []
+        errors: list[str | None] = []
+        for fields in reader:
+            if not fields:
+                continue  # a blank line carries no data
+            error = None
+            if len(fields) != width:
+                error = f"record has {len(fields)} fields, the header has {width}"
+                fields = (fields + [""] * width)[:width]
+            records.append([v if v != "" else None for v in fields])
+            errors.append(error)
+    except csv.Error as exc:
+        raise DeliveryError(path, f"line {reader.line_num}: not valid CSV: {exc}") from exc
+    return _frame(columns, records, errors, table.columns)
+
+
+def read_file_table(
+    delivery: Delivery, source: Source, table_name: str, manifest: Manifest | None
+) -> RawTable:
+    """Read and check one delivered file against the manifest (rows and sha256)."""
+    name = source.file_name(table_name)
+    path = delivery.folder / name
+    if not path.is_file():
+        raise DeliveryError(path, "file is missing from the delivery")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if manifest is not None:
+        if name not in manifest.files:
+            raise DeliveryError(path, "file is not listed in manifest.json")
+        expected_rows, expected_sha = manifest.files[name]
+        if sha != expected_sha:
+            raise DeliveryError(
+                path,
+                f"sha256 {sha} does not match manifest {expected_sha}: file altered or "
+                "incompletely written",
+            )
+    frame = parse_csv(data, path, source, table_name)
+    if manifest is not None and frame.height != expected_rows:
+        raise DeliveryError(path, f"{frame.height} data rows but manifest says {expected_rows}")
+    return RawTable(delivery.source, table_name, name, sha, frame)
+
+
+def _as_text(value: Any) -> str | None:
+    """Database values onto the spec's text conventions (ISO dates, true/false)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    text = str(value)
+    return text if text != "" else None
+
+
+def read_database_table(source: Source, table_name: str) -> RawTable:
+    """Read a configured database table or query through SQLAlchemy into a raw frame.
+
+    Rows are ordered by the table's local key so that the same database contents always
+    give the same record numbers and checksum (loading it twice changes nothing).
+    """
+    table = source.tables[table_name]
+    db = table.database
+    assert db is not None
+    origin = f"db:{db.db_schema + '.' if db.db_schema else ''}{db.table or 'query'}"
+    engine = sa.create_engine(db.resolved_url())
+    try:
+        with engine.connect() as conn:
+            if db.query is not None:
+                result = conn.execute(sa.text(db.query))
+            else:
+                target = sa.Table(db.table, sa.MetaData(), schema=db.db_schema, autoload_with=conn)
+                result = conn.execute(sa.select(target))
+            header = list(result.keys())
+            rows = [[_as_text(v) for v in row] for row in result]
+    except sa.exc.SQLAlchemyError as exc:
+        raise DeliveryError(
+            origin, f"database read failed: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    finally:
+        engine.dispose()
+    columns = _map_header(header, table, Path(origin))
+    if table.local_key:
+        key_idx = [columns.index(k) for k in table.local_key]
+        rows.sort(key=lambda r: tuple(r[i] or "" for i in key_idx))
+    frame = _frame(columns, rows, [None] * len(rows), table.columns)
+    digest = hashlib.sha256()
+    for row in frame.drop(ROW_NUMBER, SHAPE_ERROR).iter_rows():
+        digest.update(("\x1f".join("" if v is None else v for v in row) + "\x1e").encode())
+    return RawTable(source.name, table_name, origin, digest.hexdigest(), frame)
+
+
+def read_delivery(delivery: Delivery, source: Source, manifest: Manifest | None) -> list[RawTable]:
+    """Every table of a delivery, or a DeliveryError before anything is returned."""
+    if manifest is not None:
+        expected = {source.file_name(t) for t, c in source.tables.items() if c.database is None}
+        unexpected = sorted(set(manifest.files) - expected)
+        if unexpected:
+            raise DeliveryError(
+                delivery.manifest_path,
+                f"manifest lists file(s) not in the source config: {unexpected}",
+            )
+    tables = []
+    for name, cfg in source.tables.items():
+        if cfg.database is not None:
+            tables.append(read_database_table(source, name))
+        else:
+            tables.append(read_file_table(delivery, source, name, manifest))
+    return tables

@@ -1,0 +1,263 @@
+"""Source configuration: one validated YAML per partner agency.
+
+Each source file says what the agency delivers (tables, columns, types, required columns,
+identifier columns), how to read its own export (header renames, encoding, date formats, or
+a database URL instead of files) and the data-sharing agreement it is delivered under
+(controller, purpose, lawful basis, retention). Adding a source is a new YAML file plus
+tests: the ingest code is driven entirely by these models.
+
+Invalid configuration fails at start-up with :class:`ConfigError`, naming the file and the
+key, so a typo never turns into a silently skipped column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_NAME_RE = r"^[a-z][a-z0-9_]*$"
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid; the message names file and key."""
+
+
+class ColumnType(StrEnum):
+    text = "text"
+    date = "date"
+    timestamp = "timestamp"
+    integer = "integer"
+    boolean = "boolean"
+
+
+class IdentifierKind(StrEnum):
+    """Identifiers with a check rule; staging adds ``<column>_valid`` for each."""
+
+    nhs_number = "nhs_number"
+    upn = "upn"
+    postcode = "postcode"
+    uprn = "uprn"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Strict):
+    type: ColumnType = ColumnType.text
+    required: bool = False
+    identifier: IdentifierKind | None = None
+    # Why a column is sensitive beyond "personal": drives later access policy.
+    sensitivity: Literal["personal", "special_category", "criminal_offence"] = "personal"
+    free_text: bool = False
+
+
+class LawfulBasis(_Strict):
+    """UK GDPR Article 6 basis plus the Article 9 (special category) or Article 10
+    (criminal offence) condition where the data needs one."""
+
+    article_6: str = Field(min_length=3)
+    article_9_condition: str | None = None
+    article_10_condition: str | None = None
+
+
+class RetentionYearsAfterLastEvent(_Strict):
+    rule: Literal["years_after_last_event"]
+    years: int = Field(gt=0, le=150)
+
+
+class RetentionUntilAge(_Strict):
+    rule: Literal["until_age"]
+    age: int = Field(gt=0, le=150)
+
+
+RetentionRule = Annotated[
+    RetentionYearsAfterLastEvent | RetentionUntilAge, Field(discriminator="rule")
+]
+
+
+class Agreement(_Strict):
+    """The data-sharing agreement a source is delivered under."""
+
+    controller: str = Field(min_length=2)
+    purpose: str = Field(min_length=10)
+    lawful_basis: LawfulBasis
+    retention: RetentionRule
+    # Per-table overrides, e.g. looked-after records kept to the 75th birthday.
+    table_retention: dict[str, RetentionRule] = Field(default_factory=dict)
+
+
+class DatabaseTable(_Strict):
+    """Read a table through SQLAlchemy instead of a delivered file.
+
+    ``url`` may contain ``${ENV_VAR}`` references so credentials stay out of the YAML.
+    Exactly one of ``table`` or ``query`` names what to read; columns are renamed onto the
+    spec through the table's ``renames`` like file headers are.
+    """
+
+    url: str
+    table: str | None = None
+    db_schema: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DatabaseTable:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        return self
+
+    def resolved_url(self) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"environment variable {name} used in database url is not set")
+            return os.environ[name]
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, self.url)
+
+
+class ValidityThreshold(_Strict):
+    """Asset-check threshold: share of non-empty identifier values that must be valid."""
+
+    min_valid_rate: float = Field(ge=0.0, le=1.0)
+    severity: Literal["warn", "error"] = "warn"
+
+
+class Table(_Strict):
+    file: str | None = None  # default "<table>.csv"
+    columns: dict[str, Column]
+    local_key: list[str] = Field(default_factory=list)
+    person_level: bool = False
+    renames: dict[str, str] = Field(default_factory=dict)  # agency header -> spec column
+    database: DatabaseTable | None = None
+    identifier_validity: dict[str, ValidityThreshold] = Field(default_factory=dict)
+    max_quarantine_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, Column]) -> dict[str, Column]:
+        for name in value:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"column name {name!r} must be lower_snake_case")
+        if not value:
+            raise ValueError("a table needs at least one column")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Table:
+        for key in self.local_key:
+            if key not in self.columns:
+                raise ValueError(f"local_key column {key!r} is not in columns")
+        for target in self.renames.values():
+            if target not in self.columns:
+                raise ValueError(f"renames target {target!r} is not in columns")
+        for col in self.identifier_validity:
+            if col not in self.columns or self.columns[col].identifier is None:
+                raise ValueError(f"identifier_validity names {col!r}, not an identifier column")
+        return self
+
+    @property
+    def required(self) -> list[str]:
+        return [n for n, c in self.columns.items() if c.required]
+
+    def identifiers(self) -> dict[str, IdentifierKind]:
+        return {n: c.identifier for n, c in self.columns.items() if c.identifier is not None}
+
+
+class Source(_Strict):
+    name: str = Field(pattern=_NAME_RE)
+    description: str = ""
+    agreement: Agreement
+    encoding: Literal["utf-8", "windows-1252", "latin-1"] = "utf-8"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    date_formats: list[str] = Field(default_factory=lambda: ["%Y-%m-%d"], min_length=1)
+    timestamp_formats: list[str] = Field(
+        default_factory=lambda: [
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%dT%H:%M",
+        ],
+        min_length=1,
+    )
+    true_values: list[str] = Field(default_factory=lambda: ["true"])
+    false_values: list[str] = Field(default_factory=lambda: ["false"])
+    freshness_days: int = Field(default=3, gt=0)
+    # A delivery without a manifest counts as complete once its files have been quiet
+    # this long: the sensor must never start a run on a half-written delivery.
+    settle_seconds: int = Field(default=120, ge=0)
+    tables: dict[str, Table]
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, value: dict[str, Table]) -> dict[str, Table]:
+        if not value:
+            raise ValueError("a source needs at least one table")
+        for name in value:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"table name {name!r} must be lower_snake_case")
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_name_tables(self) -> Source:
+        for table in self.agreement.table_retention:
+            if table not in self.tables:
+                raise ValueError(f"agreement.table_retention names unknown table {table!r}")
+        return self
+
+    def file_name(self, table: str) -> str:
+        return self.tables[table].file or f"{table}.csv"
+
+    @property
+    def reads_database(self) -> bool:
+        return any(t.database is not None for t in self.tables.values())
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_source(path: Path) -> Source:
+    """Parse and validate one source YAML; errors name the file and the offending key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read source config: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("name", path.stem)
+    try:
+        source = Source.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"key '{_format_loc(e['loc'])}': {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid source config: {problems}") from exc
+    if source.name != path.stem:
+        raise ConfigError(
+            f"{path}: key 'name': {source.name!r} must match the file name {path.stem!r}"
+        )
+    return source
+
+
+def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
+    """All sources under ``<config_dir>/sources/*.yaml``, keyed by name."""
+    directory = (config_dir or DEFAULT_CONFIG_DIR) / "sources"
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"{directory}: no source configs (*.yaml) found")
+    return {s.name: s for s in (load_source(f) for f in files)}
+
+
+def config_dir_from_env() -> Path:
+    """``SDV_CONFIG_DIR`` when set, else the ``config/`` folder shipped with the project."""
+    value = os.environ.get("SDV_CONFIG_DIR")
+    return Path(value) if value else DEFAULT_CONFIG_DIR

@@ -1,0 +1,301 @@
+"""The DuckDB warehouse's ingest layers and how a delivery is written into them.
+
+Schemas:
+
+* ``raw.<source>__<table>`` — every record of every delivery as delivered (text), with
+  file name, record number, file sha256, delivery id and load time. Append-only: a newer
+  delivery never changes an older one's raw rows.
+* ``staged.<source>__<table>`` — typed, validated rows per extract date (the partition).
+* ``quarantine.<source>__<table>`` — rows that broke a rule, as delivered, with the reason.
+* ``current.<source>__<table>`` — a view of the staged rows of the source's latest loaded
+  delivery: a newer delivery supersedes an older one, an older one arriving late does not.
+* ``meta.deliveries`` — one row per delivery attempt: loaded, replaced or rejected.
+
+A delivery is written in one transaction: all its tables or none. Loading a delivery
+that is already loaded (same files, same checksums) is a no-op, so re-running a night's
+job changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from warehouse.landing import Delivery, DeliveryError, read_manifest
+from warehouse.reader import RawTable, read_delivery
+from warehouse.sources import Source
+from warehouse.staging import StagedTable, stage_table
+
+LAYERS = ("raw", "staged", "quarantine")
+
+_META_DDL = """
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS staged;
+CREATE SCHEMA IF NOT EXISTS quarantine;
+CREATE SCHEMA IF NOT EXISTS current;
+CREATE SCHEMA IF NOT EXISTS meta;
+CREATE TABLE IF NOT EXISTS meta.deliveries (
+    delivery_id VARCHAR,
+    source VARCHAR NOT NULL,
+    extract_date DATE NOT NULL,
+    status VARCHAR NOT NULL,          -- loaded | replaced | rejected
+    recorded_at TIMESTAMP NOT NULL,
+    origin VARCHAR,
+    tables JSON,                      -- per table: file, sha256, rows, staged, quarantined
+    rows_raw BIGINT,
+    rows_staged BIGINT,
+    rows_quarantined BIGINT,
+    error VARCHAR
+);
+"""
+
+
+def relation_name(source: str, table: str) -> str:
+    return f"{source}__{table}"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ingest schemas and ``meta.deliveries`` if this is a new warehouse."""
+    con.execute(_META_DDL)
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file (creating its folder) with the ingest schemas in place."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        ensure_schema(con)
+    return con
+
+
+@dataclass(frozen=True)
+class TableLoad:
+    table: str
+    origin: str
+    sha256: str
+    rows: int
+    staged: int
+    quarantined: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    identifier_validity: dict[str, tuple[int, int]] = field(default_factory=dict)  # (valid, n)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    source: str
+    extract_date: date
+    delivery_id: str
+    status: str  # "loaded" or "unchanged"
+    tables: list[TableLoad]
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+    @property
+    def staged(self) -> int:
+        return sum(t.staged for t in self.tables)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(t.quarantined for t in self.tables)
+
+
+def _delivery_id(source: str, extract_date: date, raws: list[RawTable]) -> str:
+    digest = hashlib.sha256(f"{source}|{extract_date}".encode())
+    for raw in sorted(raws, key=lambda r: r.table):
+        digest.update(f"|{raw.table}:{raw.sha256}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _columns(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> list[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+        [schema, name],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _write(con: duckdb.DuckDBPyConnection, schema: str, name: str, frame: pl.DataFrame) -> None:
+    """Insert by column name, creating the table or adding columns new in the config."""
+    view = f"_incoming_{schema}"
+    con.register(view, frame)
+    try:
+        existing = _columns(con, schema, name)
+        if not existing:
+            con.execute(f'CREATE TABLE {schema}."{name}" AS SELECT * FROM {view} LIMIT 0')
+        else:
+            described = con.execute(f"DESCRIBE SELECT * FROM {view}").fetchall()
+            types = {row[0]: row[1] for row in described}
+            for column in frame.columns:
+                if column not in existing:
+                    con.execute(
+                        f'ALTER TABLE {schema}."{name}" ADD COLUMN "{column}" {types[column]}'
+                    )
+        con.execute(f'INSERT INTO {schema}."{name}" BY NAME SELECT * FROM {view}')
+    finally:
+        con.unregister(view)
+
+
+def _refresh_current_view(con: duckdb.DuckDBPyConnection, source: str, table: str) -> None:
+    name = relation_name(source, table)
+    con.execute(
+        f'CREATE OR REPLACE VIEW current."{name}" AS SELECT * FROM staged."{name}" '
+        "WHERE _extract_date = (SELECT max(extract_date) FROM meta.deliveries "
+        f"WHERE source = '{source}' AND status = 'loaded')"
+    )
+
+
+def record_rejection(
+    con: duckdb.DuckDBPyConnection, delivery: Delivery, error: DeliveryError
+) -> None:
+    """Keep the fact of a rejected delivery (not its data) for the load report."""
+    con.execute(
+        "INSERT INTO meta.deliveries (source, extract_date, status, recorded_at, origin, error) "
+        "VALUES (?, ?, 'rejected', ?, ?, ?)",
+        [delivery.source, delivery.extract_date, _now(), str(delivery.folder), str(error)],
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _table_load(raw: RawTable, staged: StagedTable, source: Source) -> TableLoad:
+    reasons: dict[str, int] = {}
+    for codes in staged.quarantine["reason_code"].to_list():
+        for code in codes.split(","):
+            reasons[code] = reasons.get(code, 0) + 1
+    validity: dict[str, tuple[int, int]] = {}
+    for column in source.tables[raw.table].identifiers():
+        flags = staged.staged[f"{column}_valid"].drop_nulls()
+        validity[column] = (int(flags.sum()), flags.len())
+    return TableLoad(
+        raw.table,
+        raw.origin,
+        raw.sha256,
+        raw.rows,
+        staged.staged.height,
+        staged.quarantine.height,
+        reasons,
+        validity,
+    )
+
+
+def _already_loaded(con: duckdb.DuckDBPyConnection, delivery_id: str) -> list[TableLoad] | None:
+    row = con.execute(
+        "SELECT tables FROM meta.deliveries WHERE delivery_id = ? AND status = 'loaded'",
+        [delivery_id],
+    ).fetchall()
+    if not row:
+        return None
+    return [
+        TableLoad(
+            **{
+                **t,
+                "identifier_validity": {k: tuple(v) for k, v in t["identifier_validity"].items()},
+            }
+        )
+        for t in json.loads(row[0][0])
+    ]
+
+
+def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: Source) -> LoadResult:
+    """Check, stage and write one delivery atomically; see the module docstring.
+
+    Raises DeliveryError (after recording the rejection) when the delivery is unusable;
+    in that case nothing of it reaches raw, staged or quarantine.
+    """
+    try:
+        manifest = read_manifest(delivery)
+        raws = read_delivery(delivery, source, manifest)
+    except DeliveryError as exc:
+        record_rejection(con, delivery, exc)
+        raise
+    delivery_id = _delivery_id(source.name, delivery.extract_date, raws)
+    previous = _already_loaded(con, delivery_id)
+    if previous is not None:
+        return LoadResult(source.name, delivery.extract_date, delivery_id, "unchanged", previous)
+
+    staged = [stage_table(raw, source) for raw in raws]
+    loads = [_table_load(r, s, source) for r, s in zip(raws, staged, strict=True)]
+    loaded_at = _now()
+    meta = {
+        "_delivery_id": pl.lit(delivery_id),
+        "_extract_date": pl.lit(delivery.extract_date),
+        "_loaded_at": pl.lit(loaded_at),
+    }
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for raw, stage in zip(raws, staged, strict=True):
+            name = relation_name(source.name, raw.table)
+            provenance = {
+                **meta,
+                "_source_file": pl.lit(raw.origin),
+                "_file_sha256": pl.lit(raw.sha256),
+            }
+            _write(con, "raw", name, raw.frame.with_columns(**provenance))
+            for schema, frame in (("staged", stage.staged), ("quarantine", stage.quarantine)):
+                if _columns(con, schema, name):
+                    con.execute(
+                        f'DELETE FROM {schema}."{name}" WHERE _extract_date = ?',
+                        [delivery.extract_date],
+                    )
+                _write(con, schema, name, frame.with_columns(**provenance))
+        con.execute(
+            "UPDATE meta.deliveries SET status = 'replaced' "
+            "WHERE source = ? AND extract_date = ? AND status = 'loaded'",
+            [source.name, delivery.extract_date],
+        )
+        con.execute(
+            "INSERT INTO meta.deliveries VALUES (?, ?, ?, 'loaded', ?, ?, ?, ?, ?, ?, NULL)",
+            [
+                delivery_id,
+                source.name,
+                delivery.extract_date,
+                loaded_at,
+                str(delivery.folder),
+                json.dumps([t.__dict__ for t in loads]),
+                sum(t.rows for t in loads),
+                sum(t.staged for t in loads),
+                sum(t.quarantined for t in loads),
+            ],
+        )
+        for raw in raws:
+            _refresh_current_view(con, source.name, raw.table)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return LoadResult(source.name, delivery.extract_date, delivery_id, "loaded", loads)
+
+
+def current_summary(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Per source: the current delivery's date and its rows loaded and quarantined."""
+    return con.sql(
+        """
+        SELECT source, extract_date, rows_raw AS rows_delivered, rows_staged AS rows_loaded,
+               rows_quarantined
+        FROM meta.deliveries d
+        WHERE status = 'loaded'
+          AND extract_date = (SELECT max(extract_date) FROM meta.deliveries
+                              WHERE source = d.source AND status = 'loaded')
+        ORDER BY source
+        """
+    ).pl()
+
+
+def latest_delivery_date(con: duckdb.DuckDBPyConnection, source: str) -> date | None:
+    rows = con.execute(
+        "SELECT max(extract_date) FROM meta.deliveries WHERE source = ? AND status = 'loaded'",
+        [source],
+    ).fetchall()
+    return rows[0][0] if rows else None
