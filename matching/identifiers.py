@@ -104,14 +104,15 @@ def nhs_number_expr(col: str) -> pl.Expr:
 
 
 def nhs_valid_expr(col: str) -> pl.Expr:
-    """Modulus 11 validity of an already-cleaned NHS number column (null stays null)."""
-    digits = [pl.col(col).str.slice(i, 1).cast(pl.Int64, strict=False) for i in range(10)]
+    """Modulus 11 validity of an NHS number column, spaces allowed (null stays null)."""
+    cleaned = nhs_number_expr(col)
+    digits = [cleaned.str.slice(i, 1).cast(pl.Int64, strict=False) for i in range(10)]
     total = sum(d * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
     check = 11 - total % 11
     check = pl.when(check == 11).then(0).otherwise(check)
-    shape_ok = pl.col(col).str.contains(r"^\d{10}$")
+    shape_ok = cleaned.str.contains(r"^\d{10}$")
     valid = (shape_ok & (check != 10) & (check == digits[9])).fill_null(False)
-    return pl.when(pl.col(col).is_null()).then(pl.lit(None, dtype=pl.Boolean)).otherwise(valid)
+    return pl.when(cleaned.is_null()).then(pl.lit(None, dtype=pl.Boolean)).otherwise(valid)
 
 
 def upn_valid_expr(col: str) -> pl.Expr:

@@ -108,6 +108,10 @@ def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.Da
     text = _decode(data, source.encoding, path)
     if not text.strip():
         raise DeliveryError(path, "file is empty: expected a header row")
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        raise DeliveryError(path, f"line {line}: not valid CSV: contains a NUL byte (binary data?)")
     csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=source.delimiter, strict=True)
     try:

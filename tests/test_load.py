@@ -1,0 +1,162 @@
+"""Loading deliveries into the warehouse: all or nothing, idempotent, newest supersedes."""
+
+import json
+from datetime import date
+
+import pytest
+from conftest import police_tables
+
+from warehouse.landing import Delivery, DeliveryError
+from warehouse.store import connect, load_delivery
+
+LAYERS = ("raw", "staged", "quarantine")
+
+
+def delivery(folder, day="2026-11-20"):
+    return Delivery("police", date.fromisoformat(day), folder)
+
+
+def snapshot(con) -> dict[str, list[tuple]]:
+    """Every row of every ingest table, for before/after comparisons."""
+    tables = con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_schema IN ('raw','staged','quarantine','meta') AND table_type='BASE TABLE' "
+        "ORDER BY 1, 2"
+    ).fetchall()
+    return {
+        f"{s}.{t}": sorted(con.execute(f'SELECT * FROM {s}."{t}"').fetchall(), key=repr)
+        for s, t in tables
+    }
+
+
+def count(con, layer, table="persons"):
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema=? AND table_name=?",
+        [layer, f"police__{table}"],
+    ).fetchall()[0][0]
+    if not exists:
+        return 0
+    return con.execute(f'SELECT count(*) FROM {layer}."police__{table}"').fetchall()[0][0]
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = connect(tmp_path / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def test_a_good_delivery_loads_every_table(con, delivery_writer, sources):
+    folder = delivery_writer("police", "2026-11-20", police_tables(3))
+    result = load_delivery(con, delivery(folder), sources["police"])
+    assert result.status == "loaded"
+    assert {t.table: t.rows for t in result.tables} == {
+        "persons": 3,
+        "incidents": 1,
+        "involvements": 3,
+    }
+    raw = con.execute(
+        "SELECT _source_file, _row_number, _file_sha256, _loaded_at "
+        'FROM raw."police__persons" ORDER BY _row_number'
+    ).fetchall()
+    assert [r[:2] for r in raw] == [("persons.csv", 1), ("persons.csv", 2), ("persons.csv", 3)]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert raw[0][2] == manifest["files"]["persons.csv"]["sha256"]
+    assert all(r[3] is not None for r in raw)
+    assert count(con, "staged") == 3
+
+
+@pytest.mark.parametrize("damage", ["checksum", "rows", "unlisted-file", "missing-file"])
+def test_manifest_mismatch_rejects_the_whole_delivery(con, delivery_writer, sources, damage):
+    folder = delivery_writer("police", "2026-11-20", police_tables(3))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if damage == "checksum":
+        # The last table is damaged, so the first tables would have been fine on their own.
+        path = folder / "involvements.csv"
+        path.write_bytes(path.read_bytes().replace(b"victim", b"witnes"))
+    elif damage == "rows":
+        manifest["files"]["persons.csv"]["rows"] = 4
+    elif damage == "unlisted-file":
+        del manifest["files"]["incidents.csv"]
+    elif damage == "missing-file":
+        (folder / "incidents.csv").unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(DeliveryError) as err:
+        load_delivery(con, delivery(folder), sources["police"])
+    assert str(folder) in str(err.value)
+    for layer in LAYERS:
+        for table in ("persons", "incidents", "involvements"):
+            assert count(con, layer, table) == 0, (layer, table)
+    status = con.execute("SELECT status, error FROM meta.deliveries").fetchall()
+    assert status[0][0] == "rejected" and ".csv" in status[0][1]
+
+
+def test_reloading_the_same_delivery_changes_nothing(con, delivery_writer, sources):
+    tables = police_tables(3)
+    tables["persons"][1]["forename"] = None  # one quarantined row too
+    folder = delivery_writer("police", "2026-11-20", tables)
+    first = load_delivery(con, delivery(folder), sources["police"])
+    before = snapshot(con)
+    second = load_delivery(con, delivery(folder), sources["police"])
+    assert second.status == "unchanged"
+    assert second.delivery_id == first.delivery_id
+    assert [(t.table, t.rows, t.staged, t.quarantined) for t in second.tables] == [
+        (t.table, t.rows, t.staged, t.quarantined) for t in first.tables
+    ]
+    assert snapshot(con) == before
+
+
+def test_newer_delivery_supersedes_and_older_stays_in_raw(con, delivery_writer, sources):
+    old = delivery_writer("police", "2026-11-19", police_tables(2))
+    new = delivery_writer("police", "2026-11-20", police_tables(5))
+    late = delivery_writer("police", "2026-11-18", police_tables(1))
+    load_delivery(con, delivery(old, "2026-11-19"), sources["police"])
+    load_delivery(con, delivery(new, "2026-11-20"), sources["police"])
+    load_delivery(con, delivery(late, "2026-11-18"), sources["police"])  # arrives late
+    current = con.execute(
+        'SELECT DISTINCT _extract_date, count(*) OVER () FROM current."police__persons"'
+    ).fetchall()
+    assert current == [(date(2026, 11, 20), 5)]
+    raw = dict(
+        con.execute(
+            'SELECT _extract_date, count(*) FROM raw."police__persons" GROUP BY 1'
+        ).fetchall()
+    )
+    assert raw == {date(2026, 11, 18): 1, date(2026, 11, 19): 2, date(2026, 11, 20): 5}
+
+
+def test_corrected_redelivery_of_a_date_replaces_staged_but_keeps_raw(
+    con, delivery_writer, sources
+):
+    folder = delivery_writer("police", "2026-11-20", police_tables(2))
+    load_delivery(con, delivery(folder), sources["police"])
+    folder = delivery_writer("police", "2026-11-20", police_tables(3, surname="Corrected"))
+    result = load_delivery(con, delivery(folder), sources["police"])
+    assert result.status == "loaded"
+    assert con.execute('SELECT DISTINCT surname FROM staged."police__persons"').fetchall() == [
+        ("Corrected",)
+    ]
+    assert count(con, "raw") == 5
+    statuses = sorted(r[0] for r in con.execute("SELECT status FROM meta.deliveries").fetchall())
+    assert statuses == ["loaded", "replaced"]
+
+
+def test_quarantined_rows_are_kept_with_provenance(con, delivery_writer, sources):
+    tables = police_tables(3)
+    tables["persons"][2]["dob"] = "31/02/2015"
+    folder = delivery_writer("police", "2026-11-20", tables)
+    load_delivery(con, delivery(folder), sources["police"])
+    rows = con.execute(
+        "SELECT _source_file, _row_number, dob, reason_code, reason "
+        'FROM quarantine."police__persons"'
+    ).fetchall()
+    assert rows == [
+        (
+            "persons.csv",
+            3,
+            "31/02/2015",
+            "unparseable_date",
+            "column 'dob': '31/02/2015' is not a date (%Y-%m-%d)",
+        )
+    ]
