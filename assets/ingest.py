@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 from duckdb import DuckDBPyConnection
 
-from assets.resources import LandingZone
+from assets.resources import LandingZone, Warehouse
 from warehouse import quality
 from warehouse.landing import Delivery, DeliveryError
 from warehouse.sources import Source
-from warehouse.store import LoadResult, ensure_schema, load_delivery
+from warehouse.store import LoadResult, load_delivery
 
 WRITER_POOL = "duckdb_writer"
 
@@ -230,12 +229,11 @@ def build_ingest_assets(source: Source) -> dg.AssetsDefinition:
         description=source.description or None,
     )
     def _ingest(
-        context: dg.AssetExecutionContext, duckdb: DuckDBResource, landing: LandingZone
+        context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingZone
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         day = date.fromisoformat(context.partition_key)
         delivery = Delivery(source.name, day, landing.root / source.name / context.partition_key)
-        with duckdb.get_connection() as con:
-            ensure_schema(con)
+        with warehouse.get_connection() as con:
             try:
                 result = load_delivery(con, delivery, source)
             except DeliveryError as exc:
@@ -264,10 +262,9 @@ def build_freshness_checks(source: Source) -> dg.AssetChecksDefinition:
         blocking=False,
         description=f"{source.name} has delivered within {source.freshness_days} days.",
     )
-    def _freshness(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    def _freshness(warehouse: Warehouse) -> dg.AssetCheckResult:
         today = datetime.now(UTC).date()
-        with duckdb.get_connection() as con:
-            ensure_schema(con)
+        with warehouse.get_connection() as con:
             latest, age = quality.days_since_delivery(con, source.name, today)
         return dg.AssetCheckResult(
             passed=age is not None and age <= source.freshness_days,

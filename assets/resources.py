@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import duckdb
+
+from warehouse.store import connect
 
 
 class LandingZone(dg.ConfigurableResource):
@@ -15,3 +20,22 @@ class LandingZone(dg.ConfigurableResource):
     @property
     def root(self) -> Path:
         return Path(self.path)
+
+
+class Warehouse(dg.ConfigurableResource):
+    """The DuckDB warehouse file, opened per step and always closed.
+
+    We do not use dagster-duckdb's ``DuckDBResource``: its ``get_connection`` closes the
+    connection only when the body succeeds, so a failed step (a rejected delivery) keeps
+    the file open, and DuckDB's single-writer lock held, until garbage collection.
+    """
+
+    path: str
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = connect(self.path)
+        try:
+            yield con
+        finally:
+            con.close()

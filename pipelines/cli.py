@@ -29,8 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Single Digital View: build a linked view of children and families.",
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,10 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
 def print_summary(settings: Settings, outcomes: list[DeliveryOutcome]) -> None:
     from warehouse.store import connect, current_summary
 
-    con = connect(settings.warehouse)
+    if not settings.warehouse.exists():
+        out.print(f"Nothing loaded: no warehouse at {settings.warehouse}")
+        return
+    con = connect(settings.warehouse, read_only=True)
     try:
         summary = current_summary(con)
     finally:

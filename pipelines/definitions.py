@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.ingest import build_freshness_checks, build_ingest_assets, partitions_for
+from assets.ingest import build_freshness_checks, build_ingest_assets
 from pipelines.resources import build_resources
 from pipelines.schedules import build_freshness_schedule, build_nightly_schedule
 from pipelines.sensors import build_delivery_sensor, ingest_job_name
@@ -25,7 +25,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
         name: dg.define_asset_job(
             ingest_job_name(name),
             selection=dg.AssetSelection.assets(assets[name]),
-            partitions_def=partitions_for(source),
             description=f"Load one {name} delivery (partition = extract date).",
         )
         for name, source in sources.items()

@@ -1,0 +1,143 @@
+"""`sdv load` end to end through Dagster: an agency's own export loads through config alone,
+and a broken delivery is reported by file and reason with nothing of it loaded."""
+
+import csv
+import io
+import shutil
+from datetime import date, datetime
+
+import duckdb
+import pytest
+import yaml
+from conftest import police_tables, write_delivery
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from warehouse.sources import DEFAULT_CONFIG_DIR, load_sources
+
+runner = CliRunner()
+
+AGENCY_HEADERS = {
+    "Nominal Ref": "nominal_id",
+    "First Name": "forename",
+    "Last Name": "surname",
+    "Date Of Birth": "dob",
+    "Age": "age_at_incident",
+    "Gender": "sex",
+    "Address 1": "address_line_1",
+    "Town/City": "town",
+    "Post Code": "postcode",
+    "PNC": "pnc_id",
+}
+
+
+@pytest.fixture
+def agency_config(tmp_path):
+    """The shipped config, with police exporting its own headers, dd/mm/yyyy, Windows-1252."""
+    config = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    path = config / "sources" / "police.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(
+        encoding="windows-1252",
+        date_formats=["%d/%m/%Y"],
+        timestamp_formats=["%d/%m/%Y %H:%M"],
+        true_values=["Y"],
+        false_values=["N"],
+    )
+    data["tables"]["persons"]["renames"] = AGENCY_HEADERS
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return config
+
+
+def test_agency_headers_in_windows_1252_load_through_config_alone(tmp_path, agency_config):
+    landing = tmp_path / "landing"
+    folder = landing / "police" / "2026-11-20"
+    folder.mkdir(parents=True)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(AGENCY_HEADERS)
+    writer.writerow(
+        ["N1", "Zoë", "O’Brien", "02/03/2014", "", "F", "1 Rue Café", "Testtown", "ta1 2dy", ""]
+    )
+    writer.writerow(["N2", "Seán", "Ó Súilleabháin", "", "9", "M", "", "", "", ""])
+    (folder / "persons.csv").write_bytes(buffer.getvalue().encode("cp1252"))
+    (folder / "incidents.csv").write_bytes(
+        "incident_ref,occurred_at,incident_type,offence,dash_risk,encompass_notified,"
+        "location_postcode\r\nINC1,01/11/2026 22:15,domestic_abuse,,high,Y,TA1 2DY\r\n".encode(
+            "cp1252"
+        )
+    )
+    (folder / "involvements.csv").write_bytes(
+        b"incident_ref,nominal_id,role\r\nINC1,N1,victim\r\nINC1,N2,child_present\r\n"
+    )
+
+    data_dir = tmp_path / "data"
+    result = runner.invoke(
+        app,
+        [
+            "load",
+            "--landing",
+            str(landing),
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(agency_config),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    persons = con.execute(
+        "SELECT nominal_id, forename, surname, dob, age_at_incident, postcode "
+        'FROM current."police__persons" ORDER BY 1'
+    ).fetchall()
+    incident = con.execute(
+        'SELECT occurred_at, encompass_notified FROM current."police__incidents"'
+    ).fetchall()
+    quarantined = con.execute('SELECT count(*) FROM quarantine."police__persons"').fetchall()
+    con.close()
+    assert persons == [
+        ("N1", "Zoë", "O’Brien", date(2014, 3, 2), None, "TA1 2DY"),
+        ("N2", "Seán", "Ó Súilleabháin", None, 9, None),
+    ]
+    assert incident == [(datetime(2026, 11, 1, 22, 15), True)]
+    assert quarantined == [(0,)]
+
+
+def test_rejected_delivery_is_reported_and_nothing_loaded(tmp_path):
+    sources = load_sources()
+    landing = tmp_path / "landing"
+    good = write_delivery(landing, sources["police"], "2026-11-19", police_tables(2))
+    bad = write_delivery(landing, sources["police"], "2026-11-20", police_tables(3))
+    (bad / "persons.csv").write_bytes((bad / "persons.csv").read_bytes() + b"N9,X,Y,,,,,,,\r\n")
+    data_dir = tmp_path / "data"
+    result = runner.invoke(app, ["load", "--landing", str(landing), "--data-dir", str(data_dir)])
+    assert result.exit_code == 1
+    assert "REJECTED" in result.output and "police 2026-11-20" in result.output
+    assert "persons.csv" in result.output and "does not match manifest" in result.output
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    dates = con.execute('SELECT DISTINCT _extract_date FROM raw."police__persons"').fetchall()
+    con.close()
+    assert dates == [(date(2026, 11, 19),)]
+    assert good.exists()
+
+
+def test_invalid_config_stops_load_with_file_and_key(tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    path = config / "sources" / "health.yaml"
+    path.write_text(path.read_text().replace("freshness_days: 2", "freshness_days: soon"))
+    result = runner.invoke(
+        app,
+        [
+            "load",
+            "--landing",
+            str(tmp_path),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--config",
+            str(config),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "health.yaml" in result.output and "freshness_days" in result.output

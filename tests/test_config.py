@@ -1,0 +1,107 @@
+"""Source configuration: the shipped configs are valid; broken ones fail naming file and key."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError, load_source, load_sources
+
+SPEC_PERSON_TABLES = {
+    ("council_csc", "people"),
+    ("council_eh", "people"),
+    ("police", "persons"),
+    ("health", "patients"),
+    ("school", "pupils"),
+    ("school", "contacts"),
+}
+
+
+def test_shipped_configs_cover_the_spec(sources):
+    assert set(sources) == {"council_csc", "council_eh", "police", "health", "school"}
+    person_tables = {
+        (s.name, t) for s in sources.values() for t, c in s.tables.items() if c.person_level
+    }
+    assert person_tables == SPEC_PERSON_TABLES
+    for source in sources.values():
+        agreement = source.agreement
+        assert agreement.controller and agreement.purpose
+        assert agreement.lawful_basis.article_6.startswith("6(1)")
+        # Every source here carries special category or criminal offence data.
+        assert (
+            agreement.lawful_basis.article_9_condition
+            or agreement.lawful_basis.article_10_condition
+        )
+
+
+def write_config(tmp_path: Path, name: str, mutate) -> Path:
+    data = yaml.safe_load((DEFAULT_CONFIG_DIR / "sources" / f"{name}.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "sources" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda d: d["agreement"].pop("lawful_basis"), "agreement.lawful_basis"),
+        (lambda d: d["agreement"]["retention"].update(rule="forever"), "agreement.retention"),
+        (
+            lambda d: d["tables"]["persons"]["columns"]["dob"].update(type="day"),
+            "tables.persons.columns.dob.type",
+        ),
+        (lambda d: d.update(encoding="ebcdic"), "encoding"),
+        (lambda d: d["tables"]["persons"].update(local_key=["nope"]), "tables.persons"),
+        (
+            lambda d: (
+                d["tables"]["persons"]["renames"].update({"Surname": "family"})
+                if "renames" in d["tables"]["persons"]
+                else d["tables"]["persons"].update(renames={"Surname": "family"})
+            ),
+            "tables.persons",
+        ),
+        (lambda d: d["tables"]["persons"].update(colums={}), "tables.persons.colums"),
+        (lambda d: d.update(freshness_days=0), "freshness_days"),
+    ],
+    ids=[
+        "no-lawful-basis",
+        "bad-retention",
+        "bad-type",
+        "bad-encoding",
+        "bad-local-key",
+        "bad-rename",
+        "typo-key",
+        "zero-freshness",
+    ],
+)
+def test_invalid_config_names_file_and_key(tmp_path, mutate, key):
+    path = write_config(tmp_path, "police", mutate)
+    with pytest.raises(ConfigError) as err:
+        load_source(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"key '{key}" in message
+
+
+def test_unreadable_yaml_and_wrong_name(tmp_path):
+    bad = tmp_path / "sources" / "police.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("tables: [unclosed")
+    with pytest.raises(ConfigError, match="police.yaml: not valid YAML"):
+        load_sources(tmp_path)
+    path = write_config(tmp_path, "police", lambda d: d.update(name="polce"))
+    with pytest.raises(ConfigError, match="key 'name'"):
+        load_source(path)
+
+
+def test_empty_config_dir_fails(tmp_path):
+    with pytest.raises(ConfigError, match="no source configs"):
+        load_sources(tmp_path)
+
+
+def test_copy_of_shipped_config_loads(tmp_path):
+    shutil.copytree(DEFAULT_CONFIG_DIR, tmp_path / "config")
+    assert set(load_sources(tmp_path / "config")) == set(load_sources())
