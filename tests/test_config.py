@@ -90,7 +90,7 @@ def test_unreadable_yaml_and_wrong_name(tmp_path):
     bad = tmp_path / "sources" / "police.yaml"
     bad.parent.mkdir(parents=True)
     bad.write_text("tables: [unclosed")
-    with pytest.raises(ConfigError, match="police.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"police\.yaml: not valid YAML"):
         load_sources(tmp_path)
     path = write_config(tmp_path, "police", lambda d: d.update(name="polce"))
     with pytest.raises(ConfigError, match="key 'name'"):
