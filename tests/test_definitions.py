@@ -1,0 +1,75 @@
+"""The Dagster definitions: built from config, one writer at a time, checks and triggers."""
+
+import shutil
+
+import dagster as dg
+import yaml
+
+from pipelines.definitions import build_defs
+from pipelines.settings import Settings
+from warehouse.sources import DEFAULT_CONFIG_DIR
+
+
+def defs_for(tmp_path, config=DEFAULT_CONFIG_DIR) -> dg.Definitions:
+    return build_defs(Settings(tmp_path, tmp_path / "landing", tmp_path / "w.duckdb", config))
+
+
+def test_every_configured_table_has_raw_staged_and_quarantine_assets(tmp_path, sources):
+    graph = defs_for(tmp_path).resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    expected = {
+        f"{layer}/{s}/{t}"
+        for s, src in sources.items()
+        for t in src.tables
+        for layer in ("raw", "staged", "quarantine")
+    }
+    assert keys == expected
+    assert len(expected) == 42
+
+
+def test_writing_assets_share_the_single_writer_pool(tmp_path):
+    defs = defs_for(tmp_path)
+    for assets_def in defs.assets:
+        assert assets_def.op.pool == "duckdb_writer", assets_def.node_def.name
+    instance_config = yaml.safe_load((DEFAULT_CONFIG_DIR.parent / "dagster.yaml").read_text())
+    assert instance_config["concurrency"]["pools"]["default_limit"] == 1
+
+
+def test_checks_cover_row_counts_required_columns_validity_and_freshness(tmp_path):
+    graph = defs_for(tmp_path).resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert ("raw/health/patients", "manifest_row_count") in checks
+    assert ("staged/health/patients", "required_columns") in checks
+    assert ("staged/health/patients", "nhs_number_validity") in checks
+    assert ("staged/school/pupils", "upn_validity") in checks
+    assert ("quarantine/police/persons", "quarantine_rate") in checks
+    freshness = {a for a, name in checks if name == "source_freshness"}
+    assert {a.split("/")[1] for a in freshness} == {
+        "council_csc",
+        "council_eh",
+        "police",
+        "health",
+        "school",
+    }
+
+
+def test_sensor_and_nightly_schedules_exist(tmp_path, sources):
+    defs = defs_for(tmp_path)
+    assert defs.resolve_sensor_def("delivery_sensor") is not None
+    schedules = {s.name: s for s in defs.schedules}
+    for name in sources:
+        schedule = schedules[f"nightly_{name}"]
+        assert schedule.cron_schedule == "30 1 * * *"
+        assert schedule.execution_timezone == "Europe/London"
+    assert "nightly_source_freshness" in schedules
+
+
+def test_a_new_source_is_a_config_change(tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    shutil.copy(config / "sources" / "police.yaml", config / "sources" / "police_west.yaml")
+    defs = defs_for(tmp_path, config)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"raw/police_west/persons", "staged/police_west/incidents"} <= keys
+    assert defs.resolve_job_def("ingest_police_west_job") is not None
+    assert "nightly_police_west" in {s.name for s in defs.schedules}
