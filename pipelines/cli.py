@@ -69,7 +69,10 @@ def _failure_message(result: object) -> str:
             data = event.step_failure_data
             if data.user_failure_data and data.user_failure_data.description:
                 return data.user_failure_data.description
-            return data.error.message.strip() if data.error else "step failed"
+            error = data.error
+            while error is not None and error.cause is not None:
+                error = error.cause  # Dagster wraps the user's exception: report the root
+            return error.message.strip() if error else "step failed"
     return "run failed"
 
 

@@ -143,7 +143,7 @@ def check_loaded(con) -> None:
         ("N2", "Bea", date(2015, 6, 1), None, "TA1 2DY", "db:nominals"),
     ]
     quarantined = con.execute(
-        'SELECT nominal_id, reason_code FROM quarantine."police__persons"'
+        'SELECT nominal_id, _reason_code FROM quarantine."police__persons"'
     ).fetchall()
     assert quarantined == [("N3", "missing_required")]
     incident = con.execute(

@@ -148,7 +148,7 @@ def test_quarantined_rows_are_kept_with_provenance(con, delivery_writer, sources
     folder = delivery_writer("police", "2026-11-20", tables)
     load_delivery(con, delivery(folder), sources["police"])
     rows = con.execute(
-        "SELECT _source_file, _row_number, dob, reason_code, reason "
+        "SELECT _source_file, _row_number, dob, _reason_code, _reason "
         'FROM quarantine."police__persons"'
     ).fetchall()
     assert rows == [

@@ -31,7 +31,7 @@ def stage(sources, source: str, table: str, text: str):
 
 
 def reasons(result) -> dict[int, str]:
-    return dict(result.quarantine.select("_row_number", "reason_code").iter_rows())
+    return dict(result.quarantine.select("_row_number", "_reason_code").iter_rows())
 
 
 def test_every_reason_code_is_produced_and_explained(sources):
@@ -54,7 +54,7 @@ def test_every_reason_code_is_produced_and_explained(sources):
         6: DUPLICATE_KEY,
     }
     assert result.staged["nominal_id"].to_list() == ["N1"]
-    text = dict(result.quarantine.select("_row_number", "reason").iter_rows())
+    text = dict(result.quarantine.select("_row_number", "_reason").iter_rows())
     assert text[2] == "required column 'forename' is empty"
     assert "'2014-13-45' is not a date" in text[3]
     assert "'ten' is not a whole number" in text[4]
@@ -94,8 +94,8 @@ def test_every_problem_of_a_row_is_listed(sources):
     text = SCHOOL_ATTENDANCE + ",123456,2026-SPR,lots,x,\n"
     result = stage(sources, "school", "attendance", text)
     row = result.quarantine.row(0, named=True)
-    assert row["reason_code"] == f"{MISSING_REQUIRED},{BAD_INTEGER}"
-    assert "'upn' is empty" in row["reason"] and "'lots'" in row["reason"]
+    assert row["_reason_code"] == f"{MISSING_REQUIRED},{BAD_INTEGER}"
+    assert "'upn' is empty" in row["_reason"] and "'lots'" in row["_reason"]
 
 
 def test_every_row_lands_in_exactly_one_place(sources):

@@ -6,7 +6,7 @@ Every raw record ends up in exactly one of two places:
   identifiers cleaned and checked: ``<col>_valid`` is true, false, or null when absent. An
   invalid NHS number, UPN or postcode is *flagged, never dropped*: the row stays and linkage
   simply will not use that identifier as a match key.
-* **quarantine** — the record as delivered plus ``reason_code`` and a readable ``reason``,
+* **quarantine** — the record as delivered plus ``_reason_code`` and a readable ``_reason``,
   when it breaks a rule that makes it unusable: a required column is empty, a typed column
   cannot be parsed, the record has the wrong number of fields, or it repeats the local key
   of an earlier record in the same file.
@@ -169,11 +169,11 @@ def stage_table(raw: RawTable, source: Source) -> StagedTable:
         .list.eval(pl.element().struct.field("code"))
         .list.unique(maintain_order=True)
         .list.join(",")
-        .alias("reason_code"),
+        .alias("_reason_code"),
         pl.col(_PROBLEM)
         .list.eval(pl.element().struct.field("message"))
         .list.join("; ")
-        .alias("reason"),
+        .alias("_reason"),
     )
     identifier_exprs = [
         expr for name, kind in table.identifiers().items() for expr in _identifier(name, kind)

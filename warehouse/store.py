@@ -171,7 +171,7 @@ def _now() -> datetime:
 
 def _table_load(raw: RawTable, staged: StagedTable, source: Source) -> TableLoad:
     reasons: dict[str, int] = {}
-    for codes in staged.quarantine["reason_code"].to_list():
+    for codes in staged.quarantine["_reason_code"].to_list():
         for code in codes.split(","):
             reasons[code] = reasons.get(code, 0) + 1
     validity: dict[str, tuple[int, int]] = {}
