@@ -1,7 +1,9 @@
 # Two commands on a fresh machine with only Python 3.11+ and make:
 #   make demo   set up, generate a 5,000-household synthetic county, load it nightly-style
+#               (make demo HOUSEHOLDS=20000 for a larger county)
 #   make test   set up and run the whole test suite
 PYTHON ?= python3
+HOUSEHOLDS ?= 5000
 UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
@@ -25,7 +27,7 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sdv demo --data-dir data
+	$(VENV)/bin/sdv demo --data-dir data --households $(HOUSEHOLDS)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
