@@ -12,8 +12,9 @@ import re
 import polars as pl
 
 _UPN_LETTERS = "ABCDEFGHJKLMNPQRTUVWXYZ"  # DfE: the alphabet less I, O and S (23 letters)
-_POSTCODE_RE = re.compile(r"^(GIR0AA|[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][ABD-HJLNP-UW-Z]{2})$")
+# Outward code then inward code (digit + two letters, never C I K M O V), spaces removed.
 _POSTCODE_PATTERN = r"^(GIR0AA|[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][ABD-HJLNP-UW-Z]{2})$"
+_POSTCODE_RE = re.compile(_POSTCODE_PATTERN)
 
 
 def clean_nhs_number(value: str | None) -> str | None:

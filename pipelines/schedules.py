@@ -6,7 +6,6 @@ beat a partnership plans around. For a file source it loads the newest complete 
 tonight, under tonight's date.
 """
 
-from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -60,7 +59,3 @@ def build_freshness_schedule(job: JobTarget) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Flags any source that has not delivered within its freshness_days.",
     )
-
-
-def today() -> date:
-    return date.today()

@@ -113,3 +113,22 @@ def test_folders_that_are_not_dates_are_ignored(evaluate, landing, sources):
     (landing / "police" / "2026-02-30").mkdir()
     (landing / "unknown_agency" / "2026-11-20").mkdir(parents=True)
     assert requested(evaluate()) == [("ingest_police_job", "2026-11-20")]
+
+
+def test_nightly_schedule_loads_the_newest_complete_delivery(tmp_path, landing, sources):
+    settings = Settings(tmp_path, landing, tmp_path / "w.duckdb", DEFAULT_CONFIG_DIR)
+    schedule = next(s for s in build_defs(settings).schedules if s.name == "nightly_police")
+    resources = {"landing": LandingZone(path=str(landing))}
+    with dg.instance_for_test() as instance:  # schedules need a persistent instance
+
+        def evaluate():
+            return schedule(dg.build_schedule_context(instance=instance, resources=resources))
+
+        assert isinstance(evaluate(), dg.SkipReason)
+        write_delivery(landing, sources["police"], "2026-11-19", police_tables())
+        write_delivery(landing, sources["police"], "2026-11-20", police_tables())
+        unfinished = write_delivery(landing, sources["police"], "2026-11-21", police_tables())
+        (unfinished / "persons.csv").unlink()
+        request = evaluate()
+        assert request.partition_key == "2026-11-20"
+        assert instance.has_dynamic_partition("police_deliveries", "2026-11-20")

@@ -92,13 +92,6 @@ def discover(landing: Path, sources: dict[str, Source]) -> list[Delivery]:
     return sorted(found, key=lambda d: (d.extract_date, d.source))
 
 
-def find_delivery(landing: Path, source: str, partition_key: str) -> Delivery:
-    folder = landing / source / partition_key
-    if not folder.is_dir():
-        raise DeliveryError(folder, "delivery folder does not exist")
-    return Delivery(source, date.fromisoformat(partition_key), folder)
-
-
 def read_manifest(delivery: Delivery) -> Manifest | None:
     """The delivery's manifest, or None when it has none; malformed manifests are errors."""
     path = delivery.manifest_path

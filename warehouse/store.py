@@ -32,8 +32,6 @@ from warehouse.reader import RawTable, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import StagedTable, stage_table
 
-LAYERS = ("raw", "staged", "quarantine")
-
 _META_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staged;
@@ -291,11 +289,3 @@ def current_summary(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         ORDER BY source
         """
     ).pl()
-
-
-def latest_delivery_date(con: duckdb.DuckDBPyConnection, source: str) -> date | None:
-    rows = con.execute(
-        "SELECT max(extract_date) FROM meta.deliveries WHERE source = ? AND status = 'loaded'",
-        [source],
-    ).fetchall()
-    return rows[0][0] if rows else None
