@@ -39,12 +39,12 @@ def build_delivery_sensor(sources: dict[str, Source], jobs: list[JobTarget]) -> 
         new_partitions: dict[str, list[str]] = {}
         for delivery in discover(landing.root, file_sources):
             source = file_sources[delivery.source]
+            ident = f"{delivery.source}/{delivery.partition_key}"
+            fingerprint = delivery_fingerprint(delivery)  # cheap: names, sizes, mtimes
+            if seen.get(ident) == fingerprint:
+                continue  # already requested; don't re-hash old deliveries every tick
             if not is_complete(delivery, source):
                 context.log.info(f"{delivery.folder}: not complete yet, waiting")
-                continue
-            ident = f"{delivery.source}/{delivery.partition_key}"
-            fingerprint = delivery_fingerprint(delivery)
-            if seen.get(ident) == fingerprint:
                 continue
             seen[ident] = fingerprint
             partitions = partitions_for(source)

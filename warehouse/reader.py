@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from warehouse.landing import Delivery, DeliveryError, Manifest
+from warehouse.landing import Delivery, DeliveryError, Manifest, file_sha256
 from warehouse.sources import Source, Table
 
 ROW_NUMBER = "_row_number"
@@ -209,6 +209,18 @@ def read_database_table(source: Source, table_name: str) -> RawTable:
     for row in frame.drop(ROW_NUMBER, SHAPE_ERROR).iter_rows():
         digest.update(("\x1f".join("" if v is None else v for v in row) + "\x1e").encode())
     return RawTable(source.name, table_name, origin, digest.hexdigest(), frame)
+
+
+def file_checksums(delivery: Delivery, source: Source) -> dict[str, str] | None:
+    """sha256 per table file, or None when a table is read from a database or a file is
+    missing. Lets an already-loaded delivery be recognised without parsing it again."""
+    sums: dict[str, str] = {}
+    for name, cfg in source.tables.items():
+        path = delivery.folder / source.file_name(name)
+        if cfg.database is not None or not path.is_file():
+            return None
+        sums[name] = file_sha256(path)
+    return sums
 
 
 def read_delivery(delivery: Delivery, source: Source, manifest: Manifest | None) -> list[RawTable]:

@@ -28,7 +28,7 @@ import duckdb
 import polars as pl
 
 from warehouse.landing import Delivery, DeliveryError, read_manifest
-from warehouse.reader import RawTable, read_delivery
+from warehouse.reader import RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import StagedTable, stage_table
 
@@ -106,10 +106,11 @@ class LoadResult:
         return sum(t.quarantined for t in self.tables)
 
 
-def _delivery_id(source: str, extract_date: date, raws: list[RawTable]) -> str:
+def _delivery_id(source: str, extract_date: date, checksums: dict[str, str]) -> str:
+    """Identity of a delivery: its source, date and every table's checksum."""
     digest = hashlib.sha256(f"{source}|{extract_date}".encode())
-    for raw in sorted(raws, key=lambda r: r.table):
-        digest.update(f"|{raw.table}:{raw.sha256}".encode())
+    for table in sorted(checksums):
+        digest.update(f"|{table}:{checksums[table]}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -212,13 +213,23 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: So
     Raises DeliveryError (after recording the rejection) when the delivery is unusable;
     in that case nothing of it reaches raw, staged or quarantine.
     """
+    checksums = file_checksums(delivery, source)
+    if checksums is not None:  # the same bytes were checked and loaded before: skip parsing
+        delivery_id = _delivery_id(source.name, delivery.extract_date, checksums)
+        previous = _already_loaded(con, delivery_id)
+        if previous is not None:
+            return LoadResult(
+                source.name, delivery.extract_date, delivery_id, "unchanged", previous
+            )
     try:
         manifest = read_manifest(delivery)
         raws = read_delivery(delivery, source, manifest)
     except DeliveryError as exc:
         record_rejection(con, delivery, exc)
         raise
-    delivery_id = _delivery_id(source.name, delivery.extract_date, raws)
+    delivery_id = _delivery_id(
+        source.name, delivery.extract_date, {raw.table: raw.sha256 for raw in raws}
+    )
     previous = _already_loaded(con, delivery_id)
     if previous is not None:
         return LoadResult(source.name, delivery.extract_date, delivery_id, "unchanged", previous)
