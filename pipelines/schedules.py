@@ -6,16 +6,13 @@ beat a partnership plans around. For a file source it loads the newest complete 
 tonight, under tonight's date.
 """
 
-from typing import Any
-
 import dagster as dg
 
 from assets.ingest import partitions_for
 from assets.resources import LandingZone
+from pipelines.sensors import JobTarget
 from warehouse.landing import discover, is_complete
 from warehouse.sources import Source
-
-JobTarget = Any  # what dg.define_asset_job returns; its class is not public
 
 NIGHTLY_CRON = "30 1 * * *"
 TIMEZONE = "Europe/London"

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -105,4 +104,11 @@ def police_tables(n: int = 3, **person_overrides: str | None) -> dict[str, list[
     return {"persons": persons, "incidents": incidents, "involvements": involvements}
 
 
-TODAY = date(2026, 11, 20)
+def sdv_load(landing: Path, data_dir: Path, config: Path | None = None):
+    """Run ``sdv load`` as a user would (through Dagster, in-process) and return the result."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    args = ["load", "--landing", str(landing), "--data-dir", str(data_dir)]
+    return CliRunner().invoke(app, args + (["--config", str(config)] if config else []))

@@ -9,13 +9,9 @@ from datetime import date, datetime
 import duckdb
 import pytest
 import yaml
-from conftest import police_tables, write_delivery
-from typer.testing import CliRunner
+from conftest import police_tables, sdv_load, write_delivery
 
-from pipelines.cli import app
 from warehouse.sources import DEFAULT_CONFIG_DIR, load_sources
-
-runner = CliRunner()
 
 AGENCY_HEADERS = {
     "Nominal Ref": "nominal_id",
@@ -73,18 +69,7 @@ def test_agency_headers_in_windows_1252_load_through_config_alone(tmp_path, agen
     )
 
     data_dir = tmp_path / "data"
-    result = runner.invoke(
-        app,
-        [
-            "load",
-            "--landing",
-            str(landing),
-            "--data-dir",
-            str(data_dir),
-            "--config",
-            str(agency_config),
-        ],
-    )
+    result = sdv_load(landing, data_dir, agency_config)
     assert result.exit_code == 0, result.output
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     persons = con.execute(
@@ -111,7 +96,7 @@ def test_rejected_delivery_is_reported_and_nothing_loaded(tmp_path):
     bad = write_delivery(landing, sources["police"], "2026-11-20", police_tables(3))
     (bad / "persons.csv").write_bytes((bad / "persons.csv").read_bytes() + b"N9,X,Y,,,,,,,\r\n")
     data_dir = tmp_path / "data"
-    result = runner.invoke(app, ["load", "--landing", str(landing), "--data-dir", str(data_dir)])
+    result = sdv_load(landing, data_dir)
     assert result.exit_code == 1
     assert "REJECTED" in result.output and "police 2026-11-20" in result.output
     assert "persons.csv" in result.output and "does not match manifest" in result.output
@@ -127,17 +112,6 @@ def test_invalid_config_stops_load_with_file_and_key(tmp_path):
     shutil.copytree(DEFAULT_CONFIG_DIR, config)
     path = config / "sources" / "health.yaml"
     path.write_text(path.read_text().replace("freshness_days: 2", "freshness_days: soon"))
-    result = runner.invoke(
-        app,
-        [
-            "load",
-            "--landing",
-            str(tmp_path),
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--config",
-            str(config),
-        ],
-    )
+    result = sdv_load(tmp_path, tmp_path / "d", config)
     assert result.exit_code == 2
     assert "health.yaml" in result.output and "freshness_days" in result.output

@@ -4,6 +4,7 @@ deliberately broken rows quarantined (with their reason), bad identifiers flagge
 import duckdb
 import polars as pl
 import pytest
+from conftest import sdv_load
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -32,9 +33,7 @@ def county(tmp_path_factory):
         ],
     )
     assert generated.exit_code == 0, generated.output
-    loaded = runner.invoke(
-        app, ["load", "--landing", str(root / "landing"), "--data-dir", str(root / "data")]
-    )
+    loaded = sdv_load(root / "landing", root / "data")
     assert loaded.exit_code == 0, loaded.output
     return root
 
@@ -121,9 +120,7 @@ def test_flagged_identifiers_are_kept_and_marked_invalid(county):
 def test_loading_again_changes_nothing(county):
     before = query(county, "SELECT count(*) AS n, max(recorded_at) AS t FROM meta.deliveries")
     raw_before = query(county, 'SELECT count(*) AS n FROM raw."health__patients"')
-    result = CliRunner().invoke(
-        app, ["load", "--landing", str(county / "landing"), "--data-dir", str(county / "data")]
-    )
+    result = sdv_load(county / "landing", county / "data")
     assert result.exit_code == 0, result.output
     assert query(county, "SELECT count(*) AS n, max(recorded_at) AS t FROM meta.deliveries").equals(
         before

@@ -7,10 +7,9 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 import yaml
+from conftest import sdv_load
 from postgres import postgres_cluster
-from typer.testing import CliRunner
 
-from pipelines.cli import app
 from warehouse.landing import Delivery
 from warehouse.sources import DEFAULT_CONFIG_DIR, load_sources
 from warehouse.store import connect, load_delivery
@@ -183,18 +182,7 @@ def test_postgresql_source_loads_through_sdv_load(tmp_path, monkeypatch):
         monkeypatch.setenv("SDV_TEST_POLICE_DB", url)
         config = database_config(tmp_path, "${SDV_TEST_POLICE_DB}")
         data_dir = tmp_path / "data"
-        result = CliRunner().invoke(
-            app,
-            [
-                "load",
-                "--landing",
-                str(tmp_path / "landing"),
-                "--data-dir",
-                str(data_dir),
-                "--config",
-                str(config),
-            ],
-        )
+        result = sdv_load(tmp_path / "landing", data_dir, config)
         assert result.exit_code == 0, result.output
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     check_loaded(con)

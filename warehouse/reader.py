@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -66,10 +67,9 @@ def _decode(data: bytes, encoding: str, path: Path) -> str:
 def _map_header(header: Sequence[str], table: Table, path: Path) -> list[str]:
     """Apply the config's renames and check the header names exactly the spec's columns."""
     mapped = [table.renames.get(h.strip(), h.strip()) for h in header]
-    seen: set[str] = set()
-    duplicates = [c for c in mapped if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
+    duplicates = sorted(c for c, n in Counter(mapped).items() if n > 1)
     if duplicates:
-        raise DeliveryError(path, f"header repeats column(s) {sorted(set(duplicates))}")
+        raise DeliveryError(path, f"header repeats column(s) {duplicates}")
     unknown = [c for c in mapped if c not in table.columns]
     if unknown:
         raise DeliveryError(

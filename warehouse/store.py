@@ -213,14 +213,13 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: So
     Raises DeliveryError (after recording the rejection) when the delivery is unusable;
     in that case nothing of it reaches raw, staged or quarantine.
     """
+    checked: str | None = None
     checksums = file_checksums(delivery, source)
     if checksums is not None:  # the same bytes were checked and loaded before: skip parsing
-        delivery_id = _delivery_id(source.name, delivery.extract_date, checksums)
-        previous = _already_loaded(con, delivery_id)
+        checked = _delivery_id(source.name, delivery.extract_date, checksums)
+        previous = _already_loaded(con, checked)
         if previous is not None:
-            return LoadResult(
-                source.name, delivery.extract_date, delivery_id, "unchanged", previous
-            )
+            return LoadResult(source.name, delivery.extract_date, checked, "unchanged", previous)
     try:
         manifest = read_manifest(delivery)
         raws = read_delivery(delivery, source, manifest)
@@ -230,7 +229,8 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: So
     delivery_id = _delivery_id(
         source.name, delivery.extract_date, {raw.table: raw.sha256 for raw in raws}
     )
-    previous = _already_loaded(con, delivery_id)
+    # Database tables (no checksums up front) are only identifiable once read.
+    previous = None if delivery_id == checked else _already_loaded(con, delivery_id)
     if previous is not None:
         return LoadResult(source.name, delivery.extract_date, delivery_id, "unchanged", previous)
 
