@@ -1,0 +1,118 @@
+"""Cluster scored pairs into persons, under rules no probability may override.
+
+Plain connected components at a threshold lets one weak link chain two families together.
+Instead, links are applied strongest first (a reviewer's "same person" before any score)
+and two clusters are joined only if no hard rule (``matching.rules``) objects to any of
+their members: the result is the same as connected components wherever the evidence is
+consistent, and never contains a vetoed pair.
+
+Clusters larger than ``max_cluster_size`` are kept but flagged for review: a cluster that
+size is more likely a chain of mistakes than a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from matching.rules import Profile, pair_vetoes
+
+
+@dataclass(frozen=True)
+class Clustering:
+    clusters: pl.DataFrame  # unique_id, cluster_id, cluster_size, oversized
+    links: pl.DataFrame  # the pairs that joined clusters: unique_id_l, unique_id_r, probability
+    vetoed: pl.DataFrame  # pairs above the threshold a rule refused: ..., reason
+
+
+def _constraint_sets(constraints: pl.DataFrame | None, kind: str) -> pl.DataFrame:
+    if constraints is None or constraints.is_empty():
+        return pl.DataFrame(schema={"record_id_l": pl.String, "record_id_r": pl.String})
+    return constraints.filter(pl.col("constraint") == kind).select("record_id_l", "record_id_r")
+
+
+def cluster(
+    records: pl.DataFrame,
+    pairs: pl.DataFrame,
+    *,
+    threshold: float,
+    max_cluster_size: int,
+    constraints: pl.DataFrame | None = None,
+) -> Clustering:
+    """Constrained clustering of ``records`` (standardised) using scored ``pairs``.
+
+    ``constraints`` (``record_id_l, record_id_r, constraint``) are clerical decisions:
+    ``must_link`` pairs are joined first (still subject to identifier rules), and
+    ``cannot_link`` pairs are never in one cluster.
+    """
+    ids = set(records["unique_id"].to_list())
+    must = _constraint_sets(constraints, "must_link").filter(
+        pl.col("record_id_l").is_in(ids) & pl.col("record_id_r").is_in(ids)
+    )
+    cannot = _constraint_sets(constraints, "cannot_link")
+    forbidden: dict[str, set[str]] = {}
+    for left, right in cannot.iter_rows():
+        forbidden.setdefault(left, set()).add(right)
+        forbidden.setdefault(right, set()).add(left)
+
+    strong = pairs.filter(pl.col("match_probability") >= threshold).select(
+        "unique_id_l", "unique_id_r", "match_probability", "match_weight"
+    )
+    strong = strong.with_columns(pair_vetoes(strong, records))
+    early_vetoes = strong.filter("veto").with_columns(pl.lit("identifiers or birth years").alias("reason"))
+    reviewed = must.rename({"record_id_l": "unique_id_l", "record_id_r": "unique_id_r"}).with_columns(
+        pl.lit(1.0).alias("match_probability"), pl.lit(1e9).alias("match_weight")
+    )
+    edges = pl.concat(
+        [reviewed, strong.filter(~pl.col("veto")).drop("veto")], how="vertical_relaxed"
+    ).sort("match_weight", descending=True, maintain_order=True)
+
+    profiles: dict[str, Profile] = {}
+    parent: dict[str, str] = {}
+    for row in records.iter_rows(named=True):
+        uid = row["unique_id"]
+        parent[uid] = uid
+        profiles[uid] = Profile.of(row, forbidden.get(uid, set()))
+
+    def find(x: str) -> str:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    joined: list[tuple[str, str, float]] = []
+    refused: list[tuple[str, str, float, str]] = []
+    for left, right, probability, _weight in edges.iter_rows():
+        a, b = find(left), find(right)
+        if a == b:
+            continue
+        reason = profiles[a].conflict(profiles[b])
+        if reason is not None:
+            refused.append((left, right, probability, reason))
+            continue
+        if len(profiles[a].members) < len(profiles[b].members):
+            a, b = b, a
+        profiles[a].absorb(profiles.pop(b))
+        parent[b] = a
+        joined.append((left, right, probability))
+
+    roots = [find(uid) for uid in records["unique_id"]]
+    clusters = pl.DataFrame({"unique_id": records["unique_id"], "cluster_id": roots})
+    clusters = clusters.with_columns(pl.len().over("cluster_id").alias("cluster_size"))
+    clusters = clusters.with_columns((pl.col("cluster_size") > max_cluster_size).alias("oversized"))
+    schema = {"unique_id_l": pl.String, "unique_id_r": pl.String, "match_probability": pl.Float64}
+    vetoed = pl.concat(
+        [
+            early_vetoes.select(*schema, "reason"),
+            pl.DataFrame(refused, schema={**schema, "reason": pl.String}, orient="row"),
+        ],
+        how="vertical_relaxed",
+    )
+    return Clustering(
+        clusters=clusters,
+        links=pl.DataFrame(joined, schema=schema, orient="row"),
+        vetoed=vetoed,
+    )

@@ -1,0 +1,125 @@
+"""Linkage configuration (``config/linkage.yaml``) validated into typed models.
+
+The linkage code never names a source's columns: each person-level table maps its own
+columns onto the linkage fields here, so a new person-level table, or a source that calls
+``dob`` ``birth_date``, is a configuration change. Thresholds and limits live here too, so
+tightening a threshold is reviewed like any other change and recorded in git.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_LINKAGE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "linkage.yaml"
+
+LinkageField = Literal[
+    "forename",
+    "preferred_forename",
+    "middle_names",
+    "surname",
+    "former_surname",
+    "preferred_surname",
+    "dob",
+    "dob_estimated",
+    "age_at_incident",
+    "sex",
+    "date_of_death",
+    "nhs_number",
+    "upn",
+    "former_upn",
+    "child_upn",
+    "relationship",
+    "address_line_1",
+    "address_line_2",
+    "town",
+    "postcode",
+    "uprn",
+    "phone",
+    "family_id",
+    "role_in_family",
+    "updated_at",
+]
+LINKAGE_FIELDS: tuple[str, ...] = LinkageField.__args__  # type: ignore[attr-defined]
+
+
+class LinkageConfigError(ValueError):
+    """The linkage configuration is missing or invalid; the message names file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Thresholds(_Strict):
+    match: float = Field(0.9, gt=0, lt=1)
+    review: float = Field(0.5, gt=0, lt=1)
+    max_cluster_size: int = Field(30, ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.review > self.match:
+            raise ValueError("review threshold must not exceed the match threshold")
+        return self
+
+
+class Training(_Strict):
+    u_max_pairs: int = Field(2_000_000, ge=10_000)
+    seed: int = 42
+
+
+class PersonTable(_Strict):
+    source: str
+    table: str
+    key: list[str] = Field(min_length=1)
+    fields: dict[LinkageField, str]
+    # A query giving, per local key, the first and last date an age in ``age_at_incident``
+    # could have been recorded (``local_key, first_seen, last_seen``); without it the
+    # extract date is used, which assumes the age is current.
+    age_reference_sql: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_names(self) -> PersonTable:
+        for needed in ("forename", "surname"):
+            if needed not in self.fields:
+                raise ValueError(f"{self.source}.{self.table}: field '{needed}' must be mapped")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}|{self.table}"
+
+
+class LinkageConfig(_Strict):
+    thresholds: Thresholds = Thresholds()
+    training: Training = Training()
+    sex_values: dict[str, Literal["M", "F"]] = {}
+    tables: list[PersonTable] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> LinkageConfig:
+        names = [t.name for t in self.tables]
+        if len(names) != len(set(names)):
+            raise ValueError("each (source, table) may appear only once")
+        return self
+
+
+def load_linkage_config(path: Path = DEFAULT_LINKAGE_CONFIG) -> LinkageConfig:
+    """Read and validate the linkage YAML; errors name the file and the offending key."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise LinkageConfigError(f"{path}: file not found") from err
+    except yaml.YAMLError as err:
+        raise LinkageConfigError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return LinkageConfig.model_validate(data or {})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise LinkageConfigError(f"{path}: {problems}") from err

@@ -1,0 +1,152 @@
+"""Hard rules: evidence that two records are different people, whatever the score says.
+
+A probability is an average over the population; a safeguarding view cannot let an average
+merge two children. These rules veto a link outright:
+
+- two different valid NHS numbers, or two valid UPNs with nothing in common;
+- twins: the same date of birth and surname but forenames that are not the same name
+  (not equal, not a nickname or preferred name of each other, not a likely typo);
+- dates of birth that cannot be one date mistyped (not equal, not day and month swapped,
+  more than one of day, month and year different);
+- birth-year ranges that do not overlap (estimated dates, ages at an incident, and the
+  cap a contact gets from their child's date of birth: a father is not his son);
+- a school contact is never the pupil whose UPN the contact row carries;
+- one record says Jr and the other Sr;
+- a clerical reviewer said "different people" (``cannot``).
+
+They are applied twice: to scored pairs (vectorised, before clustering) and between
+whole clusters while clustering (``Profile``), so a chain of links can never join two
+records that would be vetoed as a pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import polars as pl
+from rapidfuzz.distance import DamerauLevenshtein
+
+
+def dates_compatible(a: date, b: date) -> bool:
+    """Equal, day/month swapped, or only one of day, month, year different."""
+    if a == b:
+        return True
+    if a.year == b.year and a.month == b.day and a.day == b.month:
+        return True
+    return (a.year == b.year) + (a.month == b.month) + (a.day == b.day) == 2
+
+
+def names_related(a: str | None, b: str | None, keys_a: set[str], keys_b: set[str]) -> bool:
+    """Could these two forenames be one person's? Unknown counts as related.
+
+    Related: equal, a nickname or preferred/middle name of the other, one keystroke apart
+    (``Rachell``/``Rachel``, ``Chalres``/``Charles``), or one a short form of the other
+    (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a fuzzy score: twins are often given names
+    that sound alike, and a twin's record must never be absorbed as a typo.
+    """
+    if not a or not b or a == b or keys_a & keys_b:
+        return True
+    short, long = sorted((a, b), key=len)
+    if len(short) >= 3 and (long.startswith(short) or long.endswith(short)):
+        return True
+    return min(len(a), len(b)) >= 3 and DamerauLevenshtein.distance(a, b) <= 1
+
+
+@dataclass
+class Profile:
+    """What a cluster says about who it is, enough to test the rules against another."""
+
+    members: set[str] = field(default_factory=set)
+    nhs: set[str] = field(default_factory=set)
+    upns: set[str] = field(default_factory=set)
+    child_upns: set[str] = field(default_factory=set)
+    suffixes: set[str] = field(default_factory=set)
+    year_lo: int = -10_000
+    year_hi: int = 10_000
+    # (dob, surname, forename, forename keys incl. preferred/middle) per record with a dob
+    births: list[tuple[date, str | None, str | None, frozenset[str]]] = field(
+        default_factory=list
+    )
+    cannot: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, row: dict, cannot: set[str]) -> Profile:
+        keys = set(row["forename_keys"] or [])
+        keys.update(n for n in (row["forename_alt"], row["middle_name"]) if n)
+        births = []
+        if row["dob"] is not None and row["dob_exact"]:
+            births.append((row["dob"], row["surname"], row["forename"], frozenset(keys)))
+        return cls(
+            members={row["unique_id"]},
+            nhs={row["nhs_number"]} if row["nhs_number"] else set(),
+            upns=set(row["upn_keys"] or []),
+            child_upns={row["child_upn"]} if row["child_upn"] else set(),
+            suffixes={row["suffix"]} if row["suffix"] else set(),
+            year_lo=row["year_lo"] if row["year_lo"] is not None else -10_000,
+            year_hi=row["year_hi"] if row["year_hi"] is not None else 10_000,
+            births=births,
+            cannot=cannot,
+        )
+
+    def conflict(self, other: Profile) -> str | None:
+        """The rule that forbids merging these clusters, or None."""
+        if self.nhs and other.nhs and self.nhs != other.nhs:
+            return "different NHS numbers"
+        if self.upns and other.upns and not self.upns & other.upns:
+            return "different UPNs"
+        if self.child_upns & other.upns or other.child_upns & self.upns:
+            return "contact of this pupil"
+        if {"jr", "sr"} <= self.suffixes | other.suffixes:
+            return "Jr and Sr"
+        if max(self.year_lo, other.year_lo) > min(self.year_hi, other.year_hi):
+            return "birth years incompatible"
+        if self.cannot & other.members or other.cannot & self.members:
+            return "reviewer: different people"
+        for dob_a, sur_a, fore_a, keys_a in self.births:
+            for dob_b, sur_b, fore_b, keys_b in other.births:
+                if not dates_compatible(dob_a, dob_b):
+                    return "dates of birth incompatible"
+                if (
+                    dob_a == dob_b
+                    and sur_a == sur_b
+                    and not names_related(fore_a, fore_b, set(keys_a), set(keys_b))
+                ):
+                    return "twins"
+        return None
+
+    def absorb(self, other: Profile) -> None:
+        self.members |= other.members
+        self.nhs |= other.nhs
+        self.upns |= other.upns
+        self.child_upns |= other.child_upns
+        self.suffixes |= other.suffixes
+        self.year_lo = max(self.year_lo, other.year_lo)
+        self.year_hi = min(self.year_hi, other.year_hi)
+        self.births.extend(other.births)
+        self.cannot |= other.cannot
+
+
+def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.Series:
+    """Vectorised first pass of the rules over scored pairs: True where a rule vetoes.
+
+    The year-range, NHS number, contact and Jr/Sr rules are cheap in Polars; UPN (current
+    and former), date and twin rules are left to :meth:`Profile.conflict` during clustering.
+    """
+    cols = ["unique_id", "nhs_number", "upn", "child_upn", "suffix", "year_lo", "year_hi"]
+    side = records.select(cols)
+    joined = pairs.select("unique_id_l", "unique_id_r").join(
+        side.rename({c: f"{c}_l" for c in cols}), on="unique_id_l", how="left"
+    )
+    joined = joined.join(side.rename({c: f"{c}_r" for c in cols}), on="unique_id_r", how="left")
+    veto = (
+        (pl.col("nhs_number_l") != pl.col("nhs_number_r")).fill_null(False)
+        | (pl.col("child_upn_l") == pl.col("upn_r")).fill_null(False)
+        | (pl.col("child_upn_r") == pl.col("upn_l")).fill_null(False)
+        | (
+            pl.concat_str("suffix_l", "suffix_r").is_in(["jrsr", "srjr"])
+        ).fill_null(False)
+        | (pl.col("year_lo_l") > pl.col("year_hi_r")).fill_null(False)
+        | (pl.col("year_lo_r") > pl.col("year_hi_l")).fill_null(False)
+    )
+    return joined.select(veto.alias("veto")).to_series()

@@ -1,0 +1,322 @@
+"""Standardise person-level rows for linkage (Polars).
+
+Every person-level table arrives mapped onto the linkage fields (``matching.config``) as
+text. This module turns them into one frame of comparable values:
+
+- names: lower-case ASCII, punctuation and spacing removed (``O'Neill`` = ``O Neill`` =
+  ``oneill``); ``Jr``/``Sr`` taken off into ``suffix``; hyphenated and double-barrelled
+  surnames also kept as their parts; legal, preferred and former names all kept, because
+  agencies record different ones; forenames expanded to their formal names with the
+  nickname table shipped in ``matching/data/nicknames.csv`` (``Alfie`` -> ``alfred``);
+- dates of birth: parsed, with partial values (``1977-00-18``) kept as a year, estimated
+  dates and police ``age_at_incident`` (at the person's incidents, give or take
+  ``AGE_SLACK`` years) turned into a birth-year range (``year_lo`` to
+  ``year_hi``) so a child known only as "about 7" can still be compared;
+- contacts: a parent, carer or grandparent must be at least 12 years older than the pupil
+  they are a contact for, so their birth-year range is capped from the pupil's date of
+  birth: this is what keeps a father apart from the son who shares his name;
+- addresses: postcode normalised, sector and district; the first address line reduced to
+  a key of flat, house number or name, and street (``Flat 1, 15 Exeter Terrace`` ->
+  ``1|15|exeter terrace``); UPRN where present;
+- identifiers: only valid NHS numbers and UPNs are kept as match keys (an invalid one is
+  never evidence).
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import cache
+from pathlib import Path
+
+import polars as pl
+
+from matching.config import LINKAGE_FIELDS, LinkageConfig
+from matching.identifiers import nhs_number_expr, nhs_valid_expr, postcode_expr, upn_valid_expr
+
+# Optional, from the table's ``age_reference_sql``: when an age could have been recorded.
+_AGE_SEEN = ("first_seen", "last_seen")
+NICKNAMES_CSV = Path(__file__).resolve().parent / "data" / "nicknames.csv"
+
+# An age given by a witness or an officer's estimate is approximate, by this many years.
+AGE_SLACK = 2
+# A parent, carer or grandparent is at least this many years older than the child.
+MIN_PARENT_AGE = 12
+_ADULT_CONTACT = ("mother", "father", "carer", "grandparent", "step_parent", "parent")
+_SUFFIXES = {"jr": "jr", "jnr": "jr", "junior": "jr", "sr": "sr", "snr": "sr", "senior": "sr"}
+_STREET_WORDS = {
+    "rd": "road",
+    "st": "street",
+    "ave": "avenue",
+    "av": "avenue",
+    "cres": "crescent",
+    "cl": "close",
+    "ct": "court",
+    "dr": "drive",
+    "gdns": "gardens",
+    "gr": "grove",
+    "ln": "lane",
+    "pl": "place",
+    "sq": "square",
+    "ter": "terrace",
+    "terr": "terrace",
+    "wk": "walk",
+}
+
+STANDARD_COLUMNS = [
+    "unique_id",
+    "source",
+    "source_table",
+    "local_key",
+    "extract_date",
+    "from_quarantine",
+    "forename",
+    "forename_alt",
+    "forename_keys",
+    "middle_name",
+    "surname",
+    "surname_alt",
+    "surname_tokens",
+    "suffix",
+    "dob",
+    "dob_exact",
+    "year_lo",
+    "year_hi",
+    "sex",
+    "nhs_number",
+    "upn",
+    "upn_keys",
+    "child_upn",
+    "relationship",
+    "postcode",
+    "postcode_sector",
+    "postcode_district",
+    "address_key",
+    "uprn",
+    "phone",
+    "family_id",
+    "role_in_family",
+    "date_of_death",
+    "updated_at",
+]
+
+
+@cache
+def nickname_table(path: Path = NICKNAMES_CSV) -> dict[str, tuple[str, ...]]:
+    """Map a lower-case forename to the formal names it may stand for (itself included)."""
+    formal: dict[str, set[str]] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            name, nick = _compact(row["name"]), _compact(row["nickname"])
+            formal.setdefault(nick, {nick}).add(name)
+            formal.setdefault(name, {name})
+    return {k: tuple(sorted(v)) for k, v in formal.items()}
+
+
+def _compact(value: str) -> str:
+    return "".join(ch for ch in value.lower() if "a" <= ch <= "z")
+
+
+def _ascii_lower(expr: pl.Expr) -> pl.Expr:
+    """Lower-case, accents stripped (``Zoë`` -> ``zoe``), apostrophes dropped."""
+    return (
+        expr.str.normalize("NFKD")
+        .str.replace_all(r"[^\x00-\x7f]", "")
+        .str.to_lowercase()
+        .str.replace_all(r"['`’.]", "")
+    )
+
+
+def _tokens(expr: pl.Expr) -> pl.Expr:
+    """Words of a name; an empty list (never null) when the name is missing."""
+    words = _ascii_lower(expr.fill_null("")).str.replace_all(r"[^a-z]+", " ").str.split(" ")
+    return words.list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
+
+
+def _strip_suffix(tokens: pl.Expr) -> pl.Expr:
+    return tokens.list.eval(pl.element().filter(~pl.element().is_in(list(_SUFFIXES))))
+
+
+def _suffix(tokens: pl.Expr) -> pl.Expr:
+    found = tokens.list.eval(pl.element().filter(pl.element().is_in(list(_SUFFIXES))))
+    return found.list.first().replace_strict(_SUFFIXES, default=None)
+
+
+def _join(tokens: pl.Expr) -> pl.Expr:
+    joined = tokens.list.join("")
+    return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)
+
+
+def _names(frame: pl.DataFrame) -> pl.DataFrame:
+    nick = nickname_table()
+    fore = _tokens(pl.col("forename"))
+    sur = _tokens(pl.col("surname"))
+    frame = frame.with_columns(
+        _join(_strip_suffix(fore)).alias("_fn_full"),
+        _strip_suffix(fore).list.first().alias("forename"),
+        _join(_tokens(pl.col("preferred_forename"))).alias("forename_alt"),
+        _tokens(pl.col("middle_names")).list.first().alias("middle_name"),
+        _join(_strip_suffix(sur)).alias("surname"),
+        pl.coalesce(_suffix(sur), _suffix(fore)).alias("suffix"),
+        _strip_suffix(sur).alias("_sur_tokens"),
+        _join(_tokens(pl.col("former_surname"))).alias("_former"),
+        _join(_tokens(pl.col("preferred_surname"))).alias("_preferred_sn"),
+        _tokens(pl.col("former_surname")).alias("_former_tokens"),
+        _tokens(pl.col("preferred_surname")).alias("_preferred_tokens"),
+    )
+    names = frame.select("forename", "forename_alt").to_dicts()
+    keys = [
+        sorted({k for n in (r["forename"], r["forename_alt"]) if n for k in nick.get(n, (n,))})
+        for r in names
+    ]
+    return frame.with_columns(
+        pl.when(pl.col("forename").str.len_chars() > 0).then(pl.col("forename")),
+        pl.Series("forename_keys", keys, dtype=pl.List(pl.String)),
+        pl.concat_list(pl.col("_former"), pl.col("_preferred_sn"))
+        .list.drop_nulls()
+        .list.unique()
+        .alias("surname_alt"),
+        pl.concat_list("_sur_tokens", "_former_tokens", "_preferred_tokens")
+        .list.drop_nulls()
+        .list.eval(pl.element().filter(pl.element().str.len_chars() >= 2))
+        .list.unique()
+        .list.sort()
+        .alias("surname_tokens"),
+    )
+
+
+def _date(expr: pl.Expr) -> pl.Expr:
+    return expr.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+
+
+def _dates(frame: pl.DataFrame) -> pl.DataFrame:
+    """Full dates where parseable; a partial date (bad day or month) still gives its year."""
+    extract_year = pl.col("extract_date").dt.year()
+    first_seen = pl.coalesce(_date(pl.col("first_seen")).dt.year(), extract_year)
+    last_seen = pl.coalesce(_date(pl.col("last_seen")).dt.year(), extract_year)
+    partial_year = (
+        pl.col("dob").str.extract(r"^((?:19|20)\d\d)", 1).cast(pl.Int32, strict=False)
+    )
+    age = pl.col("age_at_incident").cast(pl.Int32, strict=False)
+    estimated = pl.col("dob_estimated").str.to_lowercase().is_in(["true", "1", "yes", "y"])
+    frame = frame.with_columns(
+        _date(pl.col("dob")).alias("_dob"),
+        _date(pl.col("date_of_death")).alias("date_of_death"),
+        pl.col("updated_at").str.slice(0, 19).str.to_datetime(strict=False).alias("updated_at"),
+        estimated.fill_null(False).alias("_estimated"),
+        partial_year.alias("_partial_year"),
+        age.alias("_age"),
+    )
+    year = pl.col("_dob").dt.year().cast(pl.Int32)
+    slack = pl.when(pl.col("_estimated")).then(2).otherwise(0)
+    return frame.with_columns(
+        pl.col("_dob").alias("dob"),
+        (pl.col("_dob").is_not_null() & ~pl.col("_estimated")).alias("dob_exact"),
+        pl.coalesce(
+            year - slack, pl.col("_partial_year"), first_seen - pl.col("_age") - AGE_SLACK - 1
+        )
+        .cast(pl.Int32)
+        .alias("year_lo"),
+        pl.coalesce(year + slack, pl.col("_partial_year"), last_seen - pl.col("_age") + AGE_SLACK)
+        .cast(pl.Int32)
+        .alias("year_hi"),
+    )
+
+
+def _street(expr: pl.Expr) -> pl.Expr:
+    words = expr.str.split(" ").list.eval(
+        pl.element().replace(_STREET_WORDS).filter(pl.element().str.len_chars() > 0)
+    )
+    return words.list.join(" ")
+
+
+def _addresses(frame: pl.DataFrame) -> pl.DataFrame:
+    """``flat|number-or-house-name|street`` from the address lines, blank when unknown."""
+    lines = pl.concat_str(
+        [pl.col("address_line_1").fill_null(""), pl.col("address_line_2").fill_null("")],
+        separator=", ",
+    )
+    text = _ascii_lower(lines).str.replace_all(r"[^a-z0-9, ]+", " ")
+    flat = text.str.extract(r"\b(?:flat|apartment|apt|unit)\s+([a-z0-9]+)", 1)
+    rest = text.str.replace(r"\b(?:flat|apartment|apt|unit)\s+[a-z0-9]+\s*,?", "")
+    number = rest.str.extract(r"\b(\d+[a-z]?)\b", 1)
+    street_after_number = rest.str.extract(r"\b\d+[a-z]?\s+([a-z ]+)", 1)
+    segments = rest.str.split(",").list.eval(pl.element().str.strip_chars()).list.drop_nulls()
+    segments = segments.list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
+    house_name = segments.list.first()
+    street_no_number = segments.list.get(1, null_on_oob=True)
+    street = pl.when(number.is_not_null()).then(street_after_number).otherwise(street_no_number)
+    key = pl.concat_str(
+        [
+            flat.fill_null(""),
+            pl.coalesce(number, house_name.str.replace_all(" ", "")).fill_null(""),
+            _street(street.str.strip_chars().fill_null("")),
+        ],
+        separator="|",
+    )
+    postcode = postcode_expr("postcode")
+    return frame.with_columns(
+        pl.when(key.str.replace_all(r"\|", "") != "").then(key).alias("address_key"),
+        postcode.alias("postcode"),
+        postcode.str.slice(0, postcode.str.len_chars() - 2).alias("postcode_sector"),
+        postcode.str.split(" ").list.first().alias("postcode_district"),
+        pl.col("uprn").str.replace_all(r"\D", "").str.strip_chars_start("0").alias("uprn"),
+        pl.col("phone").str.replace_all(r"\D", "").alias("phone"),
+    )
+
+
+def _identifiers(frame: pl.DataFrame) -> pl.DataFrame:
+    own_upn = pl.when(upn_valid_expr("upn")).then(pl.col("upn").str.to_uppercase())
+    former = pl.when(upn_valid_expr("former_upn")).then(pl.col("former_upn").str.to_uppercase())
+    return frame.with_columns(
+        pl.when(nhs_valid_expr("nhs_number")).then(nhs_number_expr("nhs_number")).alias("nhs_number"),
+        own_upn.alias("upn"),
+        pl.concat_list(own_upn, former).list.drop_nulls().list.unique().alias("upn_keys"),
+        pl.col("child_upn").str.to_uppercase().str.replace_all(" ", "").alias("child_upn"),
+        pl.col("relationship").str.to_lowercase().alias("relationship"),
+        pl.col("sex").str.to_lowercase().str.strip_chars().alias("sex"),
+    )
+
+
+def _cap_contacts_by_child(frame: pl.DataFrame) -> pl.DataFrame:
+    """A parent-like contact was born at least ``MIN_PARENT_AGE`` years before the pupil."""
+    children = (
+        frame.filter(pl.col("upn").is_not_null() & pl.col("dob").is_not_null())
+        .group_by("upn")
+        .agg(pl.col("dob").dt.year().min().cast(pl.Int32).alias("_child_year"))
+        .rename({"upn": "child_upn"})
+    )
+    frame = frame.join(children, on="child_upn", how="left")
+    parent_like = pl.col("relationship").is_in(_ADULT_CONTACT)
+    cap = pl.col("_child_year") - MIN_PARENT_AGE
+    return frame.with_columns(
+        pl.when(parent_like & pl.col("_child_year").is_not_null())
+        .then(pl.min_horizontal(pl.col("year_hi"), cap))
+        .otherwise(pl.col("year_hi"))
+        .alias("year_hi")
+    )
+
+
+def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
+    """Standardise rows already mapped onto the linkage fields (all text) for linkage.
+
+    ``rows`` has ``source``, ``source_table``, ``local_key``, ``extract_date`` (date),
+    ``from_quarantine`` and any of the linkage fields; missing fields are treated as null.
+    """
+    missing = [f for f in (*LINKAGE_FIELDS, *_AGE_SEEN) if f not in rows.columns]
+    frame = rows.with_columns([pl.lit(None, dtype=pl.String).alias(f) for f in missing])
+    frame = frame.with_columns(
+        pl.concat_str(["source", "source_table", "local_key"], separator="|").alias("unique_id")
+    )
+    frame = _identifiers(frame)
+    frame = _names(frame)
+    frame = _dates(frame)
+    frame = _addresses(frame)
+    frame = frame.with_columns(
+        pl.col("sex").replace_strict(config.sex_values, default=None).alias("sex"),
+        pl.when(pl.col("family_id").is_not_null())
+        .then(pl.concat_str([pl.col("source"), pl.col("family_id")], separator="|"))
+        .alias("family_id"),
+    )
+    frame = _cap_contacts_by_child(frame)
+    return frame.select(STANDARD_COLUMNS)
+
