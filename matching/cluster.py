@@ -32,6 +32,41 @@ def _constraint_sets(constraints: pl.DataFrame | None, kind: str) -> pl.DataFram
     return constraints.filter(pl.col("constraint") == kind).select("record_id_l", "record_id_r")
 
 
+def _ambiguous(
+    records: pl.DataFrame, edges: pl.DataFrame, forbidden: dict[str, set[str]]
+) -> set[str]:
+    """Records without identity of their own (no exact date of birth, NHS number or UPN)
+    whose strong links reach two people who cannot be one: a child at an incident known
+    as "Adaeze, about 4" with two sisters of that name at the address. Linking to either
+    would be a guess, so neither is made and the pairs go to review instead.
+    """
+    weak = records.filter(
+        ~pl.col("dob_exact") & pl.col("nhs_number").is_null() & (pl.col("upn_keys").list.len() == 0)
+    ).select("unique_id")
+    ends = pl.concat(
+        [
+            edges.select(pl.col("unique_id_l").alias("record"), pl.col("unique_id_r").alias("other")),
+            edges.select(pl.col("unique_id_r").alias("record"), pl.col("unique_id_l").alias("other")),
+        ]
+    ).join(weak, left_on="record", right_on="unique_id")
+    ends = ends.filter(pl.len().over("record") >= 2)
+    if ends.is_empty():
+        return set()
+    needed = set(ends["other"].to_list())
+    rows = records.filter(pl.col("unique_id").is_in(needed))
+    profile = {r["unique_id"]: Profile.of(r, forbidden.get(r["unique_id"], set())) for r in rows.iter_rows(named=True)}
+    found: set[str] = set()
+    for record, others in ends.group_by("record").agg("other").iter_rows():
+        candidates = [profile[o] for o in others]
+        if any(
+            a.conflict(b) is not None
+            for i, a in enumerate(candidates)
+            for b in candidates[i + 1 :]
+        ):
+            found.add(record)
+    return found
+
+
 def cluster(
     records: pl.DataFrame,
     pairs: pl.DataFrame,
@@ -59,13 +94,20 @@ def cluster(
     strong = pairs.filter(pl.col("match_probability") >= threshold).select(
         "unique_id_l", "unique_id_r", "match_probability", "match_weight"
     )
-    strong = strong.with_columns(pair_vetoes(strong, records))
-    early_vetoes = strong.filter("veto").with_columns(pl.lit("identifiers or birth years").alias("reason"))
+    strong = pair_vetoes(strong, records)
+    early_vetoes = strong.filter("veto").with_columns(
+        pl.lit("identifiers, names or birth years").alias("reason")
+    )
+    strong = strong.filter(~pl.col("veto")).drop("veto")
+    ambiguous = _ambiguous(records, strong, forbidden)
+    strong = strong.filter(
+        ~pl.col("unique_id_l").is_in(ambiguous) & ~pl.col("unique_id_r").is_in(ambiguous)
+    )
     reviewed = must.rename({"record_id_l": "unique_id_l", "record_id_r": "unique_id_r"}).with_columns(
         pl.lit(1.0).alias("match_probability"), pl.lit(1e9).alias("match_weight")
     )
     edges = pl.concat(
-        [reviewed, strong.filter(~pl.col("veto")).drop("veto")], how="vertical_relaxed"
+        [reviewed, strong], how="vertical_relaxed"
     ).sort("match_weight", descending=True, maintain_order=True)
 
     profiles: dict[str, Profile] = {}
@@ -74,6 +116,10 @@ def cluster(
         uid = row["unique_id"]
         parent[uid] = uid
         profiles[uid] = Profile.of(row, forbidden.get(uid, set()))
+    ambiguous_pairs = pairs.filter(
+        (pl.col("match_probability") >= threshold)
+        & (pl.col("unique_id_l").is_in(ambiguous) | pl.col("unique_id_r").is_in(ambiguous))
+    ).select("unique_id_l", "unique_id_r", "match_probability")
 
     def find(x: str) -> str:
         root = x
@@ -107,6 +153,7 @@ def cluster(
     vetoed = pl.concat(
         [
             early_vetoes.select(*schema, "reason"),
+            ambiguous_pairs.with_columns(pl.lit("ambiguous: fits two people").alias("reason")),
             pl.DataFrame(refused, schema={**schema, "reason": pl.String}, orient="row"),
         ],
         how="vertical_relaxed",

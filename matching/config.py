@@ -55,8 +55,8 @@ class _Strict(BaseModel):
 
 
 class Thresholds(_Strict):
-    match: float = Field(0.9, gt=0, lt=1)
-    review: float = Field(0.5, gt=0, lt=1)
+    match: float = Field(0.5, gt=0, lt=1)
+    review: float = Field(0.2, gt=0, lt=1)
     max_cluster_size: int = Field(30, ge=2)
 
     @model_validator(mode="after")

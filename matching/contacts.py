@@ -27,22 +27,26 @@ _SEX_OF = {"mother": "F", "father": "M"}
 
 
 def _addresses(records: pl.DataFrame) -> pl.DataFrame:
-    return records.filter(
+    """Each record's address as keys, ``exact`` when the postcode is there too.
+
+    The postcode-less key lets a record whose postcode is missing still be found, but is
+    weaker (the same house number and street can exist in two towns).
+    """
+    with_postcode = records.filter(
         pl.col("postcode").is_not_null() & pl.col("address_key").is_not_null()
     ).select(
         "unique_id",
         pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
+        pl.lit(True).alias("exact"),
     )
+    without = records.filter(pl.col("address_key").is_not_null()).select(
+        "unique_id", pl.col("address_key").alias("address"), pl.lit(False).alias("exact")
+    )
+    return pl.concat([with_postcode, without])
 
 
-def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
-    """Edges from contacts to the unique co-resident person who fits; pair-frame shaped."""
-    cluster_of = clusters.select("unique_id", "cluster_id")
-    contacts = records.filter(pl.col("child_upn").is_not_null()).select(
-        "unique_id", "child_upn", "relationship", "forename", "forename_keys"
-    )
-    if contacts.is_empty():
-        return _empty()
+def _candidates(records: pl.DataFrame, contacts: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
+    """(contact, candidate) pairs living at the contact's or their child's addresses."""
     child_clusters = (
         records.select("unique_id", pl.col("upn_keys").alias("child_upn"))
         .explode("child_upn")
@@ -52,51 +56,81 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
         .unique()
     )
     addresses = _addresses(records).join(cluster_of, on="unique_id")
-    child_addresses = (
-        contacts.join(child_clusters, on="child_upn")
-        .join(addresses.select(pl.col("cluster_id").alias("child_cluster"), "address"), on="child_cluster")
-        .select("unique_id", "child_cluster", "address")
-    )
-    own = (
-        _addresses(records)
-        .join(contacts.select("unique_id"), on="unique_id")
-        .join(contacts.join(child_clusters, on="child_upn").select("unique_id", "child_cluster"), on="unique_id", how="left")
-    )
-    wanted = pl.concat([child_addresses, own.select(child_addresses.columns)]).unique()
-    candidates = addresses.rename({"unique_id": "candidate", "cluster_id": "candidate_cluster"})
-    pairs = (
-        wanted.join(candidates, on="address")
-        .filter(
-            (pl.col("candidate") != pl.col("unique_id"))
-            & (pl.col("candidate_cluster") != pl.col("child_cluster")).fill_null(True)
-        )
-        .join(contacts, on="unique_id")
-        .join(
-            records.select(
-                pl.col("unique_id").alias("candidate"),
-                pl.col("forename").alias("candidate_forename"),
-                pl.col("forename_keys").alias("candidate_keys"),
-                pl.col("sex").alias("candidate_sex"),
+    of_child = contacts.join(child_clusters, on="child_upn").select("unique_id", "child_cluster")
+    wanted = pl.concat(
+        [
+            of_child.join(
+                addresses.select(pl.col("cluster_id").alias("child_cluster"), "address", "exact"),
+                on="child_cluster",
             ),
-            on="candidate",
-        )
+            addresses.select("unique_id", "address", "exact")
+            .join(contacts.select("unique_id"), on="unique_id")
+            .join(of_child, on="unique_id", how="left"),
+        ],
+        how="diagonal",
+    ).unique()
+    found = addresses.rename(
+        {"unique_id": "candidate", "cluster_id": "candidate_cluster", "exact": "candidate_exact"}
     )
+    pairs = wanted.join(found, on="address").filter(
+        (pl.col("candidate") != pl.col("unique_id"))
+        & (pl.col("candidate_cluster") != pl.col("child_cluster")).fill_null(True)
+    )
+    pairs = pairs.with_columns((pl.col("exact") & pl.col("candidate_exact")).alias("exact"))
+    pairs = pairs.group_by("unique_id", "candidate", "candidate_cluster").agg(pl.col("exact").max())
+    side = records.select(
+        pl.col("unique_id").alias("candidate"),
+        pl.col("forename").alias("candidate_forename"),
+        pl.col("forename_keys").alias("candidate_keys"),
+        pl.col("sex").alias("candidate_sex"),
+        pl.col("surname").alias("candidate_surname"),
+    )
+    return pairs.join(contacts, on="unique_id").join(side, on="candidate")
+
+
+def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
+    """Edges from contacts to the unique co-resident person who fits; pair-frame shaped.
+
+    Candidates are ranked: a fitting forename at the exact address (postcode and
+    address), then a fitting forename at the address without postcode, then for a mother
+    or father (whose sex we know) the same surname and sex at the exact address
+    ("Chris Kowalski", father, is the Krzysztof Kowalski living with the child). The
+    contact is linked only if the best rank holds exactly one person.
+    """
+    contacts = records.filter(pl.col("child_upn").is_not_null()).select(
+        "unique_id", "child_upn", "relationship", "forename", "forename_keys", "surname"
+    )
+    if contacts.is_empty():
+        return _empty()
+    pairs = _candidates(records, contacts, clusters.select("unique_id", "cluster_id"))
     expected_sex = pl.col("relationship").replace_strict(_SEX_OF, default=None)
     pairs = pairs.filter(
         expected_sex.is_null()
         | pl.col("candidate_sex").is_null()
         | (expected_sex == pl.col("candidate_sex"))
-    ).unique(["unique_id", "candidate"])
-    related = [
-        names_related(f, cf, set(k or []), set(ck or []))
-        and f is not None
-        and cf is not None
-        for f, cf, k, ck in pairs.select(
-            "forename", "candidate_forename", "forename_keys", "candidate_keys"
-        ).iter_rows()
-    ]
-    pairs = pairs.filter(pl.Series(related, dtype=pl.Boolean))
-    unique = pairs.filter(pl.col("candidate_cluster").n_unique().over("unique_id") == 1)
+    )
+    sexed = (expected_sex == pl.col("candidate_sex")).fill_null(False).alias("sexed")
+    tiers = []
+    for f, cf, k, ck, s, cs, known, exact in pairs.select(
+        "forename",
+        "candidate_forename",
+        "forename_keys",
+        "candidate_keys",
+        "surname",
+        "candidate_surname",
+        sexed,
+        "exact",
+    ).iter_rows():
+        tier = None
+        if f is not None and cf is not None:
+            if names_related(f, cf, set(k or []), set(ck or [])):
+                tier = 1 if exact else 2
+            elif known and exact and s is not None and s == cs:
+                tier = 3
+        tiers.append(tier)
+    pairs = pairs.with_columns(pl.Series("tier", tiers, dtype=pl.Int8)).drop_nulls("tier")
+    best = pairs.filter(pl.col("tier") == pl.col("tier").min().over("unique_id"))
+    unique = best.filter(pl.col("candidate_cluster").n_unique().over("unique_id") == 1)
     edges = unique.group_by("unique_id").agg(pl.col("candidate").min())
     weight = math.log2(CONTACT_LINK_PROBABILITY / (1 - CONTACT_LINK_PROBABILITY))
     return edges.select(

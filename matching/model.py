@@ -198,7 +198,8 @@ def _address() -> dict[str, Any]:
         "comparison_description": "UPRN, address and postcode",
         "comparison_levels": [
             {
-                "sql_condition": "postcode_l is null or postcode_r is null",
+                "sql_condition": "(postcode_l is null and address_key_l is null) "
+                "or (postcode_r is null and address_key_r is null)",
                 "label_for_charts": "null",
                 "is_null_level": True,
             },

@@ -10,7 +10,8 @@ merge two children. These rules veto a link outright:
   more than one of day, month and year different);
 - birth-year ranges that do not overlap (estimated dates, ages at an incident, and the
   cap a contact gets from their child's date of birth: a father is not his son);
-- a school contact is never the pupil whose UPN the contact row carries;
+- a school contact is never the pupil whose UPN the contact row carries, and two contacts
+  of one pupil are two different people;
 - one record says Jr and the other Sr;
 - a clerical reviewer said "different people" (``cannot``).
 
@@ -97,6 +98,8 @@ class Profile:
             return "different UPNs"
         if self.child_upns & other.upns or other.child_upns & self.upns:
             return "contact of this pupil"
+        if self.child_upns & other.child_upns:  # each cluster holds its own contact row
+            return "two contacts of one pupil"
         if {"jr", "sr"} <= self.suffixes | other.suffixes:
             return "Jr and Sr"
         if max(self.year_lo, other.year_lo) > min(self.year_hi, other.year_hi):
@@ -127,26 +130,41 @@ class Profile:
         self.cannot |= other.cannot
 
 
-def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.Series:
-    """Vectorised first pass of the rules over scored pairs: True where a rule vetoes.
+def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
+    """Vectorised first pass of the rules over scored pairs: adds a boolean ``veto``.
 
-    The year-range, NHS number, contact and Jr/Sr rules are cheap in Polars; UPN (current
-    and former), date and twin rules are left to :meth:`Profile.conflict` during clustering.
+    The NHS number, contact, Jr/Sr and birth-year rules are cheap in Polars, and so is
+    "no forename": a record without one links only on an identifier or an exact date of
+    birth, never on surname and address alone. UPN (current and former), date and twin
+    rules are left to :meth:`Profile.conflict` during clustering.
     """
-    cols = ["unique_id", "nhs_number", "upn", "child_upn", "suffix", "year_lo", "year_hi"]
+    cols = [
+        "unique_id",
+        "forename",
+        "dob",
+        "nhs_number",
+        "upn",
+        "child_upn",
+        "suffix",
+        "year_lo",
+        "year_hi",
+    ]
     side = records.select(cols)
-    joined = pairs.select("unique_id_l", "unique_id_r").join(
+    joined = pairs.join(
         side.rename({c: f"{c}_l" for c in cols}), on="unique_id_l", how="left"
-    )
-    joined = joined.join(side.rename({c: f"{c}_r" for c in cols}), on="unique_id_r", how="left")
+    ).join(side.rename({c: f"{c}_r" for c in cols}), on="unique_id_r", how="left")
+    identified = (
+        (pl.col("nhs_number_l") == pl.col("nhs_number_r"))
+        | (pl.col("upn_l") == pl.col("upn_r"))
+        | (pl.col("dob_l") == pl.col("dob_r"))
+    ).fill_null(False)
     veto = (
         (pl.col("nhs_number_l") != pl.col("nhs_number_r")).fill_null(False)
         | (pl.col("child_upn_l") == pl.col("upn_r")).fill_null(False)
         | (pl.col("child_upn_r") == pl.col("upn_l")).fill_null(False)
-        | (
-            pl.concat_str("suffix_l", "suffix_r").is_in(["jrsr", "srjr"])
-        ).fill_null(False)
+        | (pl.concat_str("suffix_l", "suffix_r").is_in(["jrsr", "srjr"])).fill_null(False)
         | (pl.col("year_lo_l") > pl.col("year_hi_r")).fill_null(False)
         | (pl.col("year_lo_r") > pl.col("year_hi_l")).fill_null(False)
+        | ((pl.col("forename_l").is_null() | pl.col("forename_r").is_null()) & ~identified)
     )
-    return joined.select(veto.alias("veto")).to_series()
+    return joined.with_columns(veto.alias("veto")).select(*pairs.columns, "veto")

@@ -12,9 +12,9 @@ text. This module turns them into one frame of comparable values:
   dates and police ``age_at_incident`` (at the person's incidents, give or take
   ``AGE_SLACK`` years) turned into a birth-year range (``year_lo`` to
   ``year_hi``) so a child known only as "about 7" can still be compared;
-- contacts: a parent, carer or grandparent must be at least 12 years older than the pupil
-  they are a contact for, so their birth-year range is capped from the pupil's date of
-  birth: this is what keeps a father apart from the son who shares his name;
+- roles: a contact's birth-year range is narrowed from the pupil's date of birth (a
+  parent 12 to 60 years older, a grandparent 30 or more), and adults by role are adults:
+  this is what keeps a father apart from the son who shares his name;
 - addresses: postcode normalised, sector and district; the first address line reduced to
   a key of flat, house number or name, and street (``Flat 1, 15 Exeter Terrace`` ->
   ``1|15|exeter terrace``); UPRN where present;
@@ -39,9 +39,12 @@ NICKNAMES_CSV = Path(__file__).resolve().parent / "data" / "nicknames.csv"
 
 # An age given by a witness or an officer's estimate is approximate, by this many years.
 AGE_SLACK = 2
-# A parent, carer or grandparent is at least this many years older than the child.
-MIN_PARENT_AGE = 12
-_ADULT_CONTACT = ("mother", "father", "carer", "grandparent", "step_parent", "parent")
+# Years between a contact's birth and their child's, by relationship (min, max).
+_GAP_MIN = {"mother": 12, "father": 12, "step_parent": 12, "grandparent": 30}
+_GAP_MAX = {"mother": 60, "father": 70}
+_ADULT_RELATIONSHIPS = ("carer", "step_parent")
+_ADULT_ROLES = ("parent", "carer", "other_adult")
+ADULT_AGE = 16
 _SUFFIXES = {"jr": "jr", "jnr": "jr", "junior": "jr", "sr": "sr", "snr": "sr", "senior": "sr"}
 _STREET_WORDS = {
     "rd": "road",
@@ -277,22 +280,31 @@ def _identifiers(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _cap_contacts_by_child(frame: pl.DataFrame) -> pl.DataFrame:
-    """A parent-like contact was born at least ``MIN_PARENT_AGE`` years before the pupil."""
+def _age_from_roles(frame: pl.DataFrame) -> pl.DataFrame:
+    """Narrow each birth-year range with what a row's role says about the person's age.
+
+    A contact is compared with the pupil they are a contact for: a mother or father is
+    12 to 60 years older, a grandparent at least 30; a carer, and an early-help parent or
+    carer, is an adult. This is what keeps a father from being merged with the son who
+    shares his name, and a grandmother from being taken for the mother of the same name.
+    """
     children = (
         frame.filter(pl.col("upn").is_not_null() & pl.col("dob").is_not_null())
         .group_by("upn")
-        .agg(pl.col("dob").dt.year().min().cast(pl.Int32).alias("_child_year"))
+        .agg(pl.col("dob").dt.year().median().cast(pl.Int32).alias("_child_year"))
         .rename({"upn": "child_upn"})
     )
     frame = frame.join(children, on="child_upn", how="left")
-    parent_like = pl.col("relationship").is_in(_ADULT_CONTACT)
-    cap = pl.col("_child_year") - MIN_PARENT_AGE
+    rel = pl.col("relationship")
+    gap_min = rel.replace_strict(_GAP_MIN, default=None, return_dtype=pl.Int32)
+    gap_max = rel.replace_strict(_GAP_MAX, default=None, return_dtype=pl.Int32)
+    adult = rel.is_in(_ADULT_RELATIONSHIPS) | pl.col("role_in_family").is_in(_ADULT_ROLES)
+    adult_cap = pl.when(adult).then(pl.col("extract_date").dt.year() - ADULT_AGE)
     return frame.with_columns(
-        pl.when(parent_like & pl.col("_child_year").is_not_null())
-        .then(pl.min_horizontal(pl.col("year_hi"), cap))
-        .otherwise(pl.col("year_hi"))
-        .alias("year_hi")
+        pl.min_horizontal(
+            "year_hi", pl.col("_child_year") - gap_min, adult_cap
+        ).alias("year_hi"),
+        pl.max_horizontal("year_lo", pl.col("_child_year") - gap_max).alias("year_lo"),
     )
 
 
@@ -317,6 +329,6 @@ def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
         .then(pl.concat_str([pl.col("source"), pl.col("family_id")], separator="|"))
         .alias("family_id"),
     )
-    frame = _cap_contacts_by_child(frame)
+    frame = _age_from_roles(frame)
     return frame.select(STANDARD_COLUMNS)
 

@@ -1,0 +1,235 @@
+"""One night's resolution: scored pairs in, persons with stable ids and a review queue out.
+
+The steps, each its own module so each can be tested alone:
+
+1. constrained clustering of the scored pairs (``matching.cluster``);
+2. school contacts linked through their child (``matching.contacts``), then clustering
+   again with those links added;
+3. stable person ids from last night's registry (``matching.registry``);
+4. the clerical review queue: pairs between the review and match thresholds that ended
+   up in different persons, and pairs held back as ambiguous.
+
+Incremental scoring lives here too: only records whose linkage fields changed since the
+last run are re-scored (``changed_records``), and yesterday's scores are kept for pairs of
+unchanged records, which is sound because a pair's score depends only on its two records
+and the saved model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from matching.cluster import Clustering, cluster
+from matching.config import LinkageConfig
+from matching.contacts import contact_links
+from matching.model import MODEL_COLUMNS
+from matching.registry import Assignment, assign_person_ids
+from matching.rules import pair_vetoes
+
+DISPLAY_COLUMNS = [
+    "source",
+    "source_table",
+    "local_key",
+    "forename",
+    "forename_alt",
+    "middle_name",
+    "surname",
+    "surname_alt",
+    "dob",
+    "year_lo",
+    "year_hi",
+    "sex",
+    "nhs_number",
+    "upn",
+    "child_upn",
+    "relationship",
+    "postcode",
+    "address_key",
+]
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    person_records: pl.DataFrame
+    clustering: Clustering
+    assignment: Assignment
+    review: pl.DataFrame
+
+
+def fingerprints(records: pl.DataFrame) -> pl.DataFrame:
+    """A hash of each record's linkage fields: a changed hash means re-score the record."""
+    cols = [c for c in MODEL_COLUMNS if c != "forename_canon" and c in records.columns]
+    text = pl.concat_str(
+        [pl.col(c).cast(pl.List(pl.String)).list.join(";") if records.schema[c] == pl.List(pl.String)
+         else pl.col(c).cast(pl.String) for c in cols],
+        separator="\x1f",
+        ignore_nulls=False,
+    ).fill_null("")
+    return records.select("unique_id", text.hash(seed=7).cast(pl.String).alias("fingerprint"))
+
+
+def changed_records(current: pl.DataFrame, previous: pl.DataFrame | None) -> set[str]:
+    """Unique ids of records that are new or whose linkage fields changed."""
+    if previous is None or previous.is_empty():
+        return set(current["unique_id"].to_list())
+    joined = current.join(previous, on="unique_id", how="left", suffix="_before")
+    changed = joined.filter(pl.col("fingerprint") != pl.col("fingerprint_before").fill_null(""))
+    return set(changed["unique_id"].to_list())
+
+
+def merge_scores(cached: pl.DataFrame, fresh: pl.DataFrame, records: pl.DataFrame,
+                 changed: set[str]) -> pl.DataFrame:
+    """Yesterday's scores for pairs of unchanged, still-present records plus tonight's."""
+    present = records["unique_id"]
+    keep = cached.filter(
+        pl.col("unique_id_l").is_in(present)
+        & pl.col("unique_id_r").is_in(present)
+        & ~pl.col("unique_id_l").is_in(sorted(changed))
+        & ~pl.col("unique_id_r").is_in(sorted(changed))
+    )
+    return pl.concat([keep, fresh], how="diagonal_relaxed").unique(
+        ["unique_id_l", "unique_id_r"], keep="last", maintain_order=True
+    )
+
+
+def _confidence(records: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
+    """Per record, the strongest link that joined it to its person (null if on its own)."""
+    ends = pl.concat(
+        [
+            links.select(pl.col("unique_id_l").alias("unique_id"), "match_probability"),
+            links.select(pl.col("unique_id_r").alias("unique_id"), "match_probability"),
+        ]
+    )
+    best = ends.group_by("unique_id").agg(pl.col("match_probability").max())
+    return records.select("unique_id").join(best, on="unique_id", how="left").rename(
+        {"match_probability": "match_confidence"}
+    )
+
+
+def level_labels(model: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """``gamma_<comparison>`` value -> the level's chart label, from a saved Splink model."""
+    labels: dict[str, dict[int, str]] = {}
+    for comparison in model["comparisons"]:
+        levels = [lvl for lvl in comparison["comparison_levels"] if not lvl.get("is_null_level")]
+        name = comparison["output_column_name"]
+        labels[name] = {len(levels) - 1 - i: lvl["label_for_charts"] for i, lvl in enumerate(levels)}
+        labels[name][-1] = "null"
+    return labels
+
+
+def review_queue(
+    records: pl.DataFrame,
+    pairs: pl.DataFrame,
+    clustering: Clustering,
+    config: LinkageConfig,
+    model: dict[str, Any],
+) -> pl.DataFrame:
+    """Pairs a person should look at, with both records and the levels behind the score."""
+    t = config.thresholds
+    person = clustering.clusters.select("unique_id", "cluster_id")
+    band = pairs.filter(
+        (pl.col("match_probability") >= t.review) & (pl.col("match_probability") < t.match)
+    )
+    ambiguous = clustering.vetoed.filter(pl.col("reason").str.starts_with("ambiguous"))
+    band = pl.concat(
+        [band, pairs.join(ambiguous.select("unique_id_l", "unique_id_r"), on=["unique_id_l", "unique_id_r"])],
+        how="diagonal_relaxed",
+    ).unique(["unique_id_l", "unique_id_r"])
+    band = pair_vetoes(band, records).filter(~pl.col("veto")).drop("veto")
+    band = band.join(person.rename({"unique_id": "unique_id_l", "cluster_id": "c_l"}), on="unique_id_l")
+    band = band.join(person.rename({"unique_id": "unique_id_r", "cluster_id": "c_r"}), on="unique_id_r")
+    band = band.filter(pl.col("c_l") != pl.col("c_r"))
+    if band.is_empty():
+        return pl.DataFrame(
+            schema={
+                "record_id_l": pl.String,
+                "record_id_r": pl.String,
+                "match_probability": pl.Float64,
+                "match_weight": pl.Float64,
+                "levels": pl.String,
+                "record_l": pl.String,
+                "record_r": pl.String,
+            }
+        )
+    labels = level_labels(model)
+    gammas = [c for c in band.columns if c.startswith("gamma_")]
+    shown = records.select("unique_id", *DISPLAY_COLUMNS)
+    details = {
+        row["unique_id"]: json.dumps({k: v for k, v in row.items() if k != "unique_id"}, default=str)
+        for row in shown.filter(
+            pl.col("unique_id").is_in(pl.concat([band["unique_id_l"], band["unique_id_r"]]))
+        ).iter_rows(named=True)
+    }
+    levels = [
+        json.dumps({g[6:]: labels.get(g[6:], {}).get(v, str(v)) for g, v in zip(gammas, row, strict=True)})
+        for row in band.select(gammas).iter_rows()
+    ]
+    return band.select(
+        pl.col("unique_id_l").alias("record_id_l"),
+        pl.col("unique_id_r").alias("record_id_r"),
+        "match_probability",
+        "match_weight",
+        pl.Series("levels", levels, dtype=pl.String),
+        pl.col("unique_id_l").replace_strict(details, default=None).alias("record_l"),
+        pl.col("unique_id_r").replace_strict(details, default=None).alias("record_r"),
+    ).sort("match_probability", descending=True)
+
+
+def resolve(
+    records: pl.DataFrame,
+    pairs: pl.DataFrame,
+    config: LinkageConfig,
+    model: dict[str, Any],
+    *,
+    previous_registry: pl.DataFrame,
+    run_id: str,
+    constraints: pl.DataFrame | None = None,
+    used_ids: set[str] | None = None,
+) -> LinkResult:
+    """Cluster, add contact links, cluster again, assign stable ids, build the review queue."""
+    t = config.thresholds
+    first = cluster(
+        records, pairs, threshold=t.match, max_cluster_size=t.max_cluster_size,
+        constraints=constraints,
+    )
+    contacts = contact_links(records, first.clusters)
+    with_contacts = (
+        pl.concat([pairs, contacts], how="diagonal_relaxed")
+        .sort("match_probability", descending=True)
+        .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
+    )
+    final = cluster(
+        records, with_contacts, threshold=t.match, max_cluster_size=t.max_cluster_size,
+        constraints=constraints,
+    )
+    assignment = assign_person_ids(
+        previous_registry,
+        final.clusters.select(pl.col("unique_id").alias("record_id"), "cluster_id"),
+        run_id,
+        used_ids=used_ids,
+    )
+    person_records = (
+        records.select("unique_id", "source", "source_table", "local_key", "from_quarantine")
+        .join(assignment.registry.rename({"record_id": "unique_id"}), on="unique_id")
+        .join(_confidence(records, final.links), on="unique_id")
+        .join(final.clusters.select("unique_id", "cluster_size", "oversized"), on="unique_id")
+        .rename({"unique_id": "record_id"})
+    )
+    return LinkResult(
+        person_records=person_records,
+        clustering=final,
+        assignment=assignment,
+        review=review_queue(records, pairs, final, config, model),
+    )
+
+
+def run_id_for(records: pl.DataFrame, model_version: str) -> str:
+    """A run id that names what the run saw: the model and the records' fingerprints."""
+    digest = hashlib.sha256(model_version.encode())
+    digest.update(fingerprints(records).sort("unique_id").write_csv().encode())
+    return digest.hexdigest()[:16]
