@@ -8,7 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from sqlalchemy.engine import Engine
 
+from warehouse.operational import engine_for
 from warehouse.store import connect
 
 
@@ -39,3 +41,18 @@ class Warehouse(dg.ConfigurableResource):
             yield con
         finally:
             con.close()
+
+
+class OperationalStore(dg.ConfigurableResource):
+    """SQLAlchemy URL of the operational store (review decisions; SQLite by default)."""
+
+    url: str
+
+    def engine(self) -> Engine:
+        return engine_for(self.url)
+
+
+class LinkageSettings(dg.ConfigurableResource):
+    """Where versioned linkage models (and their charts) are saved."""
+
+    model_dir: str

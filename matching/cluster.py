@@ -45,8 +45,12 @@ def _ambiguous(
     ).select("unique_id")
     ends = pl.concat(
         [
-            edges.select(pl.col("unique_id_l").alias("record"), pl.col("unique_id_r").alias("other")),
-            edges.select(pl.col("unique_id_r").alias("record"), pl.col("unique_id_l").alias("other")),
+            edges.select(
+                pl.col("unique_id_l").alias("record"), pl.col("unique_id_r").alias("other")
+            ),
+            edges.select(
+                pl.col("unique_id_r").alias("record"), pl.col("unique_id_l").alias("other")
+            ),
         ]
     ).join(weak, left_on="record", right_on="unique_id")
     ends = ends.filter(pl.len().over("record") >= 2)
@@ -54,14 +58,15 @@ def _ambiguous(
         return set()
     needed = set(ends["other"].to_list())
     rows = records.filter(pl.col("unique_id").is_in(needed))
-    profile = {r["unique_id"]: Profile.of(r, forbidden.get(r["unique_id"], set())) for r in rows.iter_rows(named=True)}
+    profile = {
+        r["unique_id"]: Profile.of(r, forbidden.get(r["unique_id"], set()))
+        for r in rows.iter_rows(named=True)
+    }
     found: set[str] = set()
     for record, others in ends.group_by("record").agg("other").iter_rows():
         candidates = [profile[o] for o in others]
         if any(
-            a.conflict(b) is not None
-            for i, a in enumerate(candidates)
-            for b in candidates[i + 1 :]
+            a.conflict(b) is not None for i, a in enumerate(candidates) for b in candidates[i + 1 :]
         ):
             found.add(record)
     return found
@@ -103,12 +108,12 @@ def cluster(
     strong = strong.filter(
         ~pl.col("unique_id_l").is_in(ambiguous) & ~pl.col("unique_id_r").is_in(ambiguous)
     )
-    reviewed = must.rename({"record_id_l": "unique_id_l", "record_id_r": "unique_id_r"}).with_columns(
-        pl.lit(1.0).alias("match_probability"), pl.lit(1e9).alias("match_weight")
+    reviewed = must.rename(
+        {"record_id_l": "unique_id_l", "record_id_r": "unique_id_r"}
+    ).with_columns(pl.lit(1.0).alias("match_probability"), pl.lit(1e9).alias("match_weight"))
+    edges = pl.concat([reviewed, strong], how="vertical_relaxed").sort(
+        "match_weight", descending=True, maintain_order=True
     )
-    edges = pl.concat(
-        [reviewed, strong], how="vertical_relaxed"
-    ).sort("match_weight", descending=True, maintain_order=True)
 
     profiles: dict[str, Profile] = {}
     parent: dict[str, str] = {}

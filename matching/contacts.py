@@ -45,7 +45,9 @@ def _addresses(records: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([with_postcode, without])
 
 
-def _candidates(records: pl.DataFrame, contacts: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
+def _candidates(
+    records: pl.DataFrame, contacts: pl.DataFrame, cluster_of: pl.DataFrame
+) -> pl.DataFrame:
     """(contact, candidate) pairs living at the contact's or their child's addresses."""
     child_clusters = (
         records.select("unique_id", pl.col("upn_keys").alias("child_upn"))

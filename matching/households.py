@@ -51,8 +51,10 @@ def current_addresses(records: pl.DataFrame, person_records: pl.DataFrame) -> pl
     best = votes.sort(
         ["person_id", "latest", "records", "address_id"], descending=[False, True, True, False]
     )
-    return best.group_by("person_id", maintain_order=True).first().select(
-        "person_id", "address_id", "since"
+    return (
+        best.group_by("person_id", maintain_order=True)
+        .first()
+        .select("person_id", "address_id", "since")
     )
 
 
@@ -81,11 +83,17 @@ def households(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFr
     addresses = current_addresses(records, person_records)
     today = records["extract_date"].max()
     ages = _ages(records, person_records, pl.lit(today))
-    members = persons.join(addresses, on="person_id", how="left").join(ages, on="person_id", how="left")
+    members = persons.join(addresses, on="person_id", how="left").join(
+        ages, on="person_id", how="left"
+    )
     ids = {a: household_id(a) for a in members["address_id"].drop_nulls().unique().to_list()}
-    age = pl.when(pl.col("dob").is_not_null()).then(
-        (pl.lit(today) - pl.col("dob")).dt.total_days() / 365.25
-    ).otherwise(pl.lit(today.year if today else 0) - pl.col("year_lo").fill_null(pl.col("year_hi")))
+    age = (
+        pl.when(pl.col("dob").is_not_null())
+        .then((pl.lit(today) - pl.col("dob")).dt.total_days() / 365.25)
+        .otherwise(
+            pl.lit(today.year if today else 0) - pl.col("year_lo").fill_null(pl.col("year_hi"))
+        )
+    )
     return members.select(
         pl.when(pl.col("address_id").is_not_null())
         .then(pl.col("address_id").replace_strict(ids, default=None))
@@ -142,7 +150,9 @@ def relationships(
             pl.col("unique_id").str.replace("council_csc|people|", "", literal=True).alias("key")
         )
         parts.append(
-            csc_relationships.join(csc.select("key", "person_id"), left_on="local_key", right_on="key")
+            csc_relationships.join(
+                csc.select("key", "person_id"), left_on="local_key", right_on="key"
+            )
             .join(
                 csc.select("key", pl.col("person_id").alias("related_person_id")),
                 left_on="related_local_key",
@@ -156,6 +166,8 @@ def relationships(
             )
         )
     out = pl.concat(parts, how="vertical_relaxed")
-    return out.filter(pl.col("person_id") != pl.col("related_person_id")).unique().sort(
-        "person_id", "related_person_id", "relationship"
+    return (
+        out.filter(pl.col("person_id") != pl.col("related_person_id"))
+        .unique()
+        .sort("person_id", "related_person_id", "relationship")
     )

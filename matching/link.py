@@ -65,8 +65,12 @@ def fingerprints(records: pl.DataFrame) -> pl.DataFrame:
     """A hash of each record's linkage fields: a changed hash means re-score the record."""
     cols = [c for c in MODEL_COLUMNS if c != "forename_canon" and c in records.columns]
     text = pl.concat_str(
-        [pl.col(c).cast(pl.List(pl.String)).list.join(";") if records.schema[c] == pl.List(pl.String)
-         else pl.col(c).cast(pl.String) for c in cols],
+        [
+            pl.col(c).cast(pl.List(pl.String)).list.join(";")
+            if records.schema[c] == pl.List(pl.String)
+            else pl.col(c).cast(pl.String)
+            for c in cols
+        ],
         separator="\x1f",
         ignore_nulls=False,
     ).fill_null("")
@@ -82,8 +86,9 @@ def changed_records(current: pl.DataFrame, previous: pl.DataFrame | None) -> set
     return set(changed["unique_id"].to_list())
 
 
-def merge_scores(cached: pl.DataFrame, fresh: pl.DataFrame, records: pl.DataFrame,
-                 changed: set[str]) -> pl.DataFrame:
+def merge_scores(
+    cached: pl.DataFrame, fresh: pl.DataFrame, records: pl.DataFrame, changed: set[str]
+) -> pl.DataFrame:
     """Yesterday's scores for pairs of unchanged, still-present records plus tonight's."""
     present = records["unique_id"]
     keep = cached.filter(
@@ -106,8 +111,10 @@ def _confidence(records: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
         ]
     )
     best = ends.group_by("unique_id").agg(pl.col("match_probability").max())
-    return records.select("unique_id").join(best, on="unique_id", how="left").rename(
-        {"match_probability": "match_confidence"}
+    return (
+        records.select("unique_id")
+        .join(best, on="unique_id", how="left")
+        .rename({"match_probability": "match_confidence"})
     )
 
 
@@ -117,7 +124,9 @@ def level_labels(model: dict[str, Any]) -> dict[str, dict[int, str]]:
     for comparison in model["comparisons"]:
         levels = [lvl for lvl in comparison["comparison_levels"] if not lvl.get("is_null_level")]
         name = comparison["output_column_name"]
-        labels[name] = {len(levels) - 1 - i: lvl["label_for_charts"] for i, lvl in enumerate(levels)}
+        labels[name] = {
+            len(levels) - 1 - i: lvl["label_for_charts"] for i, lvl in enumerate(levels)
+        }
         labels[name][-1] = "null"
     return labels
 
@@ -137,12 +146,21 @@ def review_queue(
     )
     ambiguous = clustering.vetoed.filter(pl.col("reason").str.starts_with("ambiguous"))
     band = pl.concat(
-        [band, pairs.join(ambiguous.select("unique_id_l", "unique_id_r"), on=["unique_id_l", "unique_id_r"])],
+        [
+            band,
+            pairs.join(
+                ambiguous.select("unique_id_l", "unique_id_r"), on=["unique_id_l", "unique_id_r"]
+            ),
+        ],
         how="diagonal_relaxed",
     ).unique(["unique_id_l", "unique_id_r"])
     band = pair_vetoes(band, records).filter(~pl.col("veto")).drop("veto")
-    band = band.join(person.rename({"unique_id": "unique_id_l", "cluster_id": "c_l"}), on="unique_id_l")
-    band = band.join(person.rename({"unique_id": "unique_id_r", "cluster_id": "c_r"}), on="unique_id_r")
+    band = band.join(
+        person.rename({"unique_id": "unique_id_l", "cluster_id": "c_l"}), on="unique_id_l"
+    )
+    band = band.join(
+        person.rename({"unique_id": "unique_id_r", "cluster_id": "c_r"}), on="unique_id_r"
+    )
     band = band.filter(pl.col("c_l") != pl.col("c_r"))
     if band.is_empty():
         return pl.DataFrame(
@@ -160,13 +178,17 @@ def review_queue(
     gammas = [c for c in band.columns if c.startswith("gamma_")]
     shown = records.select("unique_id", *DISPLAY_COLUMNS)
     details = {
-        row["unique_id"]: json.dumps({k: v for k, v in row.items() if k != "unique_id"}, default=str)
+        row["unique_id"]: json.dumps(
+            {k: v for k, v in row.items() if k != "unique_id"}, default=str
+        )
         for row in shown.filter(
             pl.col("unique_id").is_in(pl.concat([band["unique_id_l"], band["unique_id_r"]]))
         ).iter_rows(named=True)
     }
     levels = [
-        json.dumps({g[6:]: labels.get(g[6:], {}).get(v, str(v)) for g, v in zip(gammas, row, strict=True)})
+        json.dumps(
+            {g[6:]: labels.get(g[6:], {}).get(v, str(v)) for g, v in zip(gammas, row, strict=True)}
+        )
         for row in band.select(gammas).iter_rows()
     ]
     return band.select(
@@ -194,7 +216,10 @@ def resolve(
     """Cluster, add contact links, cluster again, assign stable ids, build the review queue."""
     t = config.thresholds
     first = cluster(
-        records, pairs, threshold=t.match, max_cluster_size=t.max_cluster_size,
+        records,
+        pairs,
+        threshold=t.match,
+        max_cluster_size=t.max_cluster_size,
         constraints=constraints,
     )
     contacts = contact_links(records, first.clusters)
@@ -204,7 +229,10 @@ def resolve(
         .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
     )
     final = cluster(
-        records, with_contacts, threshold=t.match, max_cluster_size=t.max_cluster_size,
+        records,
+        with_contacts,
+        threshold=t.match,
+        max_cluster_size=t.max_cluster_size,
         constraints=constraints,
     )
     assignment = assign_person_ids(

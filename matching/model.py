@@ -283,10 +283,14 @@ class TrainedModel:
     charts: dict[str, Path]
 
 
-def _linker(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, settings: Any) -> Linker:
+def _linker(
+    con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, settings: Any, *, quiet: bool = False
+) -> Linker:
+    """A linker on an in-memory DuckDB; ``quiet`` for prediction, where Splink's notes on
+    levels training never observed (e.g. phone numbers outside contacts) are noise."""
     db_api = DuckDBAPI(con)
     df = db_api.register(frame.to_arrow(), table_name="records")
-    return Linker(df, settings, log_level=logging.WARNING)
+    return Linker(df, settings, log_level=logging.ERROR if quiet else logging.WARNING)
 
 
 def train(records: pl.DataFrame, config: LinkageConfig, out_dir: Path) -> TrainedModel:
@@ -325,7 +329,9 @@ def train(records: pl.DataFrame, config: LinkageConfig, out_dir: Path) -> Traine
             "m_u_parameters": out_dir / f"linkage-model-{version}-m-u.html",
         }
         linker.visualisations.match_weights_chart().save(str(charts["match_weights"]), inline=True)
-        linker.visualisations.m_u_parameters_chart().save(str(charts["m_u_parameters"]), inline=True)
+        linker.visualisations.m_u_parameters_chart().save(
+            str(charts["m_u_parameters"]), inline=True
+        )
         return TrainedModel(path=path, version=version, charts=charts)
     finally:
         con.close()
@@ -358,7 +364,7 @@ def predict(
     model = json.loads(Path(model_path).read_text(encoding="utf-8"))
     con = duckdb.connect()
     try:
-        linker = _linker(con, frame, model)
+        linker = _linker(con, frame, model, quiet=True)
         if changed is None:
             result = linker.inference.predict(threshold_match_probability=threshold)
             return _pairs(result)

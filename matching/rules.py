@@ -43,8 +43,8 @@ def names_related(a: str | None, b: str | None, keys_a: set[str], keys_b: set[st
 
     Related: equal, a nickname or preferred/middle name of the other, one keystroke apart
     (``Rachell``/``Rachel``, ``Chalres``/``Charles``), or one a short form of the other
-    (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a fuzzy score: twins are often given names
-    that sound alike, and a twin's record must never be absorbed as a typo.
+    (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a fuzzy score: twins are
+    often given names that sound alike, and a twin's record must never be absorbed as a typo.
     """
     if not a or not b or a == b or keys_a & keys_b:
         return True
@@ -66,9 +66,7 @@ class Profile:
     year_lo: int = -10_000
     year_hi: int = 10_000
     # (dob, surname, forename, forename keys incl. preferred/middle) per record with a dob
-    births: list[tuple[date, str | None, str | None, frozenset[str]]] = field(
-        default_factory=list
-    )
+    births: list[tuple[date, str | None, str | None, frozenset[str]]] = field(default_factory=list)
     cannot: set[str] = field(default_factory=set)
 
     @classmethod
@@ -168,3 +166,61 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
         | ((pl.col("forename_l").is_null() | pl.col("forename_r").is_null()) & ~identified)
     )
     return joined.with_columns(veto.alias("veto")).select(*pairs.columns, "veto")
+
+
+def breaches(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFrame:
+    """Persons that break an identifier or twin rule: what the nightly check reads back.
+
+    ``person_records`` maps ``record_id`` to ``person_id``. Returns ``person_id, rule``.
+    """
+    held = records.join(
+        person_records.select(pl.col("record_id").alias("unique_id"), "person_id"), on="unique_id"
+    )
+    nhs = (
+        held.drop_nulls("nhs_number")
+        .group_by("person_id")
+        .agg(pl.col("nhs_number").n_unique().alias("n"))
+        .filter(pl.col("n") > 1)
+        .select("person_id", pl.lit("two valid NHS numbers").alias("rule"))
+    )
+    upn_sets = held.filter(pl.col("upn_keys").list.len() > 0).select("person_id", "upn_keys")
+    upn_bad = []
+    for person, sets in upn_sets.group_by("person_id").agg("upn_keys").iter_rows():
+        groups = [set(s) for s in sets]
+        if any(not a & b for i, a in enumerate(groups) for b in groups[i + 1 :]):
+            upn_bad.append(person)
+    upn = pl.DataFrame(
+        {"person_id": upn_bad, "rule": ["UPNs with nothing in common"] * len(upn_bad)},
+        schema={"person_id": pl.String, "rule": pl.String},
+    )
+    twins_bad = []
+    born = held.filter(pl.col("dob_exact")).select(
+        "person_id", "dob", "surname", "forename", "forename_keys", "forename_alt", "middle_name"
+    )
+    multi = born.filter(pl.len().over("person_id") > 1)
+    for person, rows in multi.group_by("person_id"):
+        profile = None
+        for row in rows.iter_rows(named=True):
+            single = Profile.of({**_BLANK, **row, "unique_id": "", "dob_exact": True}, set())
+            if profile is not None and profile.conflict(single) == "twins":
+                twins_bad.append(person[0])
+                break
+            if profile is None:
+                profile = single
+            else:
+                profile.absorb(single)
+    twins = pl.DataFrame(
+        {"person_id": twins_bad, "rule": ["twins"] * len(twins_bad)},
+        schema={"person_id": pl.String, "rule": pl.String},
+    )
+    return pl.concat([nhs, upn, twins]).sort("person_id")
+
+
+_BLANK = {
+    "nhs_number": None,
+    "upn_keys": [],
+    "child_upn": None,
+    "suffix": None,
+    "year_lo": None,
+    "year_hi": None,
+}

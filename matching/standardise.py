@@ -196,9 +196,7 @@ def _dates(frame: pl.DataFrame) -> pl.DataFrame:
     extract_year = pl.col("extract_date").dt.year()
     first_seen = pl.coalesce(_date(pl.col("first_seen")).dt.year(), extract_year)
     last_seen = pl.coalesce(_date(pl.col("last_seen")).dt.year(), extract_year)
-    partial_year = (
-        pl.col("dob").str.extract(r"^((?:19|20)\d\d)", 1).cast(pl.Int32, strict=False)
-    )
+    partial_year = pl.col("dob").str.extract(r"^((?:19|20)\d\d)", 1).cast(pl.Int32, strict=False)
     age = pl.col("age_at_incident").cast(pl.Int32, strict=False)
     estimated = pl.col("dob_estimated").str.to_lowercase().is_in(["true", "1", "yes", "y"])
     frame = frame.with_columns(
@@ -271,7 +269,9 @@ def _identifiers(frame: pl.DataFrame) -> pl.DataFrame:
     own_upn = pl.when(upn_valid_expr("upn")).then(pl.col("upn").str.to_uppercase())
     former = pl.when(upn_valid_expr("former_upn")).then(pl.col("former_upn").str.to_uppercase())
     return frame.with_columns(
-        pl.when(nhs_valid_expr("nhs_number")).then(nhs_number_expr("nhs_number")).alias("nhs_number"),
+        pl.when(nhs_valid_expr("nhs_number"))
+        .then(nhs_number_expr("nhs_number"))
+        .alias("nhs_number"),
         own_upn.alias("upn"),
         pl.concat_list(own_upn, former).list.drop_nulls().list.unique().alias("upn_keys"),
         pl.col("child_upn").str.to_uppercase().str.replace_all(" ", "").alias("child_upn"),
@@ -301,9 +301,7 @@ def _age_from_roles(frame: pl.DataFrame) -> pl.DataFrame:
     adult = rel.is_in(_ADULT_RELATIONSHIPS) | pl.col("role_in_family").is_in(_ADULT_ROLES)
     adult_cap = pl.when(adult).then(pl.col("extract_date").dt.year() - ADULT_AGE)
     return frame.with_columns(
-        pl.min_horizontal(
-            "year_hi", pl.col("_child_year") - gap_min, adult_cap
-        ).alias("year_hi"),
+        pl.min_horizontal("year_hi", pl.col("_child_year") - gap_min, adult_cap).alias("year_hi"),
         pl.max_horizontal("year_lo", pl.col("_child_year") - gap_max).alias("year_lo"),
     )
 
@@ -331,4 +329,3 @@ def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
     )
     frame = _age_from_roles(frame)
     return frame.select(STANDARD_COLUMNS)
-

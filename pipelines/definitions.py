@@ -1,8 +1,8 @@
 """The one Definitions object: what `dagster dev`, `dg check defs` and `sdv load` all load.
 
 Everything is built from configuration: each ``config/sources/*.yaml`` yields its ingest
-assets, checks, job and nightly schedule. Invalid configuration stops loading here with a
-message naming the file and key.
+assets, checks, job and nightly schedule; ``config/linkage.yaml`` the linkage assets.
+Invalid configuration stops loading here with a message naming the file and key.
 """
 
 from __future__ import annotations
@@ -10,11 +10,20 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.ingest import build_freshness_checks, build_ingest_assets
+from assets.linkage import HOUSEHOLD_MEMBERS, MODEL, PERSON_RECORDS, build_linkage_assets
+from matching.config import load_linkage_config
 from pipelines.resources import build_resources
-from pipelines.schedules import build_freshness_schedule, build_nightly_schedule
+from pipelines.schedules import (
+    build_freshness_schedule,
+    build_linkage_schedule,
+    build_nightly_schedule,
+)
 from pipelines.sensors import build_delivery_sensor, ingest_job_name
 from pipelines.settings import Settings
 from warehouse.sources import load_sources
+
+LINK_JOB = "link_persons"
+TRAIN_JOB = "train_linkage_model"
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -34,14 +43,26 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.checks(*freshness),
         description="Check every source has delivered recently.",
     )
+    linkage = build_linkage_assets(load_linkage_config(settings.linkage_config))
+    link_job = dg.define_asset_job(
+        LINK_JOB,
+        selection=dg.AssetSelection.assets(PERSON_RECORDS, HOUSEHOLD_MEMBERS),
+        description="Resolve every person-level record to a stable person and household.",
+    )
+    train_job = dg.define_asset_job(
+        TRAIN_JOB,
+        selection=dg.AssetSelection.assets(MODEL),
+        description="Train and save a new version of the Splink linkage model.",
+    )
     return dg.Definitions(
-        assets=list(assets.values()),
+        assets=[*assets.values(), *linkage],
         asset_checks=freshness,
-        jobs=[*jobs.values(), freshness_job],
+        jobs=[*jobs.values(), freshness_job, link_job, train_job],
         sensors=[build_delivery_sensor(sources, list(jobs.values()))],
         schedules=[
             *(build_nightly_schedule(sources[n], jobs[n]) for n in sources),
             build_freshness_schedule(freshness_job),
+            build_linkage_schedule(link_job),
         ],
         resources=build_resources(settings),
     )

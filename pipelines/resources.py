@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from assets.resources import LandingZone, Warehouse
+from assets.resources import LandingZone, LinkageSettings, OperationalStore, Warehouse
 from pipelines.settings import Settings
 
 
@@ -16,4 +16,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "landing": LandingZone(path=str(settings.landing)),
         "warehouse": Warehouse(path=str(settings.warehouse)),
+        "operational": OperationalStore(url=settings.operational_url),
+        "linkage": LinkageSettings(model_dir=str(settings.model_dir)),
     }

@@ -56,3 +56,14 @@ def build_freshness_schedule(job: JobTarget) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Flags any source that has not delivered within its freshness_days.",
     )
+
+
+def build_linkage_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="nightly_linkage",
+        job=job,
+        cron_schedule="30 3 * * *",
+        execution_timezone=TIMEZONE,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="After the night's loads: resolve records to persons and households.",
+    )

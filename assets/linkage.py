@@ -1,0 +1,299 @@
+"""Linkage assets: the trained model, and the nightly resolution of records to persons.
+
+``linkage_model`` is materialised by its own job (``train_linkage_model``): training is a
+deliberate act, and nightly prediction uses the newest saved model file, so a night's
+result can be reproduced from its inputs and that file. If no model exists yet the
+nightly run trains one first (a new installation should work on its first night) and
+says so in its metadata.
+
+``linked/person_records`` and ``linked/household_members`` are built together: standardise,
+score (only new or changed records when the model is unchanged), cluster under the hard
+rules, link contacts through their child, assign stable ids, group households, queue
+pairs for review in the operational store, and publish in one transaction. Checks read
+the result back: no cluster breaks a hard rule, every person-level row has a person.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import polars as pl
+from sqlalchemy.engine import Engine
+
+from assets.ingest import WRITER_POOL, staged_key
+from assets.resources import LinkageSettings, OperationalStore, Warehouse
+from matching import model as splink_model
+from matching.config import LinkageConfig
+from matching.evaluate import evaluate, read_truth, summary_lines
+from matching.households import households, relationships
+from matching.link import changed_records, fingerprints, merge_scores, resolve, run_id_for
+from matching.rules import breaches
+from matching.standardise import standardise
+from warehouse import linked, operational, review
+from warehouse.person_rows import read_person_rows
+
+PERSON_RECORDS = dg.AssetKey(["linked", "person_records"])
+HOUSEHOLD_MEMBERS = dg.AssetKey(["linked", "household_members"])
+MODEL = dg.AssetKey(["linkage_model"])
+
+
+def newest_model(model_dir: Path) -> Path | None:
+    found = sorted(model_dir.glob("linkage-model-*[0-9a-f].json"))
+    return found[-1] if found else None
+
+
+def _model_version(path: Path) -> str:
+    return path.stem.removeprefix("linkage-model-")
+
+
+def _standardised(con: duckdb.DuckDBPyConnection, config: LinkageConfig) -> pl.DataFrame:
+    rows = read_person_rows(con, config)
+    if rows.is_empty():
+        raise dg.Failure("no person-level rows in the warehouse yet: load a delivery first")
+    return standardise(rows, config)
+
+
+@dataclass(frozen=True)
+class LinkageRun:
+    run: dict[str, Any]
+    evaluation: dict[str, Any] | None
+    trained: splink_model.TrainedModel | None
+
+
+def run_linkage(
+    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
+    config: LinkageConfig,
+    model_dir: Path,
+    *,
+    full: bool = False,
+    truth_dir: Path | None = None,
+) -> LinkageRun:
+    """One night's linkage from the warehouse's current deliveries (see module docstring)."""
+    timings: dict[str, float] = {}
+    started = datetime.now(UTC).replace(tzinfo=None)
+    clock = time.perf_counter()
+    records = _standardised(con, config)
+    timings["standardise"] = time.perf_counter() - clock
+
+    trained = None
+    model_path = newest_model(model_dir)
+    if model_path is None:
+        clock = time.perf_counter()
+        trained = splink_model.train(records, config, model_dir)
+        model_path = trained.path
+        timings["train"] = time.perf_counter() - clock
+    version = _model_version(model_path)
+    model = json.loads(model_path.read_text(encoding="utf-8"))
+
+    clock = time.perf_counter()
+    prints = fingerprints(records)
+    cached = linked.read_table(con, "scored_pairs")
+    incremental = not full and cached is not None and linked.last_model_version(con) == version
+    changed = changed_records(prints, linked.read_table(con, "record_fingerprints"))
+    if incremental:
+        fresh = splink_model.predict(records, model_path, changed=changed)
+        pairs = merge_scores(cached, fresh, records, changed)
+    else:
+        pairs = splink_model.predict(records, model_path)
+    timings["predict"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    operational.ensure_schema(engine)
+    run_id = run_id_for(records, version)
+    result = resolve(
+        records,
+        pairs,
+        config,
+        model,
+        previous_registry=linked.previous_registry(con),
+        run_id=run_id,
+        constraints=review.constraints(engine),
+        used_ids=linked.issued_ids(con),
+    )
+    timings["cluster"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    members = households(records, result.person_records)
+    csc = _csc_relationships(con)
+    related = relationships(result.person_records, records, csc)
+    timings["households"] = time.perf_counter() - clock
+
+    queued = review.enqueue(engine, result.review, run_id)
+    counts = result.assignment.event_counts()
+    run = {
+        "run_id": run_id,
+        "started_at": started,
+        "model_version": version,
+        "records": records.height,
+        "persons": result.person_records["person_id"].n_unique(),
+        "households": members["household_id"].n_unique(),
+        "changed_records": len(changed) if incremental else records.height,
+        "scored_pairs": pairs.height,
+        "review_pairs": queued,
+        "oversized": int(result.person_records["oversized"].sum()),
+        "events": counts,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    clock = time.perf_counter()
+    linked.write_run(
+        con,
+        run=run,
+        person_records=result.person_records,
+        households=members,
+        relationships=related,
+        events=result.assignment.events,
+        scored_pairs=pairs,
+        fingerprints=prints,
+    )
+    run["timings"]["publish"] = round(time.perf_counter() - clock, 2)
+    evaluation = None
+    if truth_dir is not None:
+        evaluation = evaluate(
+            linked.links_export(con), linked.households_export(con), read_truth(truth_dir)
+        )
+    return LinkageRun(run=run, evaluation=evaluation, trained=trained)
+
+
+def _csc_relationships(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
+    try:
+        return con.sql(
+            "select csc_person_id as local_key, related_csc_person_id as related_local_key, "
+            'relationship from "current".council_csc__relationships'
+        ).pl()
+    except duckdb.Error:
+        return None
+
+
+def _truth_dir() -> Path | None:
+    """``SDV_TRUTH_DIR``: a synthetic county's ground truth, for scoring every run."""
+    value = os.environ.get("SDV_TRUTH_DIR")
+    return Path(value) if value else None
+
+
+def build_linkage_assets(config: LinkageConfig) -> list[Any]:
+    @dg.asset(
+        key=MODEL,
+        group_name="linkage",
+        description="Splink model trained on the current person-level rows (u by random "
+        "sampling, m by EM), saved as a versioned JSON file with its charts.",
+        deps=[staged_key(t.source, t.table) for t in config.tables],
+        pool=WRITER_POOL,
+    )
+    def linkage_model(
+        context: dg.AssetExecutionContext, warehouse: Warehouse, linkage: LinkageSettings
+    ) -> dg.MaterializeResult:
+        with warehouse.get_connection() as con:
+            records = _standardised(con, config)
+        trained = splink_model.train(records, config, Path(linkage.model_dir))
+        context.log.info("trained %s on %d records", trained.version, records.height)
+        return dg.MaterializeResult(
+            metadata={
+                "version": trained.version,
+                "model_file": dg.MetadataValue.path(str(trained.path)),
+                "records": records.height,
+                **{
+                    f"chart_{name}": dg.MetadataValue.url(path.resolve().as_uri())
+                    for name, path in trained.charts.items()
+                },
+            }
+        )
+
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                PERSON_RECORDS,
+                group_name="linkage",
+                deps=[staged_key(t.source, t.table) for t in config.tables],
+                description=linked.DICTIONARY["person_records"][0],
+            ),
+            dg.AssetSpec(
+                HOUSEHOLD_MEMBERS,
+                group_name="linkage",
+                deps=[PERSON_RECORDS],
+                description=linked.DICTIONARY["household_members"][0],
+            ),
+        ],
+        pool=WRITER_POOL,
+    )
+    def person_links(
+        context: dg.AssetExecutionContext,
+        warehouse: Warehouse,
+        operational: OperationalStore,
+        linkage: LinkageSettings,
+    ):
+        with warehouse.get_connection() as con:
+            outcome = run_linkage(
+                con, operational.engine(), config, Path(linkage.model_dir), truth_dir=_truth_dir()
+            )
+        run = outcome.run
+        meta: dict[str, Any] = {
+            "run_id": run["run_id"],
+            "model_version": run["model_version"],
+            "records": run["records"],
+            "persons": run["persons"],
+            "changed_records": run["changed_records"],
+            "scored_pairs": run["scored_pairs"],
+            "review_queue": run["review_pairs"],
+            "oversized_persons": run["oversized"],
+            "events": dg.MetadataValue.json(run["events"]),
+            "stage_seconds": dg.MetadataValue.json(run["timings"]),
+        }
+        if outcome.trained is not None:
+            meta["trained_first"] = "no saved model: trained one before linking"
+        if outcome.evaluation is not None:
+            meta["evaluation"] = dg.MetadataValue.json(outcome.evaluation)
+            meta["evaluation_summary"] = dg.MetadataValue.md(
+                "\n".join(f"- {line}" for line in summary_lines(outcome.evaluation))
+            )
+        yield dg.MaterializeResult(asset_key=PERSON_RECORDS, metadata=meta)
+        yield dg.MaterializeResult(
+            asset_key=HOUSEHOLD_MEMBERS, metadata={"households": run["households"]}
+        )
+
+    @dg.asset_check(
+        asset=PERSON_RECORDS,
+        description="No person holds two valid NHS numbers "
+        "or two UPNs with nothing in common, and every person-level row is linked.",
+    )
+    def hard_rules_hold(warehouse: Warehouse) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            records = _standardised(con, config)
+            persons = linked.read_table(con, "person_records")
+        assert persons is not None
+        broken = breaches(records, persons)
+        return dg.AssetCheckResult(
+            passed=broken.is_empty() and records.height == persons.height,
+            metadata={
+                "persons_breaking_rules": broken["person_id"].n_unique(),
+                "examples": dg.MetadataValue.json(broken.head(10).to_dicts()),
+                "person_level_rows": records.height,
+                "linked_rows": persons.height,
+            },
+        )
+
+    @dg.asset_check(
+        asset=PERSON_RECORDS,
+        description="Persons with more records than "
+        "thresholds.max_cluster_size are flagged for review, not silently accepted.",
+        blocking=False,
+    )
+    def no_oversized_persons(warehouse: Warehouse) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            big = con.execute(
+                "select person_id, count(*) from linked.person_records where oversized "
+                "group by 1 order by 2 desc"
+            ).fetchall()
+        return dg.AssetCheckResult(
+            passed=not big,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"oversized_persons": len(big), "largest": dg.MetadataValue.json(big[:10])},
+        )
+
+    return [linkage_model, person_links, hard_rules_hold, no_oversized_persons]

@@ -1,0 +1,224 @@
+"""The ``linked`` schema: who each record is, who lives together, and how we got there.
+
+Tables (all documented in DuckDB's catalog comments, see ``DICTIONARY``):
+
+- ``linked.person_records``: every person-level record and its person id;
+- ``linked.household_members``, ``linked.person_relationships``;
+- ``linked.person_events``: merges, splits, new and retired person ids, per run;
+- ``linked.person_ids``: every person id ever issued, so an id is never reused;
+- ``linked.scored_pairs`` and ``linked.record_fingerprints``: last night's scores and what
+  each record looked like, so tonight only new or changed records are re-scored;
+- ``linked.runs``: one row per linkage run (model version, counts, stage timings).
+
+A run is written in one transaction: readers see last night's linkage or tonight's, never
+half of each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+DICTIONARY: dict[str, tuple[str, dict[str, str]]] = {
+    "person_records": (
+        "Every person-level record of the current deliveries and the person it resolves to.",
+        {
+            "record_id": "source|table|local key",
+            "source": "delivering agency (source config name)",
+            "source_table": "table within the source, as in the extract spec",
+            "local_key": "the source's own key (contacts: UPN|priority)",
+            "person_id": "stable person id; follows merges and splits in person_events",
+            "match_confidence": "probability of the strongest link joining this record to its"
+            " person; null when the record stands alone",
+            "from_quarantine": "the row failed staging rules but was still linked",
+            "cluster_size": "records held by this person",
+            "oversized": "more records than thresholds.max_cluster_size: review it",
+            "run_id": "linkage run that produced this row",
+        },
+    ),
+    "household_members": (
+        "People currently living at the same address, one household each.",
+        {
+            "household_id": "stable per address (H + hash); H-<person> when no address known",
+            "person_id": "person id",
+            "role": "adult or child (under 18 on the extract date)",
+            "from_date": "earliest dated evidence of this address, where known",
+            "to_date": "null while current",
+        },
+    ),
+    "person_relationships": (
+        "Family relationships, also across households.",
+        {
+            "person_id": "the first person",
+            "related_person_id": "the related person",
+            "relationship": "what the related person is to the first",
+            "evidence": "which source says so",
+        },
+    ),
+    "person_events": (
+        "Person ids created, merged, split or retired, per run.",
+        {
+            "run_id": "linkage run",
+            "event": "new | merge | split | retired",
+            "person_id": "id after the event (null when retired)",
+            "previous_person_ids": "ids before the event",
+            "records": "records held after the event",
+        },
+    ),
+}
+
+_DDL = """
+create schema if not exists linked;
+create table if not exists linked.person_ids (person_id varchar primary key, first_run varchar);
+create table if not exists linked.runs (
+    run_id varchar, started_at timestamp, model_version varchar, records bigint,
+    persons bigint, households bigint, changed_records bigint, scored_pairs bigint,
+    review_pairs bigint, oversized bigint, events varchar, timings varchar
+);
+create table if not exists linked.person_events (
+    run_id varchar, event varchar, person_id varchar, previous_person_ids varchar[],
+    records bigint
+);
+"""
+
+
+def ensure_linked_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(_DDL)
+
+
+def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    rows = con.execute(
+        "select count(*) from information_schema.tables "
+        "where table_schema = 'linked' and table_name = ?",
+        [table],
+    ).fetchall()
+    return rows[0][0] > 0
+
+
+def read_table(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:
+    """A ``linked`` table as a frame, or None before the first run."""
+    return con.sql(f"select * from linked.{table}").pl() if _exists(con, table) else None
+
+
+def previous_registry(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    found = read_table(con, "person_records")
+    if found is None:
+        return pl.DataFrame(schema={"record_id": pl.String, "person_id": pl.String})
+    return found.select("record_id", "person_id")
+
+
+def issued_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    ensure_linked_schema(con)
+    return {r[0] for r in con.execute("select person_id from linked.person_ids").fetchall()}
+
+
+def last_model_version(con: duckdb.DuckDBPyConnection) -> str | None:
+    if not _exists(con, "runs"):
+        return None
+    rows = con.execute(
+        "select model_version from linked.runs order by started_at desc limit 1"
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+    con.register("_frame", frame)
+    try:
+        con.execute(f"create or replace table linked.{table} as select * from _frame")
+    finally:
+        con.unregister("_frame")
+
+
+def _comment(con: duckdb.DuckDBPyConnection) -> None:
+    for table, (about, columns) in DICTIONARY.items():
+        if not _exists(con, table):
+            continue
+        con.execute(f"comment on table linked.{table} is '{about.replace(chr(39), chr(39) * 2)}'")
+        for column, text in columns.items():
+            con.execute(
+                f"comment on column linked.{table}.{column} is "
+                f"'{text.replace(chr(39), chr(39) * 2)}'"
+            )
+
+
+def write_run(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    run: dict[str, Any],
+    person_records: pl.DataFrame,
+    households: pl.DataFrame,
+    relationships: pl.DataFrame,
+    events: pl.DataFrame,
+    scored_pairs: pl.DataFrame,
+    fingerprints: pl.DataFrame,
+) -> None:
+    """Publish one linkage run atomically (replace current tables, append history)."""
+    ensure_linked_schema(con)
+    con.execute("begin transaction")
+    try:
+        _replace(
+            con,
+            "person_records",
+            person_records.with_columns(pl.lit(run["run_id"]).alias("run_id")),
+        )
+        _replace(con, "household_members", households)
+        _replace(con, "person_relationships", relationships)
+        _replace(con, "scored_pairs", scored_pairs)
+        _replace(con, "record_fingerprints", fingerprints)
+        con.register("_events", events)
+        con.execute("insert into linked.person_events select * from _events")
+        con.unregister("_events")
+        ids = (
+            person_records.select("person_id")
+            .unique()
+            .with_columns(pl.lit(run["run_id"]).alias("first_run"))
+        )
+        con.register("_ids", ids)
+        con.execute(
+            "insert into linked.person_ids select * from _ids "
+            "where person_id not in (select person_id from linked.person_ids)"
+        )
+        con.unregister("_ids")
+        row = {
+            **run,
+            "events": json.dumps(run.get("events", {})),
+            "timings": json.dumps(run.get("timings", {})),
+        }
+        con.execute(
+            "insert into linked.runs values ($run_id, $started_at, $model_version, $records, "
+            "$persons, $households, $changed_records, $scored_pairs, $review_pairs, $oversized, "
+            "$events, $timings)",
+            row,
+        )
+        _comment(con)
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+
+
+def links_export(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """``source,table,local_key,person_id`` for every person-level record."""
+    found = read_table(con, "person_records")
+    if found is None:
+        raise LookupError("no linkage has run yet: run `sdv link` (or the nightly job) first")
+    return found.select(
+        "source", pl.col("source_table").alias("table"), "local_key", "person_id"
+    ).sort("source", "table", "local_key")
+
+
+def households_export(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """``person_id,household_id`` for every person."""
+    found = read_table(con, "household_members")
+    if found is None:
+        raise LookupError("no linkage has run yet: run `sdv link` (or the nightly job) first")
+    return found.select("person_id", "household_id").sort("person_id")
+
+
+def write_csv(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(path)
