@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.review_cli import review_app
 from pipelines.settings import PROJECT_ROOT, Settings
 from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+app.add_typer(review_app, name="review")
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,159 @@ def demo(
     print_summary(settings, outcomes)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(code=1)
+    import os
+
+    os.environ["SDV_TRUTH_DIR"] = str(settings.data_dir / "truth")
+    _linked_or_exit(settings, "sdv demo")
+
+
+def run_job(settings: Settings, job_name: str, trigger: str) -> tuple[bool, str, dict]:
+    """Run a (non-partitioned) job in-process, recorded in the Dagster instance."""
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import build_defs
+
+    _prepare_instance(settings)
+    defs = build_defs(settings)
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=DagsterInstance.get(),
+        raise_on_error=False,
+        tags={"sdv/trigger": trigger},
+        run_config=_QUIET,
+    )
+    metadata: dict = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            metadata[materialization.asset_key.to_user_string()] = {
+                k: v.value for k, v in materialization.metadata.items()
+            }
+    return result.success, ("ok" if result.success else _failure_message(result)), metadata
+
+
+def _linked_or_exit(settings: Settings, trigger: str) -> dict:
+    from assets.linkage import PERSON_RECORDS
+    from pipelines.definitions import LINK_JOB
+
+    started = time.perf_counter()
+    with console.status("Linking records to persons and households"):
+        ok, message, metadata = run_job(settings, LINK_JOB, trigger)
+    if not ok:
+        console.print(f"[red]Linkage failed:[/red] {message}")
+        raise typer.Exit(code=1)
+    meta = metadata[PERSON_RECORDS.to_user_string()]
+    out.print(
+        f"Linked {meta['records']:,} records to {meta['persons']:,} persons in "
+        f"{time.perf_counter() - started:.1f}s (model {meta['model_version']}; "
+        f"{meta['changed_records']:,} new or changed records scored; "
+        f"{meta['review_queue']:,} pairs awaiting review)"
+    )
+    out.print(f"Stage seconds: {meta['stage_seconds']}")
+    if "evaluation_summary" in meta:
+        out.print(meta["evaluation_summary"])
+    return meta
+
+
+@app.command()
+def link(
+    data_dir: DataDir = Path("data"),
+    config: ConfigDir = DEFAULT_CONFIG_DIR,
+    truth: Annotated[
+        Path | None, typer.Option(help="Score the result against this ground truth folder.")
+    ] = None,
+) -> None:
+    """Resolve every person-level record to a stable person id and household."""
+    import os
+
+    settings = _settings(data_dir, None, config)
+    if truth is not None:
+        os.environ["SDV_TRUTH_DIR"] = str(truth.resolve())
+    _linked_or_exit(settings, "sdv link")
+
+
+@app.command()
+def train(data_dir: DataDir = Path("data"), config: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
+    """Train and save a new version of the linkage model (used from the next run on)."""
+    from assets.linkage import MODEL
+    from pipelines.definitions import TRAIN_JOB
+
+    settings = _settings(data_dir, None, config)
+    with console.status("Training the linkage model"):
+        ok, message, metadata = run_job(settings, TRAIN_JOB, "sdv train")
+    if not ok:
+        console.print(f"[red]Training failed:[/red] {message}")
+        raise typer.Exit(code=1)
+    meta = metadata[MODEL.to_user_string()]
+    out.print(f"Saved model {meta['version']} to {meta['model_file']}")
+
+
+@app.command()
+def evaluate(
+    truth: Annotated[Path, typer.Option(help="Ground truth folder (person_rows.csv, ...).")],
+    data_dir: DataDir = Path("data"),
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the JSON here.")] = None,
+) -> None:
+    """Score the current linkage against a synthetic county's ground truth."""
+    from matching.evaluate import EvaluationError, read_truth, summary_lines, write_report
+    from matching.evaluate import evaluate as score
+    from warehouse import linked
+    from warehouse.store import connect
+
+    settings = _settings(data_dir, None, DEFAULT_CONFIG_DIR)
+    try:
+        truth_data = read_truth(truth)
+        con = connect(settings.warehouse, read_only=True)
+        try:
+            metrics = score(linked.links_export(con), linked.households_export(con), truth_data)
+        finally:
+            con.close()
+    except (EvaluationError, LookupError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=1) from exc
+    target = out_file or settings.data_dir / "evaluation.json"
+    write_report(metrics, target)
+    for line in summary_lines(metrics):
+        out.print(line)
+    out.print(f"Written to {target}")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export the linkage for scoring elsewhere.")
+app.add_typer(export_app, name="export")
+
+
+def _export(data_dir: Path, out_file: Path, kind: str) -> None:
+    from warehouse import linked
+    from warehouse.store import connect
+
+    settings = _settings(data_dir, None, DEFAULT_CONFIG_DIR)
+    con = connect(settings.warehouse, read_only=True)
+    try:
+        frame = linked.links_export(con) if kind == "links" else linked.households_export(con)
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=1) from exc
+    finally:
+        con.close()
+    linked.write_csv(frame, out_file)
+    out.print(f"Wrote {frame.height:,} rows to {out_file}")
+
+
+@export_app.command("links")
+def export_links(
+    out_file: Annotated[Path, typer.Option("--out", help="CSV to write.")],
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """``source,table,local_key,person_id`` for every person-level row."""
+    _export(data_dir, out_file, "links")
+
+
+@export_app.command("households")
+def export_households(
+    out_file: Annotated[Path, typer.Option("--out", help="CSV to write.")],
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """``person_id,household_id`` for every person."""
+    _export(data_dir, out_file, "households")
 
 
 @app.command()

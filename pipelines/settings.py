@@ -2,7 +2,9 @@
 
 ``SDV_DATA_DIR`` (default ``./data``) holds the warehouse file and Dagster's instance;
 ``SDV_LANDING`` (default ``<data>/landing``) is the landing zone agencies deliver to;
-``SDV_WAREHOUSE`` overrides the DuckDB file; ``SDV_CONFIG_DIR`` the configuration folder.
+``SDV_WAREHOUSE`` overrides the DuckDB file; ``SDV_CONFIG_DIR`` the configuration folder;
+``SDV_OPERATIONAL_URL`` (default SQLite at ``<data>/operational.db``) is the SQLAlchemy URL of
+the operational store, where reviewers' decisions live (PostgreSQL in a deployment).
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ class Settings:
     landing: Path
     warehouse: Path
     config_dir: Path
+    # Empty means SQLite in the data directory, so a Settings built for a data directory (tests,
+    # ``--data-dir``) never shares reviewers' decisions with another one.
+    operational_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.operational_url:
+            default = f"sqlite:///{self.data_dir / 'operational.db'}"
+            object.__setattr__(self, "operational_url", default)
+
+    @property
+    def model_dir(self) -> Path:
+        """Versioned linkage models and their charts."""
+        return self.data_dir / "models"
+
+    @property
+    def linkage_config(self) -> Path:
+        return self.config_dir / "linkage.yaml"
 
     @property
     def dagster_home(self) -> Path:
@@ -37,6 +56,7 @@ class Settings:
                 os.environ.get("SDV_WAREHOUSE", data_dir / "warehouse.duckdb")
             ).resolve(),
             config_dir=Path(os.environ.get("SDV_CONFIG_DIR", DEFAULT_CONFIG_DIR)).resolve(),
+            operational_url=os.environ.get("SDV_OPERATIONAL_URL", ""),
         )
 
     def export(self) -> None:
@@ -45,4 +65,5 @@ class Settings:
         os.environ["SDV_LANDING"] = str(self.landing)
         os.environ["SDV_WAREHOUSE"] = str(self.warehouse)
         os.environ["SDV_CONFIG_DIR"] = str(self.config_dir)
+        os.environ["SDV_OPERATIONAL_URL"] = self.operational_url
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
