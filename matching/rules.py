@@ -5,7 +5,8 @@ merge two children. These rules veto a link outright:
 
 - two different valid NHS numbers, or two valid UPNs with nothing in common;
 - twins: the same date of birth and surname but forenames that are not the same name
-  (not equal, not a nickname or preferred name of each other, not a likely typo);
+  (not equal, not a nickname or preferred name of each other, not a likely typo), unless
+  the records share an NHS number or UPN (twins never do);
 - dates of birth that cannot be one date mistyped (not equal, not day and month swapped,
   more than one of day, month and year different);
 - birth-year ranges that do not overlap (estimated dates, ages at an incident, and the
@@ -104,12 +105,15 @@ class Profile:
             return "birth years incompatible"
         if self.cannot & other.members or other.cannot & self.members:
             return "reviewer: different people"
+        # A shared NHS number or UPN is the same person, whatever the names say.
+        identified = bool(self.nhs & other.nhs or self.upns & other.upns)
         for dob_a, sur_a, fore_a, keys_a in self.births:
             for dob_b, sur_b, fore_b, keys_b in other.births:
                 if not dates_compatible(dob_a, dob_b):
                     return "dates of birth incompatible"
                 if (
-                    dob_a == dob_b
+                    not identified
+                    and dob_a == dob_b
                     and sur_a == sur_b
                     and not names_related(fore_a, fore_b, set(keys_a), set(keys_b))
                 ):
