@@ -86,8 +86,15 @@ def _candidates(
         pl.col("forename_keys").alias("candidate_keys"),
         pl.col("sex").alias("candidate_sex"),
         pl.col("surname").alias("candidate_surname"),
+        pl.col("year_lo").alias("candidate_lo"),
+        pl.col("year_hi").alias("candidate_hi"),
     )
-    return pairs.join(contacts, on="unique_id").join(side, on="candidate")
+    pairs = pairs.join(contacts, on="unique_id").join(side, on="candidate")
+    # The right age: a brother or a namesake son is not a candidate for the father.
+    return pairs.filter(
+        ~(pl.col("candidate_lo") > pl.col("year_hi")).fill_null(False)
+        & ~(pl.col("candidate_hi") < pl.col("year_lo")).fill_null(False)
+    )
 
 
 def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
@@ -100,7 +107,14 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
     contact is linked only if the best rank holds exactly one person.
     """
     contacts = records.filter(pl.col("child_upn").is_not_null()).select(
-        "unique_id", "child_upn", "relationship", "forename", "forename_keys", "surname"
+        "unique_id",
+        "child_upn",
+        "relationship",
+        "forename",
+        "forename_keys",
+        "surname",
+        "year_lo",
+        "year_hi",
     )
     if contacts.is_empty():
         return _empty()

@@ -39,7 +39,7 @@ def current_addresses(records: pl.DataFrame, person_records: pl.DataFrame) -> pl
         )
         .with_columns(
             _address_id().alias("address_id"),
-            pl.coalesce(pl.col("updated_at").dt.date(), pl.col("extract_date")).alias("as_of"),
+            pl.col("address_as_of").alias("as_of"),
         )
         .filter(pl.col("address_id").is_not_null())
     )

@@ -61,20 +61,32 @@ class LinkResult:
     review: pl.DataFrame
 
 
+# Everything a record's scores and hard rules depend on.
+FINGERPRINT_COLUMNS = [
+    *(c for c in MODEL_COLUMNS if c != "forename_canon"),
+    "suffix",
+    "dob_exact",
+    "child_upn",
+    "relationship",
+]
+
+
 def fingerprints(records: pl.DataFrame) -> pl.DataFrame:
-    """A hash of each record's linkage fields: a changed hash means re-score the record."""
-    cols = [c for c in MODEL_COLUMNS if c != "forename_canon" and c in records.columns]
-    text = pl.concat_str(
-        [
-            pl.col(c).cast(pl.List(pl.String)).list.join(";")
-            if records.schema[c] == pl.List(pl.String)
-            else pl.col(c).cast(pl.String)
-            for c in cols
-        ],
-        separator="\x1f",
-        ignore_nulls=False,
-    ).fill_null("")
-    return records.select("unique_id", text.hash(seed=7).cast(pl.String).alias("fingerprint"))
+    """A sha256 of each record's linkage fields: a changed fingerprint means re-score it.
+
+    Nulls are written as a marker of their own, so "no postcode" differs from any postcode.
+    """
+    parts = []
+    for c in FINGERPRINT_COLUMNS:
+        column = pl.col(c)
+        if records.schema[c] == pl.List(pl.String):
+            column = column.list.join(";")
+        parts.append(column.cast(pl.String).fill_null("\x00"))
+    text = records.select(pl.concat_str(parts, separator="\x1f").alias("t"))["t"]
+    digests = [hashlib.sha256(t.encode()).hexdigest()[:20] for t in text]
+    return records.select("unique_id").with_columns(
+        pl.Series("fingerprint", digests, dtype=pl.String)
+    )
 
 
 def changed_records(current: pl.DataFrame, previous: pl.DataFrame | None) -> set[str]:
@@ -90,12 +102,13 @@ def merge_scores(
     cached: pl.DataFrame, fresh: pl.DataFrame, records: pl.DataFrame, changed: set[str]
 ) -> pl.DataFrame:
     """Yesterday's scores for pairs of unchanged, still-present records plus tonight's."""
-    present = records["unique_id"]
+    present = records["unique_id"].implode()
+    moved = pl.Series(sorted(changed), dtype=pl.String).implode()
     keep = cached.filter(
         pl.col("unique_id_l").is_in(present)
         & pl.col("unique_id_r").is_in(present)
-        & ~pl.col("unique_id_l").is_in(sorted(changed))
-        & ~pl.col("unique_id_r").is_in(sorted(changed))
+        & ~pl.col("unique_id_l").is_in(moved)
+        & ~pl.col("unique_id_r").is_in(moved)
     )
     return pl.concat([keep, fresh], how="diagonal_relaxed").unique(
         ["unique_id_l", "unique_id_r"], keep="last", maintain_order=True
@@ -182,7 +195,9 @@ def review_queue(
             {k: v for k, v in row.items() if k != "unique_id"}, default=str
         )
         for row in shown.filter(
-            pl.col("unique_id").is_in(pl.concat([band["unique_id_l"], band["unique_id_r"]]))
+            pl.col("unique_id").is_in(
+                pl.concat([band["unique_id_l"], band["unique_id_r"]]).implode()
+            )
         ).iter_rows(named=True)
     }
     levels = [

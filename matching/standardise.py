@@ -100,6 +100,7 @@ STANDARD_COLUMNS = [
     "role_in_family",
     "date_of_death",
     "updated_at",
+    "address_as_of",
 ]
 
 
@@ -328,4 +329,10 @@ def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
         .alias("family_id"),
     )
     frame = _age_from_roles(frame)
+    # How current the address is: a care record's update, a police incident, else the extract.
+    frame = frame.with_columns(
+        pl.coalesce(
+            pl.col("updated_at").dt.date(), _date(pl.col("last_seen")), pl.col("extract_date")
+        ).alias("address_as_of")
+    )
     return frame.select(STANDARD_COLUMNS)
