@@ -341,8 +341,7 @@ _PAIR_COLUMNS = ["unique_id_l", "unique_id_r", "match_weight", "match_probabilit
 
 
 def _pairs(result: Any) -> pl.DataFrame:
-    frame = pl.from_arrow(result.as_duckdbpyrelation().arrow())
-    assert isinstance(frame, pl.DataFrame)
+    frame = result.as_duckdbpyrelation().pl()
     gammas = [c for c in frame.columns if c.startswith("gamma_")]
     return frame.select(_PAIR_COLUMNS + gammas)
 
