@@ -177,7 +177,9 @@ def _truth_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def build_linkage_assets(config: LinkageConfig) -> list[Any]:
+def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
+    """The model and person-links assets, and the checks on the linked result."""
+
     @dg.asset(
         key=MODEL,
         group_name="linkage",
@@ -296,4 +298,4 @@ def build_linkage_assets(config: LinkageConfig) -> list[Any]:
             metadata={"oversized_persons": len(big), "largest": dg.MetadataValue.json(big[:10])},
         )
 
-    return [linkage_model, person_links, hard_rules_hold, no_oversized_persons]
+    return [linkage_model, person_links], [hard_rules_hold, no_oversized_persons]

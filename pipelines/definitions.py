@@ -43,7 +43,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.checks(*freshness),
         description="Check every source has delivered recently.",
     )
-    linkage = build_linkage_assets(load_linkage_config(settings.linkage_config))
+    linkage, linkage_checks = build_linkage_assets(load_linkage_config(settings.linkage_config))
     link_job = dg.define_asset_job(
         LINK_JOB,
         selection=dg.AssetSelection.assets(PERSON_RECORDS, HOUSEHOLD_MEMBERS),
@@ -56,7 +56,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[*assets.values(), *linkage],
-        asset_checks=freshness,
+        asset_checks=[*freshness, *linkage_checks],
         jobs=[*jobs.values(), freshness_job, link_job, train_job],
         sensors=[build_delivery_sensor(sources, list(jobs.values()))],
         schedules=[

@@ -28,7 +28,7 @@ def _exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
 
 
 def _select(table: PersonTable, relation: str, *, quarantine: bool) -> str:
-    key = " || '|' || ".join(f'coalesce(cast("{c}" as varchar), \'\')' for c in table.key)
+    key = " || '|' || ".join(f"coalesce(cast(\"{c}\" as varchar), '')" for c in table.key)
     fields = ", ".join(
         f'cast("{column}" as varchar) as "{field}"' for field, column in table.fields.items()
     )
