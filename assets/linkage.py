@@ -106,7 +106,7 @@ def run_linkage(
 
     clock = time.perf_counter()
     operational.ensure_schema(engine)
-    run_id = run_id_for(records, version)
+    run_id = run_id_for(records, version, started)
     result = resolve(
         records,
         pairs,

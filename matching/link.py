@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -271,8 +272,9 @@ def resolve(
     )
 
 
-def run_id_for(records: pl.DataFrame, model_version: str) -> str:
-    """A run id that names what the run saw: the model and the records' fingerprints."""
+def run_id_for(records: pl.DataFrame, model_version: str, started: datetime) -> str:
+    """A run id unique to the run (its start time) that also names what it saw: the model
+    and the records' fingerprints, so two runs over the same input are recognisable."""
     digest = hashlib.sha256(model_version.encode())
     digest.update(fingerprints(records).sort("unique_id").write_csv().encode())
-    return digest.hexdigest()[:16]
+    return f"{started:%Y%m%dT%H%M%S%f}-{digest.hexdigest()[:12]}"

@@ -303,9 +303,16 @@ def link(
     import os
 
     settings = _settings(data_dir, None, config)
+    before = os.environ.get("SDV_TRUTH_DIR")
     if truth is not None:
         os.environ["SDV_TRUTH_DIR"] = str(truth.resolve())
-    _linked_or_exit(settings, "sdv link")
+    try:
+        _linked_or_exit(settings, "sdv link")
+    finally:
+        if before is None:
+            os.environ.pop("SDV_TRUTH_DIR", None)
+        else:
+            os.environ["SDV_TRUTH_DIR"] = before
 
 
 @app.command()
