@@ -36,7 +36,7 @@ from matching.link import changed_records, fingerprints, merge_scores, resolve, 
 from matching.rules import breaches
 from matching.standardise import standardise
 from warehouse import linked, operational, review
-from warehouse.person_rows import read_person_rows
+from warehouse.person_rows import read_person_rows, read_relationships
 
 PERSON_RECORDS = dg.AssetKey(["linked", "person_records"])
 HOUSEHOLD_MEMBERS = dg.AssetKey(["linked", "household_members"])
@@ -106,7 +106,7 @@ def run_linkage(
 
     clock = time.perf_counter()
     operational.ensure_schema(engine)
-    run_id = run_id_for(records, version, started)
+    run_id = run_id_for(prints, version, started)
     result = resolve(
         records,
         pairs,
@@ -121,8 +121,7 @@ def run_linkage(
 
     clock = time.perf_counter()
     members = households(records, result.person_records)
-    csc = _csc_relationships(con)
-    related = relationships(result.person_records, records, csc)
+    related = relationships(result.person_records, records, read_relationships(con, config))
     timings["households"] = time.perf_counter() - clock
 
     queued = review.enqueue(engine, result.review, run_id)
@@ -159,16 +158,6 @@ def run_linkage(
             linked.links_export(con), linked.households_export(con), read_truth(truth_dir)
         )
     return LinkageRun(run=run, evaluation=evaluation, trained=trained)
-
-
-def _csc_relationships(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
-    try:
-        return con.sql(
-            "select csc_person_id as local_key, related_csc_person_id as related_local_key, "
-            'relationship from "current".council_csc__relationships'
-        ).pl()
-    except duckdb.Error:
-        return None
 
 
 def _truth_dir() -> Path | None:

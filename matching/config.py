@@ -93,11 +93,24 @@ class PersonTable(_Strict):
         return f"{self.source}|{self.table}"
 
 
+class RelationshipTable(_Strict):
+    """A source's own table of who is related to whom, between its person-level records."""
+
+    source: str
+    table: str
+    person_table: str  # the person-level table of the same source the keys refer to
+    person: str
+    related: str
+    relationship: str  # column: what the related person is to the first
+    evidence: str  # shown with each relationship, e.g. "children's social care"
+
+
 class LinkageConfig(_Strict):
     thresholds: Thresholds = Thresholds()
     training: Training = Training()
     sex_values: dict[str, Literal["M", "F"]] = {}
     tables: list[PersonTable] = Field(min_length=1)
+    relationship_tables: list[RelationshipTable] = []
 
     @model_validator(mode="after")
     def _unique_tables(self) -> LinkageConfig:

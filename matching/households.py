@@ -63,7 +63,7 @@ def household_id(address_id: str) -> str:
     return "H" + hashlib.sha256(address_id.encode()).hexdigest()[:12].upper()
 
 
-def _ages(records: pl.DataFrame, person_records: pl.DataFrame, today: pl.Expr) -> pl.DataFrame:
+def _ages(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFrame:
     years = records.join(
         person_records.select(pl.col("record_id").alias("unique_id"), "person_id"), on="unique_id"
     )
@@ -82,7 +82,7 @@ def households(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFr
     persons = person_records.select("person_id").unique()
     addresses = current_addresses(records, person_records)
     today = records["extract_date"].max()
-    ages = _ages(records, person_records, pl.lit(today))
+    ages = _ages(records, person_records)
     members = persons.join(addresses, on="person_id", how="left").join(
         ages, on="person_id", how="left"
     )
@@ -109,12 +109,13 @@ def households(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFr
 def relationships(
     person_records: pl.DataFrame,
     records: pl.DataFrame,
-    csc_relationships: pl.DataFrame | None = None,
+    recorded: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """``person_id, related_person_id, relationship, evidence``: what the related person is.
 
-    ``csc_relationships`` has ``local_key, related_local_key, relationship`` for the
-    council_csc people table (``relationship`` = what the related person is to the first).
+    ``recorded`` holds sources' own relationship tables between their records
+    (``record_id, related_record_id, relationship, evidence``; ``relationship`` is what the
+    related person is to the first), as read by ``warehouse.person_rows.read_relationships``.
     """
     pid = person_records.select(pl.col("record_id").alias("unique_id"), "person_id")
     parts: list[pl.DataFrame] = []
@@ -145,25 +146,14 @@ def relationships(
             pl.lit("early help family").alias("evidence"),
         )
     )
-    if csc_relationships is not None and not csc_relationships.is_empty():
-        csc = pid.filter(pl.col("unique_id").str.starts_with("council_csc|people|")).with_columns(
-            pl.col("unique_id").str.replace("council_csc|people|", "", literal=True).alias("key")
-        )
+    if recorded is not None and not recorded.is_empty():
         parts.append(
-            csc_relationships.join(
-                csc.select("key", "person_id"), left_on="local_key", right_on="key"
-            )
+            recorded.join(pid.rename({"unique_id": "record_id"}), on="record_id")
             .join(
-                csc.select("key", pl.col("person_id").alias("related_person_id")),
-                left_on="related_local_key",
-                right_on="key",
+                pid.rename({"unique_id": "related_record_id", "person_id": "related_person_id"}),
+                on="related_record_id",
             )
-            .select(
-                "person_id",
-                "related_person_id",
-                "relationship",
-                pl.lit("children's social care").alias("evidence"),
-            )
+            .select("person_id", "related_person_id", "relationship", "evidence")
         )
     out = pl.concat(parts, how="vertical_relaxed")
     return (

@@ -272,9 +272,9 @@ def resolve(
     )
 
 
-def run_id_for(records: pl.DataFrame, model_version: str, started: datetime) -> str:
+def run_id_for(prints: pl.DataFrame, model_version: str, started: datetime) -> str:
     """A run id unique to the run (its start time) that also names what it saw: the model
-    and the records' fingerprints, so two runs over the same input are recognisable."""
+    and the records' fingerprints (``fingerprints``), so runs over one input are recognisable."""
     digest = hashlib.sha256(model_version.encode())
-    digest.update(fingerprints(records).sort("unique_id").write_csv().encode())
+    digest.update(prints.sort("unique_id").write_csv().encode())
     return f"{started:%Y%m%dT%H%M%S%f}-{digest.hexdigest()[:12]}"

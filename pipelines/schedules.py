@@ -47,23 +47,30 @@ def build_nightly_schedule(source: Source, job: JobTarget) -> dg.ScheduleDefinit
     return _nightly
 
 
-def build_freshness_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+def _daily(name: str, job: JobTarget, cron: str, description: str) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
-        name="nightly_source_freshness",
+        name=name,
         job=job,
-        cron_schedule="0 6 * * *",
+        cron_schedule=cron,
         execution_timezone=TIMEZONE,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Flags any source that has not delivered within its freshness_days.",
+        description=description,
+    )
+
+
+def build_freshness_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+    return _daily(
+        "nightly_source_freshness",
+        job,
+        "0 6 * * *",
+        "Flags any source that has not delivered within its freshness_days.",
     )
 
 
 def build_linkage_schedule(job: JobTarget) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="nightly_linkage",
-        job=job,
-        cron_schedule="30 3 * * *",
-        execution_timezone=TIMEZONE,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="After the night's loads: resolve records to persons and households.",
+    return _daily(
+        "nightly_linkage",
+        job,
+        "30 3 * * *",
+        "After the night's loads: resolve records to persons and households.",
     )

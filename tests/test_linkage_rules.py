@@ -1118,7 +1118,14 @@ def test_early_help_and_social_care_relationships() -> None:
             "council_csc|people|b": "P4",
         }
     )
-    csc = pl.DataFrame({"local_key": ["a"], "related_local_key": ["b"], "relationship": ["father"]})
+    csc = pl.DataFrame(
+        {
+            "record_id": ["council_csc|people|a"],
+            "related_record_id": ["council_csc|people|b"],
+            "relationship": ["father"],
+            "evidence": ["children's social care"],
+        }
+    )
     assert relationships(assignment, records, csc).rows() == [
         ("P1", "P2", "parent", "early help family"),
         ("P1", "P4", "father", "children's social care"),

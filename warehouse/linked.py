@@ -23,6 +23,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from warehouse.store import table_exists
+
 DICTIONARY: dict[str, tuple[str, dict[str, str]]] = {
     "person_records": (
         "Every person-level record of the current deliveries and the person it resolves to.",
@@ -91,12 +93,7 @@ def ensure_linked_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    rows = con.execute(
-        "select count(*) from information_schema.tables "
-        "where table_schema = 'linked' and table_name = ?",
-        [table],
-    ).fetchall()
-    return rows[0][0] > 0
+    return table_exists(con, "linked", table)
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:

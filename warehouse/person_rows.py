@@ -13,18 +13,10 @@ import duckdb
 import polars as pl
 
 from matching.config import LinkageConfig, PersonTable
-from warehouse.store import relation_name
+from warehouse.store import relation_name, table_exists
 
 _SALVAGE_EXCLUDED = ("duplicate_key",)
 _AGE_REFERENCE = ("local_key", "first_seen", "last_seen")
-
-
-def _exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    found = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [schema, name],
-    ).fetchall()
-    return found[0][0] > 0
 
 
 def _select(table: PersonTable, relation: str, *, quarantine: bool) -> str:
@@ -67,9 +59,9 @@ def read_person_rows(con: duckdb.DuckDBPyConnection, config: LinkageConfig) -> p
     for table in config.tables:
         name = relation_name(table.source, table.table)
         parts = []
-        if _exists(con, "current", name):
+        if table_exists(con, "current", name):
             parts.append(con.sql(_select(table, f'"current"."{name}"', quarantine=False)).pl())
-        if _exists(con, "quarantine", name):
+        if table_exists(con, "quarantine", name):
             sql = _select(table, f'quarantine."{name}"', quarantine=True)
             parts.append(con.sql(sql).pl())
         if parts and table.age_reference_sql:
@@ -84,3 +76,25 @@ def read_person_rows(con: duckdb.DuckDBPyConnection, config: LinkageConfig) -> p
     return rows.sort("from_quarantine").unique(
         ["source", "source_table", "local_key"], keep="first", maintain_order=True
     )
+
+
+def read_relationships(con: duckdb.DuckDBPyConnection, config: LinkageConfig) -> pl.DataFrame:
+    """Sources' own relationship tables as ``record_id, related_record_id, relationship,
+    evidence``, keyed like the linkage's record ids; tables not yet delivered are skipped."""
+    frames = []
+    for rel in config.relationship_tables:
+        name = relation_name(rel.source, rel.table)
+        if not table_exists(con, "current", name):
+            continue
+        prefix = f"{rel.source}|{rel.person_table}|"
+        frames.append(
+            con.sql(
+                f'select ? || "{rel.person}" as record_id, '
+                f'? || "{rel.related}" as related_record_id, '
+                f'"{rel.relationship}" as relationship, ? as evidence '
+                f'from "current"."{name}"',
+                params=[prefix, prefix, rel.evidence],
+            ).pl()
+        )
+    schema = {c: pl.String for c in ("record_id", "related_record_id", "relationship", "evidence")}
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)

@@ -58,6 +58,15 @@ def relation_name(source: str, table: str) -> str:
     return f"{source}__{table}"
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    """Whether ``schema.name`` exists (a table or a view)."""
+    rows = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, name],
+    ).fetchall()
+    return rows[0][0] > 0
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the ingest schemas and ``meta.deliveries`` if this is a new warehouse."""
     con.execute(_META_DDL)
