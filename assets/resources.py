@@ -56,3 +56,12 @@ class LinkageSettings(dg.ConfigurableResource):
     """Where versioned linkage models (and their charts) are saved."""
 
     model_dir: str
+
+
+class FamilyViewSettings(dg.ConfigurableResource):
+    """Where published snapshots live, how many are kept, and the data directory whose
+    ``secrets/`` holds the pseudonymisation key (unless ``SDV_PSEUDONYM_KEY`` is set)."""
+
+    published_dir: str
+    data_dir: str
+    keep: int = 3

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.audit_cli import audit_app
+from pipelines.family_view_cli import published_or_exit, register
 from pipelines.review_cli import review_app
 from pipelines.settings import PROJECT_ROOT, Settings
 from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError
@@ -33,6 +35,8 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 app.add_typer(review_app, name="review")
+app.add_typer(audit_app, name="audit")
+register(app)
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,7 @@ def demo(
 
     os.environ["SDV_TRUTH_DIR"] = str(settings.data_dir / "truth")
     _linked_or_exit(settings, "sdv demo")
+    published_or_exit(settings, "sdv demo")
 
 
 def run_job(settings: Settings, job_name: str, trigger: str) -> tuple[bool, str, dict]:

@@ -1,7 +1,8 @@
 """The one Definitions object: what `dagster dev`, `dg check defs` and `sdv load` all load.
 
 Everything is built from configuration: each ``config/sources/*.yaml`` yields its ingest
-assets, checks, job and nightly schedule; ``config/linkage.yaml`` the linkage assets.
+assets, checks, job and nightly schedule; ``config/linkage.yaml`` the linkage assets;
+``config/curated.yaml`` the Family View assets.
 Invalid configuration stops loading here with a message naming the file and key.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.family_view import PUBLISHED, SNAPSHOT, build_family_view_assets
 from assets.ingest import build_freshness_checks, build_ingest_assets
 from assets.linkage import HOUSEHOLD_MEMBERS, MODEL, PERSON_RECORDS, build_linkage_assets
 from matching.config import load_linkage_config
@@ -17,13 +19,16 @@ from pipelines.schedules import (
     build_freshness_schedule,
     build_linkage_schedule,
     build_nightly_schedule,
+    build_publish_schedule,
 )
 from pipelines.sensors import build_delivery_sensor, ingest_job_name
 from pipelines.settings import Settings
+from warehouse.curated_config import load_curated_config
 from warehouse.sources import load_sources
 
 LINK_JOB = "link_persons"
 TRAIN_JOB = "train_linkage_model"
+PUBLISH_JOB = "publish_family_view"
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -43,7 +48,16 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.checks(*freshness),
         description="Check every source has delivered recently.",
     )
-    linkage, linkage_checks = build_linkage_assets(load_linkage_config(settings.linkage_config))
+    linkage_config = load_linkage_config(settings.linkage_config)
+    linkage, linkage_checks = build_linkage_assets(linkage_config)
+    family_view = build_family_view_assets(
+        linkage_config, load_curated_config(settings.curated_config), sources
+    )
+    publish_job = dg.define_asset_job(
+        PUBLISH_JOB,
+        selection=dg.AssetSelection.assets(SNAPSHOT, PUBLISHED),
+        description="Build, check and publish tonight's Family View snapshot.",
+    )
     link_job = dg.define_asset_job(
         LINK_JOB,
         selection=dg.AssetSelection.assets(PERSON_RECORDS, HOUSEHOLD_MEMBERS),
@@ -55,14 +69,15 @@ def build_defs(settings: Settings) -> dg.Definitions:
         description="Train and save a new version of the Splink linkage model.",
     )
     return dg.Definitions(
-        assets=[*assets.values(), *linkage],
+        assets=[*assets.values(), *linkage, *family_view],
         asset_checks=[*freshness, *linkage_checks],
-        jobs=[*jobs.values(), freshness_job, link_job, train_job],
+        jobs=[*jobs.values(), freshness_job, link_job, train_job, publish_job],
         sensors=[build_delivery_sensor(sources, list(jobs.values()))],
         schedules=[
             *(build_nightly_schedule(sources[n], jobs[n]) for n in sources),
             build_freshness_schedule(freshness_job),
             build_linkage_schedule(link_job),
+            build_publish_schedule(publish_job),
         ],
         resources=build_resources(settings),
     )

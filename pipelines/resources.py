@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from assets.resources import LandingZone, LinkageSettings, OperationalStore, Warehouse
+from assets.resources import (
+    FamilyViewSettings,
+    LandingZone,
+    LinkageSettings,
+    OperationalStore,
+    Warehouse,
+)
 from pipelines.settings import Settings
+from warehouse.curated_config import load_curated_config
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -18,4 +25,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "warehouse": Warehouse(path=str(settings.warehouse)),
         "operational": OperationalStore(url=settings.operational_url),
         "linkage": LinkageSettings(model_dir=str(settings.model_dir)),
+        "family_view": FamilyViewSettings(
+            published_dir=str(settings.published_dir),
+            data_dir=str(settings.data_dir),
+            keep=load_curated_config(settings.curated_config).publishing.keep,
+        ),
     }

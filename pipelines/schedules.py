@@ -74,3 +74,12 @@ def build_linkage_schedule(job: JobTarget) -> dg.ScheduleDefinition:
         "30 3 * * *",
         "After the night's loads: resolve records to persons and households.",
     )
+
+
+def build_publish_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+    return _daily(
+        "nightly_family_view",
+        job,
+        "30 4 * * *",
+        "After linkage: build, check and publish the Family View snapshot.",
+    )

@@ -43,6 +43,19 @@ class Settings:
         return self.config_dir / "linkage.yaml"
 
     @property
+    def curated_config(self) -> Path:
+        return self.config_dir / "curated.yaml"
+
+    @property
+    def policy(self) -> Path:
+        return self.config_dir / "policy.yaml"
+
+    @property
+    def published_dir(self) -> Path:
+        """Published Family View snapshots, the pointer readers follow, analysts' file."""
+        return self.data_dir / "published"
+
+    @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster"
 

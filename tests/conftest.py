@@ -112,3 +112,11 @@ def sdv_load(landing: Path, data_dir: Path, config: Path | None = None):
 
     args = ["load", "--landing", str(landing), "--data-dir", str(data_dir)]
     return CliRunner().invoke(app, args + (["--config", str(config)] if config else []))
+
+
+@pytest.fixture(scope="session")
+def published_county(tmp_path_factory):
+    """A generated county loaded, linked and published once (see family_view_county.py)."""
+    from family_view_county import make_county
+
+    return make_county(tmp_path_factory.mktemp("family_view") / "county")

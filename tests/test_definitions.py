@@ -24,7 +24,8 @@ def test_every_configured_table_has_raw_staged_and_quarantine_assets(tmp_path, s
         for layer in ("raw", "staged", "quarantine")
     }
     linkage = {"linkage_model", "linked/person_records", "linked/household_members"}
-    assert keys == expected | linkage
+    family_view = {"curated/family_view_snapshot", "curated/published_family_view"}
+    assert keys == expected | linkage | family_view
     assert len(expected) == 42
 
 
@@ -74,3 +75,24 @@ def test_a_new_source_is_a_config_change(tmp_path):
     assert {"raw/police_west/persons", "staged/police_west/incidents"} <= keys
     assert defs.resolve_job_def("ingest_police_west_job") is not None
     assert "nightly_police_west" in {s.name for s in defs.schedules}
+
+
+def test_family_view_is_published_only_after_blocking_checks(tmp_path):
+    defs = defs_for(tmp_path)
+    graph = defs.resolve_asset_graph()
+    snapshot = dg.AssetKey(["curated", "family_view_snapshot"])
+    published = dg.AssetKey(["curated", "published_family_view"])
+    checks = {k.name: k for k in graph.asset_check_keys if k.asset_key == snapshot}
+    assert {
+        "schema_matches_dictionary",
+        "every_person_curated",
+        "one_summary_per_child",
+        "analyst_file_pseudonymised",
+    } <= set(checks)
+    specs = {spec.name: spec for spec in defs.get_assets_def(snapshot).check_specs}
+    assert all(spec.blocking for spec in specs.values())
+    assert snapshot in graph.get(published).parent_keys
+    job = defs.resolve_job_def("publish_family_view")
+    assert {n.name for n in job.nodes} >= {"curated__family_view_snapshot"}
+    schedules = {s.name: s for s in defs.schedules}
+    assert schedules["nightly_family_view"].cron_schedule == "30 4 * * *"

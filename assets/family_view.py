@@ -1,0 +1,114 @@
+"""Family View assets: tonight's curated snapshot, its checks, and the switch to it.
+
+``curated/family_view_snapshot`` builds the curated tables and the analysts' pseudonymised
+file into new files nobody reads yet, then runs blocking checks on them (schema matches the
+dictionary, every person curated, one summary per child, the analysts' file holds nothing
+identifying). Only if all pass does ``curated/published_family_view`` switch readers to
+the new snapshot; otherwise readers stay on last night's, and the failed build is left on
+disk for inspection until the next successful publish prunes it.
+"""
+
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+
+from assets.ingest import WRITER_POOL
+from assets.linkage import HOUSEHOLD_MEMBERS, PERSON_RECORDS
+from assets.resources import FamilyViewSettings, Warehouse
+from matching.config import LinkageConfig
+from warehouse.curated_config import CuratedConfig
+from warehouse.family_view import build_snapshot, check_snapshot
+from warehouse.pseudonymise import load_key
+from warehouse.publish import SnapshotStore
+from warehouse.sources import Source
+
+SNAPSHOT = dg.AssetKey(["curated", "family_view_snapshot"])
+PUBLISHED = dg.AssetKey(["curated", "published_family_view"])
+CHECKS = {
+    "schema_matches_dictionary": "Every curated table has exactly the documented columns.",
+    "every_person_curated": "Every linked person has exactly one golden record.",
+    "one_summary_per_child": "child_summary has one row per child.",
+    "analyst_file_pseudonymised": "The analysts' file holds no name, date of birth, "
+    "identifier, address, full postcode, contact or free text (by column and by value).",
+}
+
+
+def _store(settings: FamilyViewSettings) -> SnapshotStore:
+    return SnapshotStore(Path(settings.published_dir), keep=settings.keep)
+
+
+def build_family_view_assets(
+    linkage: LinkageConfig, curated: CuratedConfig, sources: dict[str, Source]
+) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        key=SNAPSHOT,
+        group_name="family_view",
+        deps=[PERSON_RECORDS, HOUSEHOLD_MEMBERS],
+        pool=WRITER_POOL,
+        check_specs=[
+            dg.AssetCheckSpec(name, asset=SNAPSHOT, description=text, blocking=True)
+            for name, text in CHECKS.items()
+        ],
+        description="Tonight's curated Family View and analysts' file, built and checked "
+        "but not yet visible to readers.",
+    )
+    def family_view_snapshot(
+        context: dg.AssetExecutionContext, warehouse: Warehouse, family_view: FamilyViewSettings
+    ):
+        store = _store(family_view)
+        key = load_key(Path(family_view.data_dir))
+        with warehouse.get_connection() as con:
+            built = build_snapshot(con, store, linkage, curated, sources, key)
+            checks = check_snapshot(built, con)
+        context.log.info("built %s (as of %s)", built.snapshot.name, built.as_of)
+        yield dg.MaterializeResult(
+            metadata={
+                "snapshot": dg.MetadataValue.path(str(built.snapshot)),
+                "analyst_file": dg.MetadataValue.path(str(built.analyst)),
+                "as_of": built.as_of.isoformat(),
+                "rows": dg.MetadataValue.json(built.rows),
+                "unlinked_rows": dg.MetadataValue.json(built.unlinked),
+                "checks_passed": all(c.passed for c in checks),
+            }
+        )
+        for check in checks:
+            yield dg.AssetCheckResult(
+                check_name=check.name,
+                asset_key=SNAPSHOT,
+                passed=check.passed,
+                metadata={k: dg.MetadataValue.json(v) for k, v in check.metadata.items()},
+            )
+
+    @dg.asset(
+        key=PUBLISHED,
+        group_name="family_view",
+        deps=[SNAPSHOT],
+        pool=WRITER_POOL,  # one publisher at a time: the pointer and pruning are not shared
+        description="Switch readers (access layer, API, analysts) to tonight's snapshot.",
+    )
+    def published_family_view(
+        context: dg.AssetExecutionContext, family_view: FamilyViewSettings
+    ) -> dg.MaterializeResult:
+        event = context.instance.get_latest_materialization_event(SNAPSHOT)
+        if event is None or event.asset_materialization is None:
+            raise dg.Failure("no snapshot has been built")
+        meta = event.asset_materialization.metadata
+        if not meta["checks_passed"].value:
+            raise dg.Failure("the newest snapshot failed its checks: not publishing it")
+        store = _store(family_view)
+        published = store.publish(
+            Path(meta["snapshot"].value),
+            Path(meta["analyst_file"].value),
+            date.fromisoformat(meta["as_of"].value),
+            {name: True for name in CHECKS},
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "snapshot": published.snapshot,
+                "as_of": published.as_of,
+                "kept": dg.MetadataValue.json(store.kept()),
+            }
+        )
+
+    return [family_view_snapshot, published_family_view]

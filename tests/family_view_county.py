@@ -1,0 +1,103 @@
+"""A small generated county taken through load, linkage and one published Family View.
+
+Built once per test session (``published_county`` in conftest) and shared by the access
+layer, policy matrix, publishing and API tests; those tests only read it. Tests that
+publish or roll back work on their own copy (:meth:`FamilyViewCounty.copy`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import duckdb
+
+from assets.linkage import run_linkage
+from matching.config import load_linkage_config
+from synth.generate import generate_county
+from warehouse.curated_config import load_curated_config
+from warehouse.family_view import build_snapshot, check_snapshot, publish_snapshot
+from warehouse.operational import engine_for, ensure_schema
+from warehouse.policy import load_policy
+from warehouse.publish import SnapshotStore
+from warehouse.sources import load_sources
+from warehouse.store import connect
+
+HOUSEHOLDS = 200
+SEED = 23
+EXTRACT_DATE = date(2026, 11, 20)
+PSEUDONYM_KEY = bytes(range(32))  # tests only; the product creates a random key
+
+
+@dataclass
+class FamilyViewCounty:
+    root: Path
+    data: Path  # data dir: warehouse.duckdb, operational.db, models/, published/
+
+    @property
+    def warehouse(self) -> Path:
+        return self.data / "warehouse.duckdb"
+
+    @property
+    def published(self) -> Path:
+        return self.data / "published"
+
+    @property
+    def operational_url(self) -> str:
+        return f"sqlite:///{self.data / 'operational.db'}"
+
+    def engine(self):
+        engine = engine_for(self.operational_url)
+        ensure_schema(engine)
+        return engine
+
+    def store(self) -> SnapshotStore:
+        return SnapshotStore(self.published, keep=load_curated_config().publishing.keep)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        return connect(self.warehouse, read_only=True)
+
+    def publish(self):
+        """Build, check and publish a new snapshot from the warehouse (as the nightly run)."""
+        con = connect(self.warehouse, read_only=True)
+        try:
+            built = build_snapshot(
+                con,
+                self.store(),
+                load_linkage_config(),
+                load_curated_config(),
+                load_sources(),
+                PSEUDONYM_KEY,
+            )
+            checks = check_snapshot(built, con)
+        finally:
+            con.close()
+        return built, checks, publish_snapshot(self.store(), built, checks)
+
+    def copy(self, destination: Path) -> FamilyViewCounty:
+        """A private copy to publish, roll back or break without disturbing other tests."""
+        shutil.copytree(self.root, destination)
+        return FamilyViewCounty(root=destination, data=destination / "data")
+
+
+def make_county(root: Path) -> FamilyViewCounty:
+    """Generate, load (the ingest code path Dagster runs), link and publish."""
+    from conftest import sdv_load
+
+    generate_county(HOUSEHOLDS, SEED, EXTRACT_DATE, root / "generated")
+    county = FamilyViewCounty(root=root, data=root / "data")
+    result = sdv_load(root / "generated" / "landing", county.data)
+    assert result.exit_code == 0, result.output
+    con = connect(county.warehouse)
+    try:
+        run_linkage(con, county.engine(), load_linkage_config(), county.data / "models")
+    finally:
+        con.close()
+    county.publish()
+    return county
+
+
+def policy():
+    return load_policy()

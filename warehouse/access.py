@@ -1,0 +1,508 @@
+"""The access layer: the only way a user reads the curated Family View.
+
+DuckDB has no users, grants or row-level security, so this module is where need-to-know
+is enforced. Every read:
+
+1. names a :class:`User` (id, role, organisation) and a purpose; an unknown role, or a
+   purpose the role does not list, is refused;
+2. runs a fixed, parameterised query generated from the role policy: only granted columns,
+   only rows in the role's scope (e.g. a school DSL's own pupils and their households),
+   only granted agencies; user input only ever travels as query parameters;
+3. runs on a read-only connection to the published snapshot with external access, file
+   reads and extension loading disabled and locked;
+4. appends one audit event (who, role, organisation, purpose, lawful basis, tables,
+   columns and person ids returned), also when access is denied or nothing is found.
+
+A person outside the caller's scope is indistinguishable from one that does not exist
+(:class:`NotFound`), so probing ids reveals nothing. A table the role may not read at all
+is :class:`AccessDenied`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import duckdb
+from sqlalchemy.engine import Engine
+
+from matching.standardise import nickname_table
+from warehouse import audit
+from warehouse.curated_schema import TABLES
+from warehouse.policy import Grant, Policy, Role
+from warehouse.publish import SnapshotStore, open_snapshot
+
+SEARCH_SIMILARITY = 0.85  # Jaro-Winkler: "Jonson" finds "Johnson", "Smyth" finds "Smith"
+MAX_PAGE = 500
+
+
+class AccessError(Exception):
+    """A read that cannot be served; ``status`` is the HTTP status the API answers with."""
+
+    status = 400
+
+
+class AccessDenied(AccessError):
+    status = 403
+
+
+class NotFound(AccessError):
+    status = 404
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    role: str
+    organisation: str | None = None
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass
+class _Trail:
+    """What one request read, for its audit event."""
+
+    tables: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    person_ids: set[str] = field(default_factory=set)
+
+    def saw(self, grant: Grant, rows: Sequence[dict[str, Any]]) -> None:
+        if grant.table not in self.tables:
+            self.tables.append(grant.table)
+        self.columns.extend(f"{grant.table}.{c}" for c in grant.columns)
+        for row in rows:
+            for key in ("person_id", "related_person_id"):
+                if row.get(key):
+                    self.person_ids.add(row[key])
+
+
+class _Snapshots:
+    """One read-only connection per published snapshot, reopened when the pointer moves.
+
+    Requests take a cursor (its own connection to the same database), so they run
+    concurrently; an old snapshot's connection is dropped once the pointer has moved on,
+    and open cursors keep reading the snapshot they started on.
+    """
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.name: str | None = None
+
+    def _pointer_stamp(self) -> tuple[int, int]:
+        stat = os.stat(self.store.root / "CURRENT.json")
+        return stat.st_mtime_ns, stat.st_ino
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        try:
+            stamp = self._pointer_stamp()
+        except FileNotFoundError:
+            raise AccessError("nothing has been published yet") from None
+        with self._lock:
+            if stamp != self._stamp or self._con is None:
+                current = self.store.current()
+                assert current is not None
+                self._con = open_snapshot(self.store.path(current.snapshot))
+                self._stamp, self.name = stamp, current.snapshot
+            return self._con.cursor()
+
+
+def _quoted(columns: Sequence[str], alias: str = "t") -> str:
+    return ", ".join(f'{alias}."{c}"' for c in columns)
+
+
+class AccessLayer:
+    """Role-filtered, audited reads of the published Family View."""
+
+    def __init__(self, store: SnapshotStore, policy: Policy, audit_engine: Engine) -> None:
+        self.policy = policy
+        self.audit_engine = audit_engine
+        self._snapshots = _Snapshots(store)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _role(self, user: User, purpose: str) -> Role:
+        role = self.policy.role(user.role)
+        if role is None:
+            raise AccessDenied(f"unknown role {user.role!r}: access is denied by default")
+        if purpose not in role.purposes:
+            raise AccessDenied(
+                f"purpose {purpose!r} is not one of role {user.role}'s purposes: "
+                f"{', '.join(role.purposes)}"
+            )
+        if role.scope is not None and not user.organisation:
+            raise AccessDenied(f"role {user.role} reads for an organisation; none given")
+        return role
+
+    def _grant(self, user: User, table: str) -> Grant:
+        grant = self.policy.grant(user.role, table)
+        if grant is None:
+            raise AccessDenied(f"role {user.role} may not read {table}")
+        return grant
+
+    @contextmanager
+    def _request(
+        self, user: User, purpose: str, action: str, detail: dict[str, Any]
+    ) -> Iterator[tuple[Role, _Trail, duckdb.DuckDBPyConnection]]:
+        trail = _Trail()
+        outcome, lawful_basis = "allowed", None
+        try:
+            role = self._role(user, purpose)
+            lawful_basis = role.lawful_basis
+            cursor = self._snapshots.cursor()
+            try:
+                yield role, trail, cursor
+            finally:
+                cursor.close()
+        except AccessDenied as err:
+            outcome = "denied"
+            detail = {**detail, "reason": str(err)}
+            raise
+        except NotFound:
+            outcome = "not_found"
+            raise
+        finally:
+            audit.append(
+                self.audit_engine,
+                audit.AuditEvent(
+                    user_id=user.user_id,
+                    role=user.role,
+                    organisation=user.organisation,
+                    purpose=purpose,
+                    lawful_basis=lawful_basis,
+                    action=action,
+                    outcome=outcome,
+                    tables=tuple(trail.tables),
+                    columns=tuple(dict.fromkeys(trail.columns)),
+                    person_ids=tuple(sorted(trail.person_ids)),
+                    detail={**detail, "snapshot": self._snapshots.name},
+                ),
+            )
+
+    def _members(self, role: Role, user: User, grant: Grant) -> tuple[str | None, list[Any]]:
+        """A subquery of the person ids in the grant's rows, or None: everyone."""
+        if grant.rows == "all" or role.scope is None:
+            return None, []
+        members = (
+            "select person_id from person_organisations "
+            "where organisation_type = ? and organisation_id = ?"
+        )
+        params: list[Any] = [role.scope.organisation_type, user.organisation]
+        if grant.rows == "scope" and role.scope.households:
+            members = (
+                f"{members} union select m2.person_id from household_members m1 "
+                f"join household_members m2 on m1.household_id = m2.household_id "
+                f"where m1.person_id in ({members})"
+            )
+            params = params * 2
+        return members, params
+
+    def _scope(self, role: Role, user: User, grant: Grant) -> tuple[str, list[Any]]:
+        """SQL predicate on alias ``t`` (and its parameters) keeping the grant's rows."""
+        members, params = self._members(role, user, grant)
+        if members is None:
+            return "true", []
+        person_column = TABLES[grant.table].person_column
+        if person_column is None:  # household: through its members
+            return (
+                f"t.household_id in (select household_id from household_members "
+                f"where person_id in ({members}))",
+                params,
+            )
+        return f't."{person_column}" in ({members})', params
+
+    def _select(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        role: Role,
+        user: User,
+        grant: Grant,
+        where: Sequence[tuple[str, Sequence[Any]]] = (),
+        order: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        clauses, params = self._clauses(role, user, grant, where)
+        sql = f'select {_quoted(grant.columns)} from "{grant.table}" t where {clauses}'
+        if order:
+            sql += f" order by {order}"
+        if limit is not None:
+            sql += " limit ? offset ?"
+            params += [limit, offset]
+        rows = cursor.sql(sql, params=params).fetchall()
+        return [dict(zip(grant.columns, row, strict=True)) for row in rows]
+
+    def _count(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        role: Role,
+        user: User,
+        grant: Grant,
+        where: Sequence[tuple[str, Sequence[Any]]],
+    ) -> int:
+        clauses, params = self._clauses(role, user, grant, where)
+        sql = f'select count(*) from "{grant.table}" t where {clauses}'
+        return cursor.sql(sql, params=params).fetchall()[0][0]
+
+    def _clauses(
+        self, role: Role, user: User, grant: Grant, where: Sequence[tuple[str, Sequence[Any]]]
+    ) -> tuple[str, list[Any]]:
+        scope, params = self._scope(role, user, grant)
+        clauses = [scope]
+        if grant.agencies is not None:
+            clauses.append(f"t.agency in ({', '.join('?' for _ in grant.agencies) or 'null'})")
+            params += list(grant.agencies)
+        for clause, values in where:
+            clauses.append(clause)
+            params += list(values)
+        return " and ".join(clauses), params
+
+    def _require_person(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        role: Role,
+        user: User,
+        grant: Grant,
+        person_id: str,
+    ) -> None:
+        """NotFound unless the person exists and is within the grant's rows."""
+        members, params = self._members(role, user, grant)
+        sql = "select 1 from person where person_id = ?"
+        if members is not None:
+            sql += f" and person_id in ({members})"
+        if not cursor.sql(sql, params=[person_id, *params]).fetchall():
+            raise NotFound(f"no person {person_id} within your access")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def read(
+        self,
+        user: User,
+        purpose: str,
+        table: str,
+        *,
+        person_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page:
+        """Rows of one curated table the user may see (optionally one person's)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        detail = {"table": table, "person_id": person_id, "limit": limit, "offset": offset}
+        with self._request(user, purpose, "read", detail) as (role, trail, cursor):
+            grant = self._grant(user, table)
+            where: list[tuple[str, Sequence[Any]]] = []
+            person_column = TABLES[grant.table].person_column
+            if person_id is not None:
+                if person_column is None:
+                    raise AccessError(f"{table} is not about one person")
+                where.append((f't."{person_column}" = ?', [person_id]))
+            order = _quoted(grant.columns[:3])
+            items = self._select(cursor, role, user, grant, where, order, limit, offset)
+            total = self._count(cursor, role, user, grant, where)
+            trail.saw(grant, items)
+            return Page(items, total, limit, offset)
+
+    def person(self, user: User, purpose: str, person_id: str) -> dict[str, Any]:
+        """One person's golden record, as far as the role may see it."""
+        with self._request(user, purpose, "person", {"person_id": person_id}) as (
+            role,
+            trail,
+            cursor,
+        ):
+            grant = self._grant(user, "person")
+            rows = self._select(cursor, role, user, grant, [("t.person_id = ?", [person_id])])
+            if not rows:
+                raise NotFound(f"no person {person_id} within your access")
+            trail.saw(grant, rows)
+            return rows[0]
+
+    def child_profile(self, user: User, purpose: str, person_id: str) -> dict[str, Any]:
+        """The front end's child page: the child summary row plus what the role may see of
+        the golden record."""
+        with self._request(user, purpose, "child_profile", {"person_id": person_id}) as (
+            role,
+            trail,
+            cursor,
+        ):
+            grant = self._grant(user, "child_summary")
+            rows = self._select(cursor, role, user, grant, [("t.person_id = ?", [person_id])])
+            if not rows:
+                raise NotFound(f"no child {person_id} within your access")
+            trail.saw(grant, rows)
+            profile = {"summary": rows[0], "person": None}
+            person_grant = self.policy.grant(user.role, "person")
+            if person_grant is not None:
+                people = self._select(
+                    cursor, role, user, person_grant, [("t.person_id = ?", [person_id])]
+                )
+                trail.saw(person_grant, people)
+                profile["person"] = people[0] if people else None
+            return profile
+
+    def household(self, user: User, purpose: str, person_id: str) -> dict[str, Any]:
+        """Who the person lives with: the household and its members (with the names the
+        role may see)."""
+        with self._request(user, purpose, "household", {"person_id": person_id}) as (
+            role,
+            trail,
+            cursor,
+        ):
+            members_grant = self._grant(user, "household_members")
+            own = self._select(
+                cursor, role, user, members_grant, [("t.person_id = ?", [person_id])]
+            )
+            if not own:
+                raise NotFound(f"no person {person_id} within your access")
+            household_id = own[0]["household_id"]
+            members = self._select(
+                cursor,
+                role,
+                user,
+                members_grant,
+                [("t.household_id = ?", [household_id])],
+                order="t.person_id",
+            )
+            trail.saw(members_grant, members)
+            result: dict[str, Any] = {"household": None, "members": members}
+            household_grant = self.policy.grant(user.role, "household")
+            if household_grant is not None:
+                rows = self._select(
+                    cursor, role, user, household_grant, [("t.household_id = ?", [household_id])]
+                )
+                trail.saw(household_grant, rows)
+                result["household"] = rows[0] if rows else None
+            person_grant = self.policy.grant(user.role, "person")
+            if person_grant is not None and members:
+                ids = [m["person_id"] for m in members]
+                people = self._select(
+                    cursor,
+                    role,
+                    user,
+                    person_grant,
+                    [(f"t.person_id in ({', '.join('?' for _ in ids)})", ids)],
+                )
+                trail.saw(person_grant, people)
+                by_id = {p["person_id"]: p for p in people}
+                for member in members:
+                    member["person"] = by_id.get(member["person_id"])
+            return result
+
+    def _person_rows(
+        self, user: User, purpose: str, table: str, person_id: str, limit: int, offset: int
+    ) -> Page:
+        limit = max(1, min(limit, MAX_PAGE))
+        detail = {"person_id": person_id, "limit": limit, "offset": offset}
+        with self._request(user, purpose, table, detail) as (role, trail, cursor):
+            grant = self._grant(user, table)
+            self._require_person(cursor, role, user, grant, person_id)
+            where = [("t.person_id = ?", [person_id])]
+            order = {
+                "timeline": "t.event_date desc nulls last, t.event_id",
+                "involvement": "t.status desc, t.start_date desc nulls last, t.agency, t.service",
+            }.get(table, _quoted(grant.columns[:2]))
+            items = self._select(cursor, role, user, grant, where, order, limit, offset)
+            total = self._count(cursor, role, user, grant, where)
+            trail.saw(grant, items)
+            trail.person_ids.add(person_id)
+            return Page(items, total, limit, offset)
+
+    def timeline(
+        self, user: User, purpose: str, person_id: str, limit: int = 50, offset: int = 0
+    ) -> Page:
+        """The person's events, newest first, paginated."""
+        return self._person_rows(user, purpose, "timeline", person_id, limit, offset)
+
+    def involvement(self, user: User, purpose: str, person_id: str) -> Page:
+        """Agencies' services for the person, open first."""
+        return self._person_rows(user, purpose, "involvement", person_id, MAX_PAGE, 0)
+
+    def relationships(self, user: User, purpose: str, person_id: str) -> Page:
+        return self._person_rows(user, purpose, "relationships", person_id, MAX_PAGE, 0)
+
+    def search(
+        self,
+        user: User,
+        purpose: str,
+        name: str,
+        dob: date | None = None,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """People by name (typos and nicknames tolerated) and optionally date of birth
+        (day and month swapped also found), best match first, within the role's scope."""
+        limit = max(1, min(limit, 100))
+        # The audit records that a search was made and whom it returned, not the terms.
+        detail = {"by": ["name", "dob"] if dob else ["name"], "limit": limit}
+        with self._request(user, purpose, "search", detail) as (role, trail, cursor):
+            grant = self._grant(user, "person")
+            words = ["".join(ch for ch in w.lower() if "a" <= ch <= "z") for w in name.split()]
+            words = [w for w in words if w]
+            if not words:
+                raise AccessError("search needs a name")
+            surname, forename = words[-1], words[0] if len(words) > 1 else None
+            keys = list(nickname_table().get(forename, (forename,))) if forename else []
+            forename_score = (
+                "greatest(jaro_winkler_similarity(n.forename_norm, ?), "
+                "case when list_has_any(n.forename_keys, ?) then 1.0 else 0.0 end)"
+                if forename
+                else "1.0"
+            )
+            params: list[Any] = [forename, keys] if forename else []
+            matches = (
+                f"select n.person_id, max(jaro_winkler_similarity(n.surname_norm, ?) "
+                f"+ {forename_score}) as score from person_names n "
+                f"where jaro_winkler_similarity(n.surname_norm, ?) >= ? "
+                + (f"and {forename_score} >= ? " if forename else "")
+                + "group by n.person_id"
+            )
+            match_params = [surname, *params, surname, SEARCH_SIMILARITY]
+            if forename:
+                match_params += [*params, SEARCH_SIMILARITY]
+            scope, scope_params = self._scope(role, user, grant)
+            dob_clause, dob_params = "true", []
+            if dob is not None:
+                swapped = _swapped(dob)
+                dob_clause = "(t.dob = ? or t.dob = ? or t.dob is null)"
+                dob_params = [dob, swapped or dob]
+            sql = (
+                f"select {_quoted(grant.columns)}, m.score from ({matches}) m "
+                f"join person t on t.person_id = m.person_id "
+                f"where {scope} and {dob_clause} "
+                f"order by (t.dob is not distinct from ?) desc, m.score desc, t.person_id "
+                f"limit ?"
+            )
+            rows = cursor.sql(
+                sql, params=[*match_params, *scope_params, *dob_params, dob, limit]
+            ).fetchall()
+            items = [
+                {**dict(zip(grant.columns, row[:-1], strict=True)), "score": round(row[-1], 3)}
+                for row in rows
+            ]
+            trail.saw(grant, items)
+            return items
+
+    def aggregate(self, user: User, purpose: str, table: str) -> list[dict[str, Any]]:
+        """A published aggregate (small counts already suppressed)."""
+        if table not in TABLES or not TABLES[table].aggregate:
+            raise NotFound(f"no aggregate {table!r}")
+        return self.read(user, purpose, table, limit=MAX_PAGE).items
+
+
+def _swapped(value: date) -> date | None:
+    """The date with day and month exchanged, when that is a different valid date."""
+    if value.day > 12 or value.day == value.month:
+        return None
+    return date(value.year, value.day, value.month)

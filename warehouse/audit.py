@@ -1,0 +1,594 @@
+"""The audit trail: who saw which person's data, when and why, and what was not shared.
+
+Every read through the access layer or the API calls :func:`append` with an
+:class:`AuditEvent`: the user, their role and organisation, the purpose (and lawful basis)
+they gave, what they did (``read``, ``search``, ``api``, ``publish`` ...), how it ended
+(``allowed``, ``denied``, ``not_found``, ``withheld``), which tables and columns were read and
+which person ids came back. A decision *not* to share is recorded the same way
+(:func:`record_no_share`), with the recipient and the reason, because a partnership has to be
+able to show why it withheld as well as why it shared. :func:`person_history` answers "who
+has seen this child's data" from an indexed lookup; :func:`verify` checks the whole trail.
+
+The audit records *that* data was seen, never the data. It holds person ids and the names of
+tables and columns, not names, dates of birth, addresses or identifiers such as NHS numbers:
+an audit log full of personal data would itself need protecting like the warehouse, and
+would outlive the records it describes. ``detail`` (request path, parameters, recipient and
+reason of a decision not to share) is for context; keys that name personal fields
+(``surname``, ``dob``, ``postcode`` ...) are refused as a guard against the obvious mistake of
+logging a search's terms, but free text (a reason) is the caller's responsibility.
+
+Tamper evidence. Events are numbered ``seq`` 1, 2, 3 ... with no gaps, and each stores
+``hash = sha256(prev_hash + canonical_json(fields))`` where ``prev_hash`` is the previous
+event's hash (64 zeros for the first) and the fields are every other column (``seq``,
+``event_id``, ``occurred_at`` as an ISO 8601 UTC string with microseconds, ``user_id``,
+``role``, ``organisation``, ``purpose``, ``lawful_basis``, ``action``, ``outcome``,
+``tables``, ``columns``, ``person_ids`` as lists, ``detail`` as an object or null), serialised
+with ``json.dumps(..., sort_keys=True, separators=(",", ":"))``, so anyone can recompute it.
+Changing a field breaks that event's hash; deleting or inserting an event breaks the next
+event's ``prev_hash`` or the numbering; the single-row chain head (last seq and hash) catches
+events removed from, or added to, the end. The person index (``audit_event_persons``) is
+checked against each event's ``person_ids``, so hiding an event from a person's history is
+detected too.
+
+A chain only proves itself consistent: someone able to write to the database could recompute
+every hash after the one they changed. Record the head printed by ``sdv audit verify``
+somewhere they cannot write (a ticket, an email to the DPO) and pass it back as an
+``anchor``: a rewritten chain no longer contains it. In a deployment, grant the application's
+database role only INSERT and SELECT on the event tables (and UPDATE on the head).
+
+Concurrent appenders (threads, processes, several PostgreSQL connections) never fork the
+chain: each append locks the head row first (``SELECT ... FOR UPDATE`` on PostgreSQL; on
+SQLite the transaction's first statement is a write to the head, which takes the database's
+write lock), then reads it, inserts the event with the next seq and moves the head, all in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from warehouse.operational import UTCDateTime, metadata
+
+GENESIS = "0" * 64  # prev_hash of the first event
+OUTCOMES = ("allowed", "denied", "not_found", "withheld")
+NO_SHARE, WITHHELD = "no_share", "withheld"
+MAX_ACTION = 32
+_ACTION = re.compile(r"^[a-z][a-z0-9_.:-]*$")
+_BATCH = 5000  # events verified per query: memory stays flat however long the chain
+
+# Field names that carry personal data (from the extract spec's columns): never audit keys.
+PERSONAL_KEYS = frozenset(
+    {
+        "name",
+        "full_name",
+        "forename",
+        "first_name",
+        "given_name",
+        "preferred_forename",
+        "surname",
+        "last_name",
+        "family_name",
+        "preferred_surname",
+        "dob",
+        "date_of_birth",
+        "birth_date",
+        "address",
+        "address_line_1",
+        "address_line_2",
+        "town",
+        "postcode",
+        "uprn",
+        "nhs_number",
+        "upn",
+        "pnc_id",
+        "phone",
+        "email",
+        "sex",
+        "gender",
+    }
+)
+
+_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PK is the rowid
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("seq", _BIGINT, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("role", sa.String, nullable=False),
+    sa.Column("organisation", sa.String),
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("lawful_basis", sa.Text),
+    sa.Column("action", sa.String(MAX_ACTION), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("tables", sa.Text, nullable=False),  # JSON list
+    sa.Column("columns", sa.Text, nullable=False),  # JSON list of "table.column"
+    sa.Column("person_ids", sa.Text, nullable=False),  # JSON list, sorted, unique
+    sa.Column("detail", sa.Text),  # JSON object
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_audit_events_occurred_at", "occurred_at"),
+)
+
+audit_event_persons = sa.Table(
+    "audit_event_persons",
+    metadata,
+    sa.Column("seq", _BIGINT, sa.ForeignKey("audit_events.seq"), nullable=False),
+    sa.Column("person_id", sa.String, nullable=False),
+    sa.PrimaryKeyConstraint("seq", "person_id"),
+    sa.Index("ix_audit_event_persons_person", "person_id"),
+)
+
+audit_chain_head = sa.Table(
+    "audit_chain_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", _BIGINT, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.CheckConstraint("id = 1", name="ck_audit_chain_head_single_row"),
+)
+
+
+@sa.event.listens_for(audit_chain_head, "after_create")
+def _start_chain(target: sa.Table, connection: Connection, **_: Any) -> None:
+    # The head exists from the moment its table does, so appenders only ever update it and
+    # the first two appenders cannot race to create it.
+    connection.execute(target.insert().values(id=1, seq=0, hash=GENESIS))
+
+
+class AuditError(ValueError):
+    """An event the audit refuses, or a store it cannot append to, with a readable message."""
+
+
+def _text(value: Any, what: str, *, required: bool = True) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise AuditError(f"{what} is required")
+        return None
+    if not isinstance(value, str):
+        raise AuditError(f"{what} must be text, not {type(value).__name__}")
+    return value.strip()
+
+
+def _names(values: Iterable[str] | None, what: str) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):  # a bare string would be read as a list of characters
+        raise AuditError(f"{what} must be a list, not a single string")
+    cleaned = {_text(value, f"each of {what}") for value in values}
+    return tuple(sorted(v for v in cleaned if v))
+
+
+def _personal_keys(detail: Any, path: str = "detail") -> list[str]:
+    if isinstance(detail, Mapping):
+        found = []
+        for key, value in detail.items():
+            if not isinstance(key, str):
+                raise AuditError(f"{path} keys must be text")
+            if key.strip().lower() in PERSONAL_KEYS:
+                found.append(f"{path}.{key}")
+            found += _personal_keys(value, f"{path}.{key}")
+        return found
+    if isinstance(detail, list | tuple):
+        return [k for item in detail for k in _personal_keys(item, path)]
+    return []
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvent:
+    """What happened, as the caller saw it: validated and normalised on construction.
+
+    Lists are stored sorted and without duplicates; a column's table (``table`` of
+    ``table.column``, where ``table`` may be schema-qualified) is added to ``tables``.
+    """
+
+    user_id: str
+    role: str
+    purpose: str
+    action: str
+    outcome: str
+    organisation: str | None = None
+    lawful_basis: str | None = None
+    tables: Sequence[str] = ()
+    columns: Sequence[str] = ()
+    person_ids: Sequence[str] = ()
+    detail: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        for name in ("user_id", "role", "purpose"):
+            put(self, name, _text(getattr(self, name), name.replace("_", " ")))
+        put(self, "organisation", _text(self.organisation, "organisation", required=False))
+        put(self, "lawful_basis", _text(self.lawful_basis, "lawful basis", required=False))
+        action = _text(self.action, "action")
+        if len(action) > MAX_ACTION or not _ACTION.match(action):
+            raise AuditError(
+                f"action {action!r} must be a short lower-case word such as read, search, api"
+            )
+        put(self, "action", action)
+        if self.outcome not in OUTCOMES:
+            raise AuditError(f"outcome {self.outcome!r} must be one of {', '.join(OUTCOMES)}")
+        columns = _names(self.columns, "columns")
+        for column in columns:
+            table, _, name = column.rpartition(".")
+            if not table or not name:
+                raise AuditError(f"column {column!r} must be written table.column")
+        tables = set(_names(self.tables, "tables")) | {c.rpartition(".")[0] for c in columns}
+        put(self, "tables", tuple(sorted(tables)))
+        put(self, "columns", columns)
+        put(self, "person_ids", _names(self.person_ids, "person ids"))
+        if self.detail is not None:
+            if not isinstance(self.detail, Mapping):
+                raise AuditError("detail must be a mapping (a JSON object)")
+            personal = _personal_keys(self.detail)
+            if personal:
+                raise AuditError(
+                    f"{', '.join(personal)} would put personal data in the audit: record that "
+                    "data was seen (person ids, tables, columns), not the data or search terms"
+                )
+            try:
+                detail = json.loads(_canonical(self.detail))
+            except (TypeError, ValueError) as exc:
+                raise AuditError(f"detail must be JSON-serialisable: {exc}") from exc
+            put(self, "detail", detail)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An event as stored: its place in the chain, when it was recorded, and its hash."""
+
+    seq: int
+    event_id: str
+    occurred_at: datetime
+    user_id: str
+    role: str
+    organisation: str | None
+    purpose: str
+    lawful_basis: str | None
+    action: str
+    outcome: str
+    tables: tuple[str, ...]
+    columns: tuple[str, ...]
+    person_ids: tuple[str, ...]
+    detail: dict[str, Any] | None
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What :func:`verify` found: ``problems`` each start with the ``seq`` concerned."""
+
+    checked: int
+    problems: list[str] = field(default_factory=list)
+    head_seq: int | None = None
+    head_hash: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_HASHED = (
+    "seq",
+    "event_id",
+    "occurred_at",
+    "user_id",
+    "role",
+    "organisation",
+    "purpose",
+    "lawful_basis",
+    "action",
+    "outcome",
+    "tables",
+    "columns",
+    "person_ids",
+    "detail",
+)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    payload = {name: fields[name] for name in _HASHED}
+    payload["occurred_at"] = _iso(payload["occurred_at"])
+    for name in ("tables", "columns", "person_ids"):
+        payload[name] = list(payload[name])
+    return hashlib.sha256((prev_hash + _canonical(payload)).encode("utf-8")).hexdigest()
+
+
+def _lock_head(conn: Connection) -> tuple[int, str]:
+    """The head (last seq, last hash), locked until this transaction ends."""
+    where = audit_chain_head.c.id == 1
+    query = sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(where)
+    if conn.dialect.name == "sqlite":
+        # pysqlite opens a deferred transaction: a read first would take a snapshot that a
+        # concurrent appender can overtake. Writing first takes the write lock (waiting on
+        # busy_timeout), so the head read next is the latest and stays so until commit.
+        conn.execute(audit_chain_head.update().where(where).values(seq=audit_chain_head.c.seq))
+    else:
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    if row is None:
+        raise AuditError("the audit chain head is missing: run `sdv audit verify`")
+    return row.seq, row.hash
+
+
+def append(engine: Engine, event: AuditEvent, at: datetime | None = None) -> AuditRecord:
+    """Append ``event`` to the chain and return it as stored.
+
+    ``at`` is when the read happened, if the caller knows better than now (timezone-aware);
+    by default the time is taken once the chain is locked, so seq order is time order.
+    """
+    if not isinstance(event, AuditEvent):
+        raise AuditError(f"expected an AuditEvent, not {type(event).__name__}")
+    if at is not None and at.tzinfo is None:
+        raise AuditError(f"naive datetime {at!r}: audit times must be timezone-aware")
+    with engine.begin() as conn:
+        prev_seq, prev_hash = _lock_head(conn)
+        fields = {
+            "seq": prev_seq + 1,
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": (at or datetime.now(UTC)).astimezone(UTC),
+            "user_id": event.user_id,
+            "role": event.role,
+            "organisation": event.organisation,
+            "purpose": event.purpose,
+            "lawful_basis": event.lawful_basis,
+            "action": event.action,
+            "outcome": event.outcome,
+            "tables": tuple(event.tables),
+            "columns": tuple(event.columns),
+            "person_ids": tuple(event.person_ids),
+            "detail": None if event.detail is None else json.loads(_canonical(event.detail)),
+        }
+        record = AuditRecord(**fields, prev_hash=prev_hash, hash=_hash(prev_hash, fields))
+        stored = {
+            **fields,
+            "tables": _canonical(list(record.tables)),
+            "columns": _canonical(list(record.columns)),
+            "person_ids": _canonical(list(record.person_ids)),
+            "detail": None if record.detail is None else _canonical(record.detail),
+            "prev_hash": prev_hash,
+            "hash": record.hash,
+        }
+        conn.execute(audit_events.insert().values(**stored))
+        if record.person_ids:
+            conn.execute(
+                audit_event_persons.insert(),
+                [{"seq": record.seq, "person_id": pid} for pid in record.person_ids],
+            )
+        conn.execute(
+            audit_chain_head.update()
+            .where(audit_chain_head.c.id == 1)
+            .values(seq=record.seq, hash=record.hash)
+        )
+    return record
+
+
+def record_no_share(
+    engine: Engine,
+    *,
+    user_id: str,
+    role: str,
+    organisation: str | None,
+    person_ids: Iterable[str],
+    recipient: str,
+    reason: str,
+    purpose: str,
+    lawful_basis: str | None = None,
+    at: datetime | None = None,
+) -> AuditRecord:
+    """Record a decision NOT to share these persons' data with ``recipient``, and why.
+
+    ``purpose`` is the purpose of the request that was declined; ``reason`` is why it was
+    declined. Write the reason about the decision, not about the person: it is kept as given.
+    """
+    recipient = _text(recipient, "the recipient (who asked, or would have received it)")
+    reason = _text(reason, "a reason (why not shared, for whoever reviews this decision)")
+    ids = _names(None if person_ids is None else list(person_ids), "person ids")
+    if not ids:
+        raise AuditError("at least one person id is required: whose data was not shared?")
+    event = AuditEvent(
+        user_id=user_id,
+        role=role,
+        organisation=organisation,
+        purpose=purpose,
+        lawful_basis=lawful_basis,
+        action=NO_SHARE,
+        outcome=WITHHELD,
+        person_ids=ids,
+        detail={"recipient": recipient, "reason": reason},
+    )
+    return append(engine, event, at=at)
+
+
+def _record(row: sa.Row) -> AuditRecord:
+    values = row._asdict()
+    for name in ("tables", "columns", "person_ids"):
+        values[name] = tuple(json.loads(values[name]))
+    values["detail"] = None if values["detail"] is None else json.loads(values["detail"])
+    return AuditRecord(**values)
+
+
+def person_history(engine: Engine, person_ids: Iterable[str]) -> list[AuditRecord]:
+    """Every event that touched any of these ids, oldest first.
+
+    Pass a person's current id and their former ids (after merges and splits): the audit
+    keeps the ids as they were when the data was read. A single id may be passed as a string.
+    """
+    if isinstance(person_ids, str):
+        person_ids = [person_ids]
+    ids = sorted({pid.strip() for pid in person_ids if pid and pid.strip()})
+    if not ids:
+        return []
+    touched = sa.select(audit_event_persons.c.seq).where(audit_event_persons.c.person_id.in_(ids))
+    query = sa.select(audit_events).where(audit_events.c.seq.in_(touched))
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(query.order_by(audit_events.c.seq))]
+
+
+def events(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    after_seq: int = 0,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[AuditRecord]:
+    """Events recorded at or after ``since`` and after ``after_seq``, in chain order.
+
+    ``newest_first`` with ``limit`` gives the latest events; ``after_seq`` pages forward.
+    """
+    query = sa.select(audit_events).where(audit_events.c.seq > after_seq)
+    if since is not None:
+        query = query.where(audit_events.c.occurred_at >= since)
+    order = audit_events.c.seq.desc() if newest_first else audit_events.c.seq
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(query.order_by(order).limit(limit))]
+
+
+def _stored_fields(row: sa.Row) -> tuple[dict[str, Any] | None, str | None]:
+    """The hashed fields decoded from a stored row, or why they cannot be."""
+    values = row._asdict()
+    for name in ("tables", "columns", "person_ids", "detail"):
+        text = values[name]
+        if text is None and name == "detail":
+            continue
+        try:
+            values[name] = json.loads(text)
+        except (TypeError, ValueError):
+            return None, f"{name} is not valid JSON"
+        expected = dict if name == "detail" else list
+        if not isinstance(values[name], expected):
+            return None, f"{name} is not a JSON {'object' if name == 'detail' else 'list'}"
+    if values["occurred_at"] is None:
+        return None, "occurred_at is empty"
+    return values, None
+
+
+def _check_event(
+    row: sa.Row, prev_seq: int, prev_hash: str, indexed: set[str], problems: list[str]
+) -> None:
+    seq = row.seq
+    if seq != prev_seq + 1:
+        gap = f"{prev_seq + 1}" if seq == prev_seq + 2 else f"{prev_seq + 1} to {seq - 1}"
+        problems.append(f"seq {seq}: event(s) {gap} missing before it (deleted)")
+    if row.prev_hash != prev_hash:
+        before = f"seq {prev_seq}" if prev_seq else "the start of the chain"
+        problems.append(
+            f"seq {seq}: prev_hash does not match the hash of {before} "
+            "(an event was deleted, inserted or rewritten before it)"
+        )
+    values, error = _stored_fields(row)
+    if values is None:
+        problems.append(f"seq {seq}: {error} (changed after it was written)")
+        return
+    if _hash(row.prev_hash, values) != row.hash:
+        problems.append(f"seq {seq}: contents do not match its hash (a field was changed)")
+    listed = {str(pid) for pid in values["person_ids"]}
+    for pid in sorted(listed - indexed):
+        problems.append(f"seq {seq}: person index lacks {pid} (a row was removed)")
+    for pid in sorted(indexed - listed):
+        problems.append(f"seq {seq}: person index lists {pid}, not in the event (a row was added)")
+
+
+def verify(engine: Engine, anchor: tuple[int, str] | None = None) -> ChainReport:
+    """Check every event's hash and link, the numbering, the head and the person index.
+
+    ``anchor`` is a (seq, hash) recorded earlier outside the database (``sdv audit verify``
+    prints the head): if the chain no longer holds it, the chain was rewritten. Events
+    appended while this runs are checked too; nothing is locked.
+    """
+    problems: list[str] = []
+    with engine.connect() as conn:
+        # The head first: every event at or below it was committed with it.
+        heads = conn.execute(sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash)).all()
+        if len(heads) != 1:
+            problems.append(f"seq 0: the chain head has {len(heads)} rows, not 1 (tampered)")
+        head_seq, head_hash = (heads[0].seq, heads[0].hash) if len(heads) == 1 else (None, None)
+        prev_seq, prev_hash, checked, hash_at_head = 0, GENESIS, 0, None
+        while True:
+            rows = conn.execute(
+                sa.select(audit_events)
+                .where(audit_events.c.seq > prev_seq)
+                .order_by(audit_events.c.seq)
+                .limit(_BATCH)
+            ).all()
+            if not rows:
+                break
+            index: dict[int, set[str]] = defaultdict(set)
+            persons = sa.select(audit_event_persons).where(
+                audit_event_persons.c.seq.between(rows[0].seq, rows[-1].seq)
+            )
+            for seq, person_id in conn.execute(persons):
+                index[seq].add(person_id)
+            for row in rows:
+                _check_event(row, prev_seq, prev_hash, index.get(row.seq, set()), problems)
+                if row.seq == head_seq:
+                    hash_at_head = row.hash
+                prev_seq, prev_hash, checked = row.seq, row.hash, checked + 1
+        if head_seq:
+            if hash_at_head is None and prev_seq < head_seq:
+                problems.append(
+                    f"seq {head_seq}: the chain head says the chain ends here but the last "
+                    f"event is seq {prev_seq} (events deleted from the end)"
+                )
+            elif hash_at_head is None:
+                problems.append(f"seq {head_seq}: the event the chain head names is missing")
+            elif hash_at_head != head_hash:
+                problems.append(
+                    f"seq {head_seq}: hash differs from the chain head's (head mismatch)"
+                )
+        # Appenders move the head in the transaction that adds the event, so an event beyond
+        # the head read *after* all events were read was not added by append.
+        latest = conn.execute(sa.select(audit_chain_head.c.seq)).scalars().all()
+        if len(latest) == 1:
+            for seq in conn.execute(
+                sa.select(audit_events.c.seq)
+                .where(audit_events.c.seq > latest[0], audit_events.c.seq <= prev_seq)
+                .order_by(audit_events.c.seq)
+            ).scalars():
+                problems.append(f"seq {seq}: beyond the chain head (inserted outside append)")
+        orphans = sa.select(audit_event_persons).where(
+            ~sa.exists().where(audit_events.c.seq == audit_event_persons.c.seq)
+        )
+        for seq, person_id in conn.execute(orphans.order_by(audit_event_persons.c.seq)):
+            problems.append(f"seq {seq}: person index lists {person_id} but there is no such event")
+        if anchor is not None:
+            anchor_seq, anchor_hash = anchor
+            found = conn.execute(
+                sa.select(audit_events.c.hash).where(audit_events.c.seq == anchor_seq)
+            ).scalar_one_or_none()
+            if found != anchor_hash:
+                problems.append(
+                    f"seq {anchor_seq}: hash is not the anchor recorded earlier "
+                    "(the chain was rewritten at or before this event)"
+                )
+    return ChainReport(checked, problems, head_seq, head_hash)
+
+
+def head(engine: Engine) -> tuple[int, str]:
+    """The last seq and hash: note them somewhere safe to use as a later ``anchor``."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash)).one()
+    return row.seq, row.hash

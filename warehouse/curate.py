@@ -1,0 +1,838 @@
+"""Build the curated Family View tables from the current deliveries and the linkage.
+
+Everything source-specific comes from configuration: person-level rows are read through
+the linkage mapping (``config/linkage.yaml``), and golden-record survivorship, events,
+involvements and the child summary through ``config/curated.yaml``. The result is a dict of
+frames whose columns are exactly those of :mod:`warehouse.curated_schema`; the publisher
+writes them into a new snapshot file.
+
+Dates that decide status ("open", "in the last 12 months", "this academic year") are taken
+relative to the *as-of date* of the data (the newest loaded delivery), never the wall
+clock, so rebuilding a snapshot from the same deliveries gives the same answer.
+
+Event and involvement rows whose person key the linkage does not know are not dropped
+silently: :class:`CuratedBuild` counts them per agency for the publish checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import duckdb
+import polars as pl
+
+from matching.config import LinkageConfig
+from matching.identifiers import is_valid_upn, nhs_number_expr, nhs_valid_expr
+from matching.standardise import nickname_table
+from warehouse.curated_config import CuratedConfig
+from warehouse.curated_schema import TABLES
+from warehouse.person_rows import read_person_rows
+from warehouse.sources import Source
+from warehouse.store import table_exists
+
+_NAME_FIELDS = ("forename", "middle_names", "surname")
+_ADDRESS = ("address_line_1", "address_line_2", "town", "postcode", "uprn")
+
+
+class CurationError(RuntimeError):
+    """The curated tables cannot be built (a configured query failed, no linkage yet)."""
+
+
+@dataclass
+class CuratedBuild:
+    as_of: date
+    tables: dict[str, pl.DataFrame]
+    # Rows of events/involvements/attributes whose person the linkage does not know, per
+    # "<section>:<agency or table>": reported by the publish checks, never silently lost.
+    unlinked: dict[str, int] = field(default_factory=dict)
+
+
+def as_of_date(con: duckdb.DuckDBPyConnection) -> date:
+    """The newest loaded extract date: "today" for everything the snapshot says."""
+    if table_exists(con, "meta", "deliveries"):
+        row = con.sql(
+            "select max(extract_date) from meta.deliveries where status = 'loaded'"
+        ).fetchall()
+        if row and row[0][0] is not None:
+            return row[0][0]
+    raise CurationError("no delivery has been loaded yet: nothing to curate")
+
+
+def _query(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> pl.DataFrame | None:
+    """Run a configured query; a table not delivered yet gives None, other errors fail."""
+    try:
+        return con.sql(sql).pl()
+    except duckdb.CatalogException:
+        return None
+    except duckdb.Error as err:
+        raise CurationError(f"{what}: configured query failed: {err}") from err
+
+
+def _to_date(column: str) -> pl.Expr:
+    return pl.col(column).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+
+
+def _record_links(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    if not table_exists(con, "linked", "person_records"):
+        raise CurationError("linkage has not run yet: no linked.person_records")
+    return con.sql(
+        "select source, source_table, local_key, person_id from linked.person_records"
+    ).pl()
+
+
+def _resolve(
+    frame: pl.DataFrame, source: str, table: str, links: pl.DataFrame
+) -> tuple[pl.DataFrame, int]:
+    """Attach ``person_id`` through (source, table, local_key); count keys not linked."""
+    keyed = frame.with_columns(
+        pl.lit(source).alias("source"),
+        pl.lit(table).alias("source_table"),
+        pl.col("local_key").cast(pl.String),
+    )
+    joined = keyed.join(links, on=["source", "source_table", "local_key"], how="left")
+    missing = joined.filter(pl.col("person_id").is_null()).height
+    return joined.filter(pl.col("person_id").is_not_null()), missing
+
+
+# --- person -----------------------------------------------------------------------------
+
+
+def _person_rows(
+    con: duckdb.DuckDBPyConnection, linkage: LinkageConfig, links: pl.DataFrame
+) -> pl.DataFrame:
+    rows = read_person_rows(con, linkage)
+    for column in (*_NAME_FIELDS, "dob", "dob_estimated", "sex", "nhs_number", "upn"):
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    for column in (*_ADDRESS, "date_of_death", "updated_at", "last_seen", "preferred_forename"):
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    for column in ("preferred_surname", "former_surname"):
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    sex_values = {k.lower(): v for k, v in linkage.sex_values.items()}
+    sex = pl.col("sex").str.strip_chars().str.to_lowercase()
+    rows = rows.join(links, on=["source", "source_table", "local_key"], how="inner")
+    return rows.with_columns(
+        (pl.col("source") + "." + pl.col("source_table")).alias("_table"),
+        pl.coalesce(_to_date("updated_at"), _to_date("last_seen"), pl.col("extract_date"))
+        .cast(pl.Date)
+        .alias("_record_date"),
+        pl.when(nhs_valid_expr("nhs_number"))
+        .then(nhs_number_expr("nhs_number"))
+        .alias("nhs_number"),
+        pl.col("upn")
+        .map_elements(lambda v: v if is_valid_upn(v) else None, return_dtype=pl.String)
+        .alias("upn"),
+        sex.replace_strict(sex_values, default=sex.str.to_uppercase())
+        .replace_strict({"M": "M", "F": "F"}, default="U")
+        .alias("sex"),
+        *(pl.col(c).str.strip_chars().replace("", None).alias(c) for c in _NAME_FIELDS),
+    )
+
+
+def _survive(rows: pl.DataFrame, field_name: str, order: list[str]) -> pl.DataFrame:
+    """Per person, the value of ``field_name`` from the first table in ``order`` holding it
+    (the most recent record of that table when it holds several)."""
+    preference = {name: i for i, name in enumerate(order)}
+    return (
+        rows.filter(pl.col(field_name).is_not_null())
+        .with_columns(
+            pl.col("_table")
+            .replace_strict(preference, default=None, return_dtype=pl.Int32)
+            .alias("_rank")
+        )
+        .filter(pl.col("_rank").is_not_null())
+        .sort(["person_id", "_rank", "_record_date"], descending=[False, False, True])
+        .group_by("person_id", maintain_order=True)
+        .first()
+        .select(
+            "person_id",
+            pl.col(field_name),
+            pl.col("_table").alias(f"_src_{field_name}"),
+            *([pl.col("dob_estimated")] if field_name == "dob" else []),
+        )
+    )
+
+
+def _alternative_names(rows: pl.DataFrame, golden: pl.DataFrame) -> pl.DataFrame:
+    variants = []
+    for fore, sur in (
+        ("forename", "surname"),
+        ("preferred_forename", "surname"),
+        ("forename", "preferred_surname"),
+        ("forename", "former_surname"),
+    ):
+        variants.append(
+            rows.select(
+                "person_id",
+                pl.concat_str(
+                    [pl.col(fore).str.strip_chars(), pl.col(sur).str.strip_chars()], separator=" "
+                ).alias("name"),
+            )
+        )
+    names = pl.concat(variants).drop_nulls("name").unique()
+    current = golden.select(
+        "person_id", pl.concat_str(["forename", "surname"], separator=" ").alias("_current")
+    )
+    return (
+        names.join(current, on="person_id", how="left")
+        .filter(pl.col("name") != pl.col("_current").fill_null(""))
+        .group_by("person_id")
+        .agg(pl.col("name").sort().alias("alternative_names"))
+    )
+
+
+def _attributes(
+    con: duckdb.DuckDBPyConnection, config: CuratedConfig, links: pl.DataFrame, unlinked: dict
+) -> pl.DataFrame:
+    frames = []
+    for query in config.attributes:
+        frame = _query(con, query.sql, f"attributes of {query.person_table}")
+        if frame is None:
+            continue
+        # A pupil on roll is preferred over an old record at a school they have left.
+        frame = frame.with_columns(pl.all().exclude("local_key").cast(pl.String))
+        resolved, missing = _resolve(frame, query.source, query.table, links)
+        if missing:
+            unlinked[f"attributes:{query.person_table}"] = missing
+        frames.append(resolved.drop("source", "source_table", "local_key"))
+    if not frames:
+        return pl.DataFrame(schema={"person_id": pl.String})
+    merged = pl.concat(frames, how="diagonal_relaxed")
+    order = [pl.col("on_roll").fill_null("false")] if "on_roll" in merged.columns else []
+    if order:
+        merged = merged.sort(order, descending=True)
+    return merged.group_by("person_id", maintain_order=True).agg(pl.all().drop_nulls().first())
+
+
+def build_person(
+    rows: pl.DataFrame,
+    attributes: pl.DataFrame,
+    households: pl.DataFrame,
+    config: CuratedConfig,
+    as_of: date,
+) -> pl.DataFrame:
+    persons = rows.select("person_id").unique()
+    golden = persons
+    sources_of: dict[str, str] = {}
+    for field_name, order in config.survivorship.items():
+        survived = _survive(rows, field_name, order)
+        golden = golden.join(survived, on="person_id", how="left")
+        sources_of[field_name] = f"_src_{field_name}"
+    address = (
+        rows.filter(pl.col("address_line_1").is_not_null() | pl.col("postcode").is_not_null())
+        .sort(["person_id", "_record_date"], descending=[False, True])
+        .group_by("person_id", maintain_order=True)
+        .first()
+        .select(
+            "person_id",
+            *_ADDRESS,
+            pl.col("_record_date").alias("address_as_of"),
+            pl.col("_table").alias("_src_address"),
+        )
+    )
+    sources_of["address"] = "_src_address"
+    golden = golden.join(address, on="person_id", how="left")
+    stats = rows.group_by("person_id").agg(
+        pl.col("source").unique().sort().alias("sources"),
+        pl.len().cast(pl.Int32).alias("record_count"),
+    )
+    golden = golden.join(_alternative_names(rows, golden), on="person_id", how="left")
+    golden = golden.join(stats, on="person_id", how="left")
+    golden = golden.join(attributes, on="person_id", how="left")
+    golden = golden.join(
+        households.select("person_id", "household_id").unique("person_id"),
+        on="person_id",
+        how="left",
+    )
+    for missing in ("ethnicity", "school_urn", "school_name", "gp_practice_code", "sen_provision"):
+        if missing not in golden.columns:
+            golden = golden.with_columns(pl.lit(None, dtype=pl.String).alias(missing))
+    dob = _to_date("dob")
+    age = (
+        pl.lit(as_of).dt.year()
+        - dob.dt.year()
+        - (
+            (pl.lit(as_of).dt.month() < dob.dt.month())
+            | (
+                (pl.lit(as_of).dt.month() == dob.dt.month())
+                & (pl.lit(as_of).dt.day() < dob.dt.day())
+            )
+        ).cast(pl.Int32)
+    )
+    provenance = pl.struct(
+        [pl.col(src).alias(name) for name, src in sources_of.items()]
+    ).map_elements(
+        lambda s: json.dumps({k: v for k, v in s.items() if v}, sort_keys=True),
+        return_dtype=pl.String,
+    )
+    postcode = pl.col("postcode").str.strip_chars().str.to_uppercase()
+    return golden.select(
+        "person_id",
+        "forename",
+        "middle_names",
+        "surname",
+        pl.col("alternative_names").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        dob.alias("dob"),
+        (pl.col("dob_estimated").str.to_lowercase() == "true")
+        .fill_null(False)
+        .alias("dob_estimated"),
+        age.cast(pl.Int32).alias("age"),
+        (age < config.child_summary.adult_age).alias("is_child"),
+        pl.col("sex").fill_null("U"),
+        "ethnicity",
+        "nhs_number",
+        "upn",
+        "address_line_1",
+        "address_line_2",
+        "town",
+        postcode.alias("postcode"),
+        postcode.str.split(" ").list.first().alias("postcode_district"),
+        "uprn",
+        "address_as_of",
+        _to_date("date_of_death").alias("date_of_death"),
+        _to_date("date_of_death").is_not_null().alias("deceased"),
+        "household_id",
+        "school_urn",
+        "school_name",
+        "gp_practice_code",
+        "sen_provision",
+        "sources",
+        "record_count",
+        provenance.alias("field_sources"),
+    ).sort("person_id")
+
+
+def normalise_name(expr: pl.Expr) -> pl.Expr:
+    """Lower case, accents dropped, letters only: how names are compared in search."""
+    return (
+        expr.str.normalize("NFKD")
+        .str.to_lowercase()
+        .str.replace_all(r"[^a-z]", "")
+        .replace("", None)
+    )
+
+
+def build_person_names(rows: pl.DataFrame) -> pl.DataFrame:
+    """Every (forename, surname) a person's records use, for typo- and nickname-tolerant
+    search: preferred and former names included."""
+    nicknames = nickname_table()
+    pairs = pl.concat(
+        rows.select(
+            "person_id",
+            normalise_name(pl.col(fore)).alias("forename_norm"),
+            normalise_name(pl.col(sur)).alias("surname_norm"),
+        )
+        for fore in ("forename", "preferred_forename")
+        for sur in ("surname", "preferred_surname", "former_surname")
+    )
+    pairs = pairs.filter(pl.col("surname_norm").is_not_null()).unique().sort(pl.all())
+    return pairs.with_columns(
+        pl.col("forename_norm")
+        .map_elements(lambda n: list(nicknames.get(n, (n,))), return_dtype=pl.List(pl.String))
+        .fill_null(pl.lit([], dtype=pl.List(pl.String)))
+        .alias("forename_keys")
+    )
+
+
+# --- events and involvement -------------------------------------------------------------
+
+
+def _event_id(agency: str, index: int) -> pl.Expr:
+    return pl.concat_str(
+        [pl.lit(f"{agency}|{index}"), pl.col("event_key").cast(pl.String), "person_id"],
+        separator="|",
+    ).map_elements(
+        lambda v: "E" + hashlib.sha256(v.encode()).hexdigest()[:16], return_dtype=pl.String
+    )
+
+
+def build_timeline(
+    con: duckdb.DuckDBPyConnection, config: CuratedConfig, links: pl.DataFrame, unlinked: dict
+) -> pl.DataFrame:
+    columns = TABLES["timeline"].column_names
+    frames = []
+    for index, source in enumerate(config.timeline):
+        sensitivity = source.sensitivity_sql or f"'{source.sensitivity}'"
+        sql = f"select *, {sensitivity} as sensitivity from ({source.sql})"
+        frame = _query(con, sql, f"timeline of {source.agency} ({source.person_table})")
+        if frame is None:
+            continue
+        resolved, missing = _resolve(frame, source.source, source.table, links)
+        if missing:
+            key = f"timeline:{source.agency}"
+            unlinked[key] = unlinked.get(key, 0) + missing
+        for optional in ("measure", "measure_of"):
+            if optional not in resolved.columns:
+                resolved = resolved.with_columns(pl.lit(None, dtype=pl.Float64).alias(optional))
+        frames.append(
+            resolved.select(
+                _event_id(source.agency, index).alias("event_id"),
+                "person_id",
+                pl.col("event_date").cast(pl.Date),
+                pl.col("end_date").cast(pl.Date),
+                pl.lit(source.agency).alias("agency"),
+                pl.col("event_type").cast(pl.String),
+                pl.col("role").cast(pl.String),
+                pl.col("detail").cast(pl.String).replace("", None),
+                pl.col("summary").cast(pl.String),
+                pl.col("is_opinion").cast(pl.Boolean).fill_null(False),
+                pl.col("confidential_from_subject").cast(pl.Boolean).fill_null(False),
+                pl.col("sensitivity").cast(pl.String),
+                pl.col("measure").cast(pl.Float64),
+                pl.col("measure_of").cast(pl.Float64),
+                pl.lit(source.source).alias("source"),
+                pl.col("event_key").cast(pl.String).alias("source_key"),
+            )
+        )
+    if not frames:
+        return _empty("timeline")
+    timeline = pl.concat(frames).unique("event_id", keep="first")
+    return timeline.select(columns).sort("person_id", "event_date", "event_id")
+
+
+def build_involvement(
+    con: duckdb.DuckDBPyConnection,
+    config: CuratedConfig,
+    links: pl.DataFrame,
+    unlinked: dict,
+    as_of: date,
+) -> pl.DataFrame:
+    frames = []
+    for source in config.involvement:
+        frame = _query(con, source.sql, f"involvement of {source.agency}")
+        if frame is None:
+            continue
+        resolved, missing = _resolve(frame, source.source, source.table, links)
+        if missing:
+            key = f"involvement:{source.agency}"
+            unlinked[key] = unlinked.get(key, 0) + missing
+        frames.append(
+            resolved.select(
+                "person_id",
+                pl.lit(source.agency).alias("agency"),
+                pl.col("service").cast(pl.String),
+                pl.col("start_date").cast(pl.Date),
+                pl.col("end_date").cast(pl.Date),
+                *(
+                    pl.col(c).cast(pl.String)
+                    for c in ("team", "practitioner", "practitioner_email", "organisation")
+                ),
+            )
+        )
+    if not frames:
+        return _empty("involvement")
+    rows = pl.concat(frames).with_columns(
+        (pl.col("end_date").is_null() | (pl.col("end_date") > as_of)).alias("_open")
+    )
+    # The lead practitioner of a service is the one on its latest open row, else latest row.
+    latest = rows.sort(
+        ["person_id", "agency", "service", "_open", "start_date"],
+        descending=[False, False, False, True, True],
+        nulls_last=True,
+    )
+    return (
+        latest.group_by("person_id", "agency", "service", maintain_order=True)
+        .agg(
+            pl.when(pl.col("_open").any())
+            .then(pl.lit("open"))
+            .otherwise(pl.lit("closed"))
+            .first()
+            .alias("status"),
+            pl.col("start_date").min(),
+            pl.when(pl.col("_open").any())
+            .then(pl.lit(None, dtype=pl.Date))
+            .otherwise(pl.col("end_date").max())
+            .first()
+            .alias("end_date"),
+            pl.col("team").first(),
+            pl.col("practitioner").first(),
+            pl.col("practitioner_email").first(),
+            pl.col("organisation").first(),
+        )
+        .select(TABLES["involvement"].column_names)
+        .sort("person_id", "agency", "service")
+    )
+
+
+def build_organisations(
+    con: duckdb.DuckDBPyConnection, config: CuratedConfig, links: pl.DataFrame, unlinked: dict
+) -> pl.DataFrame:
+    frames = []
+    for query in config.organisations:
+        frame = _query(con, query.sql, f"organisations of {query.person_table}")
+        if frame is None:
+            continue
+        resolved, missing = _resolve(frame, query.source, query.table, links)
+        if missing:
+            unlinked[f"organisations:{query.person_table}"] = missing
+        frames.append(
+            resolved.select(
+                "person_id",
+                pl.col("organisation_type").cast(pl.String),
+                pl.col("organisation_id").cast(pl.String),
+            )
+        )
+    if not frames:
+        return _empty("person_organisations")
+    return pl.concat(frames).unique().sort(TABLES["person_organisations"].column_names)
+
+
+# --- households, summary, agreements, aggregates -----------------------------------------
+
+
+def build_households(
+    members: pl.DataFrame, person: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    members = members.select(TABLES["household_members"].column_names)
+    at = members.join(
+        person.select(
+            "person_id",
+            "is_child",
+            "address_line_1",
+            "town",
+            "postcode",
+            "postcode_district",
+            "uprn",
+        ),
+        on="person_id",
+        how="left",
+    )
+    address = (
+        at.filter(pl.col("address_line_1").is_not_null() | pl.col("postcode").is_not_null())
+        .group_by("household_id", "address_line_1", "town", "postcode", "postcode_district", "uprn")
+        .len()
+        .sort(["household_id", "len", "address_line_1"], descending=[False, True, False])
+        .group_by("household_id", maintain_order=True)
+        .first()
+        .drop("len")
+    )
+    counts = at.group_by("household_id").agg(
+        pl.len().cast(pl.Int32).alias("members"),
+        pl.col("is_child").fill_null(False).sum().cast(pl.Int32).alias("children"),
+    )
+    household = (
+        counts.join(address, on="household_id", how="left")
+        .select(TABLES["household"].column_names)
+        .sort("household_id")
+    )
+    return household, members.sort("household_id", "person_id")
+
+
+def _academic_year_start(as_of: date, month_day: str) -> date:
+    month, day = (int(p) for p in month_day.split("-"))
+    start = date(as_of.year, month, day)
+    return start if start <= as_of else date(as_of.year - 1, month, day)
+
+
+def _academic_year(month_day: str) -> pl.Expr:
+    """The calendar year an event's academic year starts in."""
+    month, day = (int(p) for p in month_day.split("-"))
+    date_ = pl.col("event_date")
+    before = (date_.dt.month() < month) | ((date_.dt.month() == month) & (date_.dt.day() < day))
+    return date_.dt.year() - before.cast(pl.Int32)
+
+
+def build_child_summary(
+    person: pl.DataFrame,
+    involvement: pl.DataFrame,
+    timeline: pl.DataFrame,
+    records_sources: pl.DataFrame,
+    deliveries: dict[str, date],
+    config: CuratedConfig,
+    as_of: date,
+) -> pl.DataFrame:
+    rules = config.child_summary
+    children = person.filter(pl.col("is_child"))
+    open_services = involvement.filter(pl.col("status") == "open")
+    care = open_services.filter(pl.col("agency") == rules.social_care.agency)
+    order = {s: i for i, s in enumerate(rules.social_care.statuses)}
+    status = (
+        care.with_columns(
+            pl.col("service")
+            .replace_strict(order, default=None, return_dtype=pl.Int32)
+            .alias("_rank")
+        )
+        .filter(pl.col("_rank").is_not_null())
+        .sort("person_id", "_rank")
+        .group_by("person_id", maintain_order=True)
+        .agg(
+            pl.col("service").first().alias("social_care_status"),
+            (pl.col("service") == "cin_plan").any().alias("cin_open"),
+            (pl.col("service") == "cp_plan").any().alias("cp_open"),
+            (pl.col("service") == "looked_after").any().alias("looked_after"),
+        )
+    )
+    early_help = (
+        open_services.filter(
+            (pl.col("agency") == rules.early_help.agency)
+            & (pl.col("service") == rules.early_help.service)
+        )
+        .select("person_id", pl.lit(True).alias("early_help_open"))
+        .unique()
+    )
+    window_start = as_of - timedelta(days=rules.domestic_abuse.window_days)
+    abuse = (
+        timeline.filter(
+            (pl.col("agency") == rules.domestic_abuse.agency)
+            & (pl.col("event_type") == rules.domestic_abuse.event_type)
+            & (pl.col("event_date") > window_start)
+            & (pl.col("event_date") <= as_of)
+        )
+        .group_by("person_id")
+        .agg(pl.col("source_key").n_unique().cast(pl.Int32).alias("domestic_abuse_12m"))
+    )
+    year_start = _academic_year_start(as_of, rules.academic_year_start)
+    this_year = timeline.filter(
+        (pl.col("event_date") >= year_start) & (pl.col("event_date") <= as_of)
+    )
+    attendance_events = timeline.filter(
+        (pl.col("agency") == rules.attendance.agency)
+        & (pl.col("event_type") == rules.attendance.event_type)
+        & (pl.col("event_date") <= as_of)
+    ).with_columns(_academic_year(rules.academic_year_start).alias("_year"))
+    # Returns for the current year may not be in yet: report the latest year that has them.
+    attendance = (
+        attendance_events.filter(pl.col("_year") == pl.col("_year").max().over("person_id"))
+        .group_by("person_id")
+        .agg(
+            (100 * pl.col("measure").sum() / pl.col("measure_of").sum())
+            .round(1)
+            .alias("attendance_pct"),
+            pl.format(
+                "{}/{}",
+                pl.col("_year").first(),
+                (pl.col("_year").first() + 1).cast(pl.String).str.slice(2, 2),
+            ).alias("attendance_year"),
+        )
+    )
+    suspensions = (
+        this_year.filter(
+            (pl.col("agency") == rules.suspensions.agency)
+            & pl.col("event_type").is_in(rules.suspensions.event_types)
+        )
+        .group_by("person_id")
+        .agg(pl.len().cast(pl.Int32).alias("suspensions"))
+    )
+    workers = (
+        open_services.filter(pl.col("practitioner").is_not_null())
+        .sort("person_id", "agency", "service")
+        .group_by("person_id", maintain_order=True)
+        .agg(
+            pl.struct(
+                "agency",
+                "service",
+                pl.col("practitioner").alias("name"),
+                pl.col("practitioner_email").alias("email"),
+                "team",
+            ).alias("_workers")
+        )
+        .with_columns(
+            pl.col("_workers")
+            .map_elements(lambda ws: json.dumps(list(ws)), return_dtype=pl.String)
+            .alias("key_workers")
+        )
+        .drop("_workers")
+    )
+    delivered = (
+        records_sources.with_columns(
+            pl.col("source")
+            .replace_strict({s: d.isoformat() for s, d in deliveries.items()}, default=None)
+            .alias("_date")
+        )
+        .group_by("person_id")
+        .agg(pl.struct("source", "_date").alias("_pairs"))
+        .with_columns(
+            pl.col("_pairs")
+            .map_elements(
+                lambda ps: json.dumps({p["source"]: p["_date"] for p in ps}, sort_keys=True),
+                return_dtype=pl.String,
+            )
+            .alias("sources_last_delivered")
+        )
+        .drop("_pairs")
+    )
+    summary = children.select(
+        "person_id",
+        "forename",
+        "surname",
+        "dob",
+        "age",
+        "sen_provision",
+        "school_urn",
+        "school_name",
+        "gp_practice_code",
+        "deceased",
+    )
+    for frame in (status, early_help, abuse, attendance, suspensions, workers, delivered):
+        summary = summary.join(frame, on="person_id", how="left")
+    return (
+        summary.with_columns(
+            pl.col("social_care_status").fill_null("none"),
+            *(pl.col(c).fill_null(False) for c in ("cin_open", "cp_open", "looked_after")),
+            pl.col("early_help_open").fill_null(False),
+            pl.col("domestic_abuse_12m").fill_null(0),
+            pl.col("suspensions").fill_null(0),
+            pl.col("key_workers").fill_null("[]"),
+        )
+        .select(TABLES["child_summary"].column_names)
+        .sort("person_id")
+    )
+
+
+def build_source_deliveries(
+    deliveries: dict[str, date], sources: dict[str, Source]
+) -> pl.DataFrame:
+    rows = []
+    for name, source in sorted(sources.items()):
+        agreement = source.agreement
+        rows.append(
+            {
+                "source": name,
+                "last_extract_date": deliveries.get(name),
+                "controller": agreement.controller,
+                "purpose": " ".join(agreement.purpose.split()),
+                "lawful_basis": agreement.lawful_basis.article_6,
+                "retention": agreement.retention.model_dump_json(),
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            c: _polars_type(c, "source_deliveries")
+            for c in TABLES["source_deliveries"].column_names
+        },
+    )
+
+
+def suppress(frame: pl.DataFrame, counts: list[str], min_count: int) -> pl.DataFrame:
+    """Null every count under ``min_count`` (but above zero) and flag the row suppressed.
+
+    Zero rows never appear (groups come from data), so a published count is either
+    at least ``min_count`` or withheld.
+    """
+    small = pl.any_horizontal([pl.col(c) < min_count for c in counts])
+    return frame.with_columns(
+        *(pl.when(small).then(None).otherwise(pl.col(c)).cast(pl.Int32).alias(c) for c in counts),
+        small.alias("suppressed"),
+    )
+
+
+def build_aggregates(
+    child_summary: pl.DataFrame, person: pl.DataFrame, involvement: pl.DataFrame, min_count: int
+) -> dict[str, pl.DataFrame]:
+    district = person.select("person_id", pl.col("postcode_district").fill_null("unknown"))
+    by_status = (
+        child_summary.join(district, on="person_id", how="left")
+        .group_by("postcode_district", "social_care_status")
+        .agg(pl.len().alias("children"))
+    )
+    by_service = involvement.group_by("agency", "service", "status").agg(
+        pl.col("person_id").n_unique().alias("people")
+    )
+    abuse = (
+        child_summary.filter(pl.col("domestic_abuse_12m") > 0)
+        .join(district, on="person_id", how="left")
+        .group_by("postcode_district")
+        .agg(pl.len().alias("children"), pl.col("domestic_abuse_12m").sum().alias("incidents"))
+    )
+    return {
+        "agg_children_by_status": suppress(by_status, ["children"], min_count),
+        "agg_involvement": suppress(by_service, ["people"], min_count),
+        "agg_domestic_abuse": suppress(abuse, ["children", "incidents"], min_count),
+    }
+
+
+# --- the whole build ----------------------------------------------------------------------
+
+
+_DUCK_TO_POLARS = {
+    "VARCHAR": pl.String,
+    "DATE": pl.Date,
+    "BOOLEAN": pl.Boolean,
+    "INTEGER": pl.Int32,
+    "DOUBLE": pl.Float64,
+    "VARCHAR[]": pl.List(pl.String),
+}
+
+
+def _polars_type(column: str, table_name: str) -> pl.DataType:
+    return _DUCK_TO_POLARS[TABLES[table_name].column(column).type]
+
+
+def _empty(table_name: str) -> pl.DataFrame:
+    table = TABLES[table_name]
+    return pl.DataFrame(schema={c.name: _DUCK_TO_POLARS[c.type] for c in table.columns})
+
+
+def conform(name: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with exactly the schema's columns, in order and type; a missing or extra
+    column is a programming error caught here rather than in front of a user."""
+    table = TABLES[name]
+    if set(frame.columns) != set(table.column_names):
+        raise CurationError(
+            f"{name}: built columns {sorted(frame.columns)} differ from the schema "
+            f"{sorted(table.column_names)}"
+        )
+    return frame.select(pl.col(c.name).cast(_DUCK_TO_POLARS[c.type]) for c in table.columns)
+
+
+def latest_deliveries(con: duckdb.DuckDBPyConnection) -> dict[str, date]:
+    rows = con.sql(
+        "select source, max(extract_date) from meta.deliveries where status = 'loaded' "
+        "group by source"
+    ).fetchall()
+    return {source: extract_date for source, extract_date in rows}
+
+
+def build(
+    con: duckdb.DuckDBPyConnection,
+    linkage: LinkageConfig,
+    config: CuratedConfig,
+    sources: dict[str, Source],
+) -> CuratedBuild:
+    """Every curated table from the warehouse behind ``con`` (read only)."""
+    as_of = as_of_date(con)
+    links = _record_links(con)
+    unlinked: dict[str, int] = {}
+    rows = _person_rows(con, linkage, links)
+    members = con.sql("select * from linked.household_members").pl()
+    attributes = _attributes(con, config, links, unlinked)
+    person = build_person(rows, attributes, members, config, as_of)
+    household, household_members = build_households(members, person)
+    relationships = con.sql(
+        "select person_id, related_person_id, relationship, evidence "
+        "from linked.person_relationships order by all"
+    ).pl()
+    timeline = build_timeline(con, config, links, unlinked)
+    involvement = build_involvement(con, config, links, unlinked, as_of)
+    deliveries = latest_deliveries(con)
+    records_sources = links.select("person_id", "source").unique()
+    child_summary = build_child_summary(
+        person, involvement, timeline, records_sources, deliveries, config, as_of
+    )
+    tables = {
+        "person": person,
+        "household": household,
+        "household_members": household_members,
+        "relationships": relationships,
+        "involvement": involvement,
+        "timeline": timeline,
+        "child_summary": child_summary,
+        "person_names": build_person_names(rows),
+        "person_organisations": build_organisations(con, config, links, unlinked),
+        "source_deliveries": build_source_deliveries(deliveries, sources),
+        **build_aggregates(child_summary, person, involvement, config.aggregates.min_count),
+    }
+    missing = set(TABLES) - set(tables)
+    if missing:
+        raise CurationError(f"no builder for curated tables {sorted(missing)}")
+    return CuratedBuild(
+        as_of=as_of,
+        tables={name: conform(name, frame) for name, frame in tables.items()},
+        unlinked=unlinked,
+    )

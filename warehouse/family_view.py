@@ -1,0 +1,199 @@
+"""One night's Family View: build a snapshot and the analysts' file, check both, publish.
+
+The three steps are separate so Dagster can show each (the build as an asset, the checks
+as blocking asset checks, the switch as a downstream asset) and so a failed check leaves
+readers on yesterday's snapshot. ``sdv publish`` runs the same steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from matching.config import LinkageConfig
+from warehouse import curate
+from warehouse.curated_config import CuratedConfig
+from warehouse.curated_schema import DIRECT_IDENTIFIERS, TABLES
+from warehouse.pseudonymise import FORBIDDEN_KINDS, analyst_comments, analyst_tables
+from warehouse.publish import (
+    Published,
+    SnapshotStore,
+    curated_comments,
+    new_snapshot_id,
+    open_snapshot,
+    write_tables,
+)
+from warehouse.sources import Source
+
+
+@dataclass(frozen=True)
+class BuiltSnapshot:
+    snapshot: Path
+    analyst: Path
+    as_of: date
+    rows: dict[str, int]
+    unlinked: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def build_snapshot(
+    con: duckdb.DuckDBPyConnection,
+    store: SnapshotStore,
+    linkage: LinkageConfig,
+    config: CuratedConfig,
+    sources: dict[str, Source],
+    key: bytes,
+) -> BuiltSnapshot:
+    """Write tonight's curated snapshot and analysts' file (not yet visible to readers)."""
+    built = curate.build(con, linkage, config, sources)
+    snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
+    info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
+    write_tables(snapshot_path, built.tables, info, curated_comments())
+    analyst = analyst_tables(built.tables, key)
+    write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments(analyst))
+    return BuiltSnapshot(
+        snapshot=snapshot_path,
+        analyst=analyst_path,
+        as_of=built.as_of,
+        rows={name: frame.height for name, frame in built.tables.items()},
+        unlinked=built.unlinked,
+    )
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    rows = con.sql(
+        "select table_name, column_name from duckdb_columns() where schema_name = 'main' "
+        "and database_name = current_database() and not internal "
+        "order by table_name, column_index"
+    ).fetchall()
+    out: dict[str, list[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, []).append(column)
+    return out
+
+
+def identifying_values(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every direct-identifier and free-text value in a snapshot, as text: what must never
+    appear anywhere in the analysts' file."""
+    values: set[str] = set()
+    for table in TABLES.values():
+        for column in table.columns:
+            if column.kind not in DIRECT_IDENTIFIERS | {"free_text", "contact"}:
+                continue
+            if column.type.endswith("[]"):
+                sql = f'select distinct unnest("{column.name}") from "{table.name}"'
+            else:
+                sql = f'select distinct cast("{column.name}" as varchar) from "{table.name}"'
+            found = (v for (v,) in con.sql(sql).fetchall() if v)
+            if column.kind == "postcode":  # an outward code alone is a district, not an address
+                found = (v for v in found if len(v.replace(" ", "")) > 4)
+            values.update(found)
+    return values
+
+
+def analyst_leaks(analyst: Path, snapshot: Path) -> list[str]:
+    """Columns of the analysts' file holding any value that is a name, date of birth,
+    identifier, address, postcode, contact or free text in the snapshot."""
+    with open_snapshot(snapshot) as source:
+        forbidden = identifying_values(source)
+    leaks = []
+    with open_snapshot(analyst) as con:
+        for table, columns in _tables(con).items():
+            for column in columns:
+                values = con.sql(
+                    f'select distinct cast("{column}" as varchar) from "{table}"'
+                ).fetchall()
+                hits = sum(1 for (v,) in values if v in forbidden)
+                if hits:
+                    leaks.append(f"{table}.{column}: {hits} identifying value(s)")
+    return leaks
+
+
+def check_snapshot(built: BuiltSnapshot, con: duckdb.DuckDBPyConnection) -> list[Check]:
+    """The checks a snapshot must pass before readers are switched to it."""
+    checks = []
+    with open_snapshot(built.snapshot) as snap:
+        tables = _tables(snap)
+        mismatched = [
+            name for name, table in TABLES.items() if tables.get(name) != list(table.column_names)
+        ]
+        checks.append(
+            Check(
+                "schema_matches_dictionary",
+                not mismatched,
+                "Every curated table is present with exactly the documented columns.",
+                {"mismatched": mismatched},
+            )
+        )
+        linked_people = con.sql(
+            "select count(distinct person_id) from linked.person_records"
+        ).fetchall()[0][0]
+        curated_people = snap.sql("select count(*) from person").fetchall()[0][0]
+        checks.append(
+            Check(
+                "every_person_curated",
+                linked_people == curated_people,
+                "Every person the linkage resolved has exactly one golden record.",
+                {"linked_persons": linked_people, "person_rows": curated_people},
+            )
+        )
+        duplicates = snap.sql(
+            "select count(*) - count(distinct person_id) from child_summary"
+        ).fetchall()[0][0]
+        checks.append(
+            Check(
+                "one_summary_per_child",
+                duplicates == 0,
+                "child_summary has one row per child.",
+                {"duplicate_rows": duplicates},
+            )
+        )
+    analyst_columns = {f"{t}.{c}" for t, cols in _open_tables(built.analyst).items() for c in cols}
+    forbidden_columns = sorted(
+        f"{t.name}.{c.name}"
+        for t in TABLES.values()
+        for c in t.columns
+        if c.kind in FORBIDDEN_KINDS and f"{t.name}.{c.name}" in analyst_columns
+    )
+    leaks = analyst_leaks(built.analyst, built.snapshot)
+    checks.append(
+        Check(
+            "analyst_file_pseudonymised",
+            not forbidden_columns and not leaks,
+            "The analysts' file holds no name, date of birth, identifier, address, full "
+            "postcode, contact or free text, by column and by value.",
+            {"forbidden_columns": forbidden_columns, "leaks": leaks},
+        )
+    )
+    return checks
+
+
+def _open_tables(path: Path) -> dict[str, list[str]]:
+    with open_snapshot(path) as con:
+        return _tables(con)
+
+
+def publish_snapshot(store: SnapshotStore, built: BuiltSnapshot, checks: list[Check]) -> Published:
+    """Switch readers to ``built`` if every check passed; otherwise refuse, naming them."""
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        raise RuntimeError(
+            f"snapshot {built.snapshot.name} not published: checks failed: {', '.join(failed)}"
+        )
+    return store.publish(
+        built.snapshot,
+        built.analyst,
+        built.as_of,
+        {c.name: c.passed for c in checks},
+    )

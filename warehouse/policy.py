@@ -1,0 +1,120 @@
+"""The role policy (``config/policy.yaml``): need-to-know as validated data, default deny.
+
+A role names the tables it may read, the columns of each, the rows (its scope) and the
+purposes it may read for. Anything not granted is denied: an unknown role, an unlisted
+table, a column left out, a purpose not listed. Loading checks every table and column
+against :mod:`warehouse.curated_schema`, so a typo fails at start-up instead of silently
+hiding (or showing) data, and adding a role is a change to the YAML plus its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from warehouse.curated_schema import TABLES
+from warehouse.yaml_model import load_yaml_model
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
+INTERNAL_TABLES = frozenset({"person_names"})  # used by search only, never granted
+
+Rows = Literal["scope", "organisation", "all"]
+
+
+class PolicyError(ValueError):
+    """The role policy is missing or invalid; the message names file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Scope(_Strict):
+    organisation_type: str = Field(min_length=1)
+    households: bool = False
+
+
+class TableGrant(_Strict):
+    columns: Literal["all"] | list[str]
+    rows: Rows = "scope"
+    agencies: list[str] | None = None
+
+
+class Role(_Strict):
+    description: str
+    purposes: list[str] = Field(min_length=1)
+    lawful_basis: str = Field(min_length=5)
+    dataset: Literal["curated", "pseudonymised", "aggregates"]
+    scope: Scope | None = None
+    tables: dict[str, TableGrant] = {}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one role may read of one table, resolved: exact columns, rows, agencies."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: Rows
+    agencies: tuple[str, ...] | None
+
+
+class Policy(_Strict):
+    roles: dict[str, Role]
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        problems = []
+        for name, role in self.roles.items():
+            for table_name, grant in role.tables.items():
+                where = f"roles.{name}.tables.{table_name}"
+                if table_name not in TABLES or table_name in INTERNAL_TABLES:
+                    problems.append(f"{where}: no such curated table")
+                    continue
+                table = TABLES[table_name]
+                if grant.columns != "all":
+                    unknown = set(grant.columns) - set(table.column_names)
+                    if unknown:
+                        problems.append(f"{where}: unknown columns {sorted(unknown)}")
+                    if table.person_column and table.person_column not in grant.columns:
+                        problems.append(f"{where}: must include {table.person_column}")
+                if grant.agencies is not None and "agency" not in table.column_names:
+                    problems.append(f"{where}: agencies given but the table has no agency")
+                if grant.rows == "organisation" and role.scope is None:
+                    problems.append(f"{where}: rows 'organisation' needs a role scope")
+                if role.dataset == "aggregates" and not (
+                    table.aggregate or (table.person_column is None and table_name != "household")
+                ):
+                    problems.append(f"{where}: an aggregates role may read aggregates only")
+                if role.dataset == "pseudonymised":
+                    problems.append(f"{where}: a pseudonymised role reads its own file only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def role(self, name: str) -> Role | None:
+        return self.roles.get(name)
+
+    def grant(self, role_name: str, table_name: str) -> Grant | None:
+        """The role's grant on the table, or None: denied."""
+        role = self.roles.get(role_name)
+        if role is None or table_name not in role.tables:
+            return None
+        grant = role.tables[table_name]
+        table = TABLES[table_name]
+        columns = (
+            table.column_names
+            if grant.columns == "all"
+            else tuple(c for c in table.column_names if c in grant.columns)
+        )
+        rows: Rows = "all" if role.scope is None else grant.rows
+        agencies = tuple(grant.agencies) if grant.agencies is not None else None
+        return Grant(table_name, columns, rows, agencies)
+
+
+def load_policy(path: Path = DEFAULT_POLICY) -> Policy:
+    """Read and validate the role policy; errors name the file and the offending key."""
+    return load_yaml_model(path, Policy, PolicyError)

@@ -1,0 +1,166 @@
+"""The analysts' dataset: pseudonymised, physically without what their role may not see.
+
+Analysts may use any SQL tool on their file, so the protection cannot be a filter in front
+of it: the file is built from the curated tables by keeping only columns whose kind
+(:mod:`warehouse.curated_schema`) carries no direct identifier or free text, and by
+coarsening the rest:
+
+* person and household ids become keyed hashes (HMAC-SHA256 with a partnership secret), so
+  analysts can follow a person across tables and nights but cannot reverse or recompute
+  the id without the key;
+* ages become bands, postcodes become districts, event dates become months;
+* names, dates of birth, NHS numbers, UPNs, UPRNs, addresses, full postcodes, practitioners
+  and every free-text or detail column are left out.
+
+Small-number suppression applies to published aggregates (see ``agg_*`` tables); record-
+level pseudonymised data is for analysts working under the partnership's agreement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+import polars as pl
+
+from warehouse.curated_schema import DIRECT_IDENTIFIERS, TABLES
+
+KEY_ENV = "SDV_PSEUDONYM_KEY"
+AGE_BANDS = ((0, 4), (5, 10), (11, 15), (16, 17), (18, 24), (25, 39), (40, 64), (65, 200))
+
+# What each analyst table keeps from its curated table (never a direct identifier, free
+# text, contact or detail column), and how key and date columns are coarsened.
+ANALYST_TABLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "person": {
+        "keep": ("sex", "ethnicity", "is_child", "deceased", "postcode_district", "sen_provision"),
+        "hash": ("person_id", "household_id"),
+        "band": ("age",),
+        "lists": ("sources",),
+    },
+    "household": {"keep": ("postcode_district", "members", "children"), "hash": ("household_id",)},
+    "household_members": {"keep": ("role",), "hash": ("household_id", "person_id")},
+    "relationships": {
+        "keep": ("relationship", "evidence"),
+        "hash": ("person_id", "related_person_id"),
+    },
+    "involvement": {
+        "keep": ("agency", "service", "status"),
+        "hash": ("person_id",),
+        "month": ("start_date", "end_date"),
+    },
+    "timeline": {
+        "keep": (
+            "agency",
+            "event_type",
+            "role",
+            "is_opinion",
+            "sensitivity",
+            "measure",
+            "measure_of",
+        ),
+        "hash": ("person_id",),
+        "month": ("event_date", "end_date"),
+    },
+    "child_summary": {
+        "keep": (
+            "social_care_status",
+            "cin_open",
+            "cp_open",
+            "looked_after",
+            "early_help_open",
+            "domestic_abuse_12m",
+            "attendance_pct",
+            "attendance_year",
+            "suspensions",
+            "sen_provision",
+            "deceased",
+        ),
+        "hash": ("person_id",),
+        "band": ("age",),
+    },
+}
+# Kinds that may never reach the analyst file, whatever the table map above says.
+FORBIDDEN_KINDS = DIRECT_IDENTIFIERS | {"free_text", "contact"}
+
+
+def load_key(data_dir: Path) -> bytes:
+    """The partnership's pseudonymisation key: ``SDV_PSEUDONYM_KEY`` (hex) if set, else a
+    random key created once in ``<data>/secrets/pseudonym.key`` (mode 0600).
+
+    Keeping the key stable keeps pseudonyms stable across nights; rotating it breaks
+    analysts' longitudinal joins on purpose.
+    """
+    if os.environ.get(KEY_ENV):
+        return bytes.fromhex(os.environ[KEY_ENV])
+    path = data_dir / "secrets" / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def pseudonym(value: str, key: bytes) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _hash(column: str, key: bytes) -> pl.Expr:
+    return pl.col(column).map_elements(lambda v: pseudonym(v, key), return_dtype=pl.String)
+
+
+def age_band(column: str) -> pl.Expr:
+    expr = pl.lit(None, dtype=pl.String)
+    for low, high in reversed(AGE_BANDS):
+        label = f"{low}+" if high >= 200 else f"{low}-{high}"
+        expr = pl.when(pl.col(column).is_between(low, high)).then(pl.lit(label)).otherwise(expr)
+    return expr.alias(f"{column}_band")
+
+
+def analyst_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.DataFrame]:
+    """The pseudonymised tables built from the curated ones."""
+    out = {}
+    for name, spec in ANALYST_TABLES.items():
+        schema = TABLES[name]
+        for column in spec.get("keep", ()):
+            kind = schema.column(column).kind
+            if kind in FORBIDDEN_KINDS:
+                raise ValueError(f"{name}.{column} is {kind}: never in the analyst file")
+        frame = tables[name]
+        out[name] = frame.select(
+            *(_hash(c, key).alias(c.removesuffix("_id") + "_key") for c in spec.get("hash", ())),
+            *(pl.col(c) for c in spec.get("keep", ())),
+            *(age_band(c) for c in spec.get("band", ())),
+            # Months as text ("2026-03"), so no value can equal a date of birth.
+            *(
+                pl.col(c).dt.strftime("%Y-%m").alias(c.removesuffix("_date") + "_month")
+                for c in spec.get("month", ())
+            ),
+            *(pl.col(c).list.join(",").alias(c) for c in spec.get("lists", ())),
+        )
+    for name, table in TABLES.items():
+        if table.aggregate:
+            out[name] = tables[name]
+    return out
+
+
+def analyst_comments(tables: dict[str, pl.DataFrame]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Catalog comments for the analysts' file, derived from the curated dictionary."""
+    out = {}
+    for name, frame in tables.items():
+        curated = TABLES[name]
+        notes = {}
+        for column in frame.columns:
+            if column.endswith("_key"):
+                notes[column] = f"Keyed hash (HMAC-SHA256) of {column.removesuffix('_key')}_id."
+            elif column.endswith("_band"):
+                notes[column] = f"{column.removesuffix('_band')} in bands."
+            elif column.endswith("_month"):
+                notes[column] = f"Month (YYYY-MM) of {column.removesuffix('_month')}."
+            elif column in curated.column_names:
+                notes[column] = curated.column(column).description
+        out[name] = (f"Pseudonymised: {curated.description}", notes)
+    return out
