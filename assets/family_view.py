@@ -77,7 +77,10 @@ def build_family_view_assets(
                 check_name=check.name,
                 asset_key=SNAPSHOT,
                 passed=check.passed,
-                metadata={k: dg.MetadataValue.json(v) for k, v in check.metadata.items()},
+                metadata={
+                    k: dg.MetadataValue.json(v) if isinstance(v, dict | list) else v
+                    for k, v in check.metadata.items()
+                },
             )
 
     @dg.asset(

@@ -20,7 +20,6 @@ from synth.generate import generate_county
 from warehouse.curated_config import load_curated_config
 from warehouse.family_view import build_snapshot, check_snapshot, publish_snapshot
 from warehouse.operational import engine_for, ensure_schema
-from warehouse.policy import load_policy
 from warehouse.publish import SnapshotStore
 from warehouse.sources import load_sources
 from warehouse.store import connect
@@ -97,7 +96,3 @@ def make_county(root: Path) -> FamilyViewCounty:
         con.close()
     county.publish()
     return county
-
-
-def policy():
-    return load_policy()

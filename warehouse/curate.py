@@ -25,7 +25,7 @@ import duckdb
 import polars as pl
 
 from matching.config import LinkageConfig
-from matching.identifiers import is_valid_upn, nhs_number_expr, nhs_valid_expr
+from matching.identifiers import is_valid_upn, nhs_number_expr, nhs_valid_expr, postcode_expr
 from matching.standardise import nickname_table
 from warehouse.curated_config import CuratedConfig
 from warehouse.curated_schema import TABLES
@@ -270,7 +270,8 @@ def build_person(
         lambda s: json.dumps({k: v for k, v in s.items() if v}, sort_keys=True),
         return_dtype=pl.String,
     )
-    postcode = pl.col("postcode").str.strip_chars().str.to_uppercase()
+    valid_postcode = postcode_expr("postcode")
+    postcode = pl.coalesce(valid_postcode, pl.col("postcode").str.strip_chars())
     return golden.select(
         "person_id",
         "forename",
@@ -291,7 +292,8 @@ def build_person(
         "address_line_2",
         "town",
         postcode.alias("postcode"),
-        postcode.str.split(" ").list.first().alias("postcode_district"),
+        # Only a real postcode has a district; "N/K" or "NFA" stay without one.
+        valid_postcode.str.split(" ").list.first().alias("postcode_district"),
         "uprn",
         "address_as_of",
         _to_date("date_of_death").alias("date_of_death"),

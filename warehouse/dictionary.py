@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from warehouse.curated_schema import TABLES
 from warehouse.policy import INTERNAL_TABLES, Policy
+from warehouse.pseudonymise import ANALYST_TABLES, analyst_columns
 
 
 def render(policy: Policy) -> str:
@@ -61,4 +62,16 @@ def render(policy: Policy) -> str:
                 f"| `{column.name}` | {column.type} | {column.kind} | {column.description} "
                 f"| {', '.join(allowed) or '—'} |"
             )
+    lines += [
+        "",
+        "# The analysts' file",
+        "",
+        "Built with each snapshot (`published/analyst.duckdb` is the current one) for roles",
+        "with the `pseudonymised` dataset: keyed-hash ids, age bands, postcode districts,",
+        "months instead of dates, and no names, identifiers, addresses or free text.",
+        "It also holds the suppressed `agg_*` tables.",
+    ]
+    for name in ANALYST_TABLES:
+        lines += ["", f"## analysts' `{name}`", "", "| column | description |", "|---|---|"]
+        lines += [f"| `{c}` | {text} |" for c, text in analyst_columns(name).items()]
     return "\n".join(lines) + "\n"

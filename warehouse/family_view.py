@@ -61,7 +61,7 @@ def build_snapshot(
     info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
     write_tables(snapshot_path, built.tables, info, curated_comments())
     analyst = analyst_tables(built.tables, key)
-    write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments(analyst))
+    write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
     return BuiltSnapshot(
         snapshot=snapshot_path,
         analyst=analyst_path,

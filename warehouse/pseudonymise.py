@@ -147,20 +147,30 @@ def analyst_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.
     return out
 
 
-def analyst_comments(tables: dict[str, pl.DataFrame]) -> dict[str, tuple[str, dict[str, str]]]:
+def analyst_columns(name: str) -> dict[str, str]:
+    """The columns of analyst table ``name``, in order, with their descriptions."""
+    spec, curated = ANALYST_TABLES[name], TABLES[name]
+    columns = {
+        f"{c.removesuffix('_id')}_key": f"Keyed hash (HMAC-SHA256) of {c}."
+        for c in spec.get("hash", ())
+    }
+    columns |= {c: curated.column(c).description for c in spec.get("keep", ())}
+    columns |= {f"{c}_band": f"{c.capitalize()} in bands." for c in spec.get("band", ())}
+    columns |= {
+        f"{c.removesuffix('_date')}_month": f"Month (YYYY-MM) of {c}."
+        for c in spec.get("month", ())
+    }
+    columns |= {c: curated.column(c).description for c in spec.get("lists", ())}
+    return columns
+
+
+def analyst_comments() -> dict[str, tuple[str, dict[str, str]]]:
     """Catalog comments for the analysts' file, derived from the curated dictionary."""
-    out = {}
-    for name, frame in tables.items():
-        curated = TABLES[name]
-        notes = {}
-        for column in frame.columns:
-            if column.endswith("_key"):
-                notes[column] = f"Keyed hash (HMAC-SHA256) of {column.removesuffix('_key')}_id."
-            elif column.endswith("_band"):
-                notes[column] = f"{column.removesuffix('_band')} in bands."
-            elif column.endswith("_month"):
-                notes[column] = f"Month (YYYY-MM) of {column.removesuffix('_month')}."
-            elif column in curated.column_names:
-                notes[column] = curated.column(column).description
-        out[name] = (f"Pseudonymised: {curated.description}", notes)
+    out = {
+        name: (f"Pseudonymised: {TABLES[name].description}", analyst_columns(name))
+        for name in ANALYST_TABLES
+    }
+    for name, table in TABLES.items():
+        if table.aggregate:
+            out[name] = (table.description, {c.name: c.description for c in table.columns})
     return out

@@ -1,0 +1,307 @@
+"""Need-to-know through the access layer: every role against every curated table and column,
+the school DSL's row scope, purposes, and an audit event for every read.
+
+The expectations below restate the partnership's defaults (the Family View issue) on their
+own, not read from ``config/policy.yaml``: the matrix test checks the access layer returns
+exactly what the policy grants, and the need-to-know tests check the policy grants what the
+agreements allow and nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from warehouse import audit
+from warehouse.access import AccessDenied, AccessLayer, NotFound, User
+from warehouse.curated_schema import TABLES
+from warehouse.policy import INTERNAL_TABLES, PolicyError, load_policy
+
+ROLES = [
+    "social_worker",
+    "early_help",
+    "school_dsl",
+    "police",
+    "health",
+    "analyst",
+    "partnership",
+    "dpo",
+]
+READABLE = [name for name in TABLES if name not in INTERNAL_TABLES]
+AGGREGATES = {name for name, t in TABLES.items() if t.aggregate}
+STATUS_ONLY = {"person_id", "agency", "service", "status", "start_date", "end_date"}
+
+# Tables each role must never read at all (from the issue's need-to-know defaults).
+NEVER = {
+    "health": {"household", "household_members", "relationships", "child_summary"},
+    "analyst": set(READABLE),
+    "partnership": set(READABLE) - AGGREGATES - {"source_deliveries"},
+    "school_dsl": {"person_organisations"} | AGGREGATES,
+    "police": {"child_summary", "person_organisations"} | AGGREGATES,
+}
+# Columns a role must never see, per table.
+NEVER_COLUMNS = {
+    "school_dsl": {
+        "person": {"nhs_number", "ethnicity", "gp_practice_code"},
+        "involvement": {"practitioner", "practitioner_email", "team", "organisation"},
+        "child_summary": {"gp_practice_code", "key_workers"},
+    },
+    "health": {"involvement": {"practitioner", "practitioner_email", "team", "organisation"}},
+    "police": {
+        "involvement": {"practitioner", "practitioner_email", "team", "organisation"},
+        "person": {"nhs_number", "upn", "ethnicity", "sen_provision"},
+    },
+}
+# Agencies whose timeline rows a role may see (None: all).
+TIMELINE_AGENCIES = {
+    "school_dsl": {"school"},
+    "health": {"health"},
+    "police": {"police"},
+    "early_help": {"council_eh", "council_csc", "school"},
+}
+
+
+@pytest.fixture(scope="module")
+def county(published_county):
+    return published_county
+
+
+@pytest.fixture(scope="module")
+def access(county) -> AccessLayer:
+    return AccessLayer(county.store(), load_policy(), county.engine())
+
+
+@pytest.fixture(scope="module")
+def snapshot(county) -> Iterator:
+    with county.store().reader() as con:
+        yield con
+
+
+def purpose(role: str) -> str:
+    return load_policy().roles[role].purposes[0]
+
+
+@pytest.fixture(scope="module")
+def schools(snapshot) -> dict[str, str]:
+    """School A (most pupils on roll), one of its pupils, and a pupil of another school who
+    lives with no pupil of school A (so nothing in A's scope reaches them)."""
+    school_a, pupil_a = snapshot.sql(
+        "select organisation_id, min(person_id) from person_organisations "
+        "where organisation_type = 'school' group by 1 order by count(*) desc, 1 limit 1"
+    ).fetchall()[0]
+    outsider = snapshot.sql(
+        """
+        with a as (select person_id from person_organisations
+                   where organisation_type = 'school' and organisation_id = ?),
+        reach as (select m2.person_id from household_members m1
+                  join household_members m2 using (household_id)
+                  where m1.person_id in (select person_id from a))
+        select o.person_id from person_organisations o join child_summary c using (person_id)
+        where o.organisation_type = 'school' and o.organisation_id <> ?
+          and o.person_id not in (select person_id from reach)
+          and exists (select 1 from timeline t where t.person_id = o.person_id)
+        order by 1 limit 1
+        """,
+        params=[school_a, school_a],
+    ).fetchall()[0][0]
+    return {"school_a": school_a, "pupil_a": pupil_a, "outsider": outsider}
+
+
+def user_for(role: str, schools: dict[str, str]) -> User:
+    organisation = schools["school_a"] if role == "school_dsl" else None
+    return User(f"test-{role}", role, organisation)
+
+
+# --- the matrix ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("table", READABLE)
+def test_every_role_gets_exactly_its_granted_columns_or_is_denied(access, schools, role, table):
+    user = user_for(role, schools)
+    grant = load_policy().grant(role, table)
+    if grant is None:
+        with pytest.raises(AccessDenied):
+            access.read(user, purpose(role), table, limit=5)
+        assert table not in (load_policy().roles[role].tables or {})
+        return
+    page = access.read(user, purpose(role), table, limit=50)
+    granted = set(grant.columns)
+    assert set(grant.columns) <= set(TABLES[table].column_names)
+    for row in page.items:
+        assert set(row) == granted, f"{role} got {set(row) ^ granted} of {table}"
+    for column in TABLES[table].column_names:
+        assert (column in granted) == (column in (page.items[0] if page.items else granted))
+    assert table not in NEVER.get(role, set()), f"{role} may read {table}: need-to-know says no"
+    assert not granted & NEVER_COLUMNS.get(role, {}).get(table, set())
+    if table == "timeline" and role in TIMELINE_AGENCIES:
+        assert {r["agency"] for r in page.items} <= TIMELINE_AGENCIES[role]
+    if table == "involvement" and role in ("school_dsl", "health", "police"):
+        assert granted <= STATUS_ONLY
+
+
+def test_dpo_sees_every_column_of_every_table(access, schools):
+    for table in READABLE:
+        page = access.read(user_for("dpo", schools), "subject_rights", table, limit=1)
+        assert page.items, table
+        assert set(page.items[0]) == set(TABLES[table].column_names)
+
+
+def test_timeline_agencies_are_filtered_in_the_query_not_just_the_sample(access, schools, snapshot):
+    """Every health event a health user can page through, and no other agency's."""
+    user = user_for("health", schools)
+    total = snapshot.sql("select count(*) from timeline where agency = 'health'").fetchall()[0][0]
+    page = access.read(user, "safeguarding", "timeline", limit=500)
+    assert page.total == total > 0
+    assert {r["agency"] for r in page.items} == {"health"}
+
+
+def test_unknown_role_wrong_purpose_and_missing_organisation_are_denied(access, schools):
+    pupil = schools["pupil_a"]
+    with pytest.raises(AccessDenied, match="unknown role"):
+        access.person(User("mallory", "superuser"), "safeguarding", pupil)
+    with pytest.raises(AccessDenied, match="purpose"):
+        access.person(User("h", "health"), "marketing", pupil)
+    with pytest.raises(AccessDenied, match="organisation"):
+        access.person(User("d", "school_dsl"), "safeguarding", pupil)
+
+
+def test_policy_refuses_unknown_tables_and_columns(tmp_path: Path):
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(
+        "roles:\n  x:\n    description: d\n    purposes: [p]\n    lawful_basis: 6(1)(e) task\n"
+        "    dataset: curated\n    tables:\n      person: {columns: [person_id, shoe_size]}\n"
+        "      gossip: {columns: all}\n"
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad)
+    message = str(err.value)
+    assert str(bad) in message and "shoe_size" in message and "gossip" in message
+
+
+# --- the school DSL's row scope ------------------------------------------------------------
+
+
+def test_dsl_reaches_own_pupil_by_every_route(access, schools, snapshot):
+    dsl = user_for("school_dsl", schools)
+    pupil = schools["pupil_a"]
+    assert access.person(dsl, "safeguarding", pupil)["person_id"] == pupil
+    assert access.child_profile(dsl, "safeguarding", pupil)["summary"]["person_id"] == pupil
+    members = access.household(dsl, "safeguarding", pupil)["members"]
+    expected = {
+        r[0]
+        for r in snapshot.sql(
+            "select m2.person_id from household_members m1 join household_members m2 "
+            "using (household_id) where m1.person_id = ?",
+            params=[pupil],
+        ).fetchall()
+    }
+    assert {m["person_id"] for m in members} == expected
+    assert all(m["person"] is not None for m in members), "household members' names visible"
+    forename, surname = snapshot.sql(
+        "select forename, surname from person where person_id = ?", params=[pupil]
+    ).fetchall()[0]
+    found = access.search(dsl, "safeguarding", f"{forename} {surname}")
+    assert pupil in {r["person_id"] for r in found}
+
+
+def test_dsl_of_school_a_cannot_reach_a_pupil_of_school_b(access, schools, snapshot):
+    dsl = user_for("school_dsl", schools)
+    outsider = schools["outsider"]
+    for read in (
+        lambda: access.person(dsl, "safeguarding", outsider),
+        lambda: access.child_profile(dsl, "safeguarding", outsider),
+        lambda: access.household(dsl, "safeguarding", outsider),
+        lambda: access.timeline(dsl, "safeguarding", outsider),
+        lambda: access.involvement(dsl, "safeguarding", outsider),
+        lambda: access.relationships(dsl, "safeguarding", outsider),
+    ):
+        with pytest.raises(NotFound):
+            read()
+    forename, surname, dob = snapshot.sql(
+        "select forename, surname, dob from person where person_id = ?", params=[outsider]
+    ).fetchall()[0]
+    assert outsider not in {
+        r["person_id"] for r in access.search(dsl, "safeguarding", f"{forename} {surname}", dob)
+    }
+    assert outsider not in {
+        r["person_id"] for r in access.read(dsl, "safeguarding", "person", limit=500).items
+    }
+    # The same person is there for a social worker: the DSL is refused by scope alone.
+    assert access.person(user_for("social_worker", schools), "safeguarding", outsider)
+
+
+def test_dsl_table_reads_hold_only_their_scope(access, schools, snapshot):
+    dsl = user_for("school_dsl", schools)
+    pupils = {
+        r[0]
+        for r in snapshot.sql(
+            "select person_id from person_organisations where organisation_type = 'school' "
+            "and organisation_id = ?",
+            params=[schools["school_a"]],
+        ).fetchall()
+    }
+    households = {
+        r[0]
+        for r in snapshot.sql(
+            f"select distinct household_id from household_members where person_id in "
+            f"({', '.join('?' for _ in pupils)})",
+            params=list(pupils),
+        ).fetchall()
+    }
+    reach = pupils | {
+        r[0]
+        for r in snapshot.sql(
+            f"select person_id from household_members where household_id in "
+            f"({', '.join('?' for _ in households)})",
+            params=list(households),
+        ).fetchall()
+    }
+    read = lambda table: access.read(dsl, "safeguarding", table, limit=500).items  # noqa: E731
+    assert {r["person_id"] for r in read("person")} == reach
+    assert {r["person_id"] for r in read("child_summary")} <= pupils
+    assert {r["person_id"] for r in read("timeline")} <= pupils
+    assert {r["person_id"] for r in read("involvement")} <= pupils
+    assert {r["household_id"] for r in read("household")} == households
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def test_every_access_layer_read_appends_one_audit_event(access, county, schools):
+    engine = county.engine()
+    sw = user_for("social_worker", schools)
+    dsl = user_for("school_dsl", schools)
+    pupil, outsider = schools["pupil_a"], schools["outsider"]
+    calls = [
+        (lambda: access.person(sw, "safeguarding", pupil), "allowed"),
+        (lambda: access.child_profile(sw, "safeguarding", pupil), "allowed"),
+        (lambda: access.household(sw, "safeguarding", pupil), "allowed"),
+        (lambda: access.timeline(sw, "safeguarding", pupil, limit=2), "allowed"),
+        (lambda: access.involvement(sw, "safeguarding", pupil), "allowed"),
+        (lambda: access.search(sw, "safeguarding", "smith"), "allowed"),
+        (lambda: access.read(sw, "safeguarding", "household", limit=3), "allowed"),
+        (lambda: access.person(dsl, "safeguarding", outsider), "not_found"),
+        (lambda: access.household(User("h", "health"), "safeguarding", pupil), "denied"),
+    ]
+    before = audit.head(engine)[0]
+    for call, _ in calls:
+        with contextlib.suppress(NotFound, AccessDenied):
+            call()
+    events = audit.events(engine, after_seq=before)
+    assert [e.outcome for e in events] == [outcome for _, outcome in calls]
+    first = events[0]
+    assert (first.user_id, first.role, first.purpose) == (
+        sw.user_id,
+        "social_worker",
+        "safeguarding",
+    )
+    assert first.person_ids == (pupil,)
+    assert "person.nhs_number" in first.columns and first.lawful_basis
+    household = events[2]
+    assert set(household.person_ids) >= {pupil} and "household_members" in household.tables
+    assert events[7].organisation == schools["school_a"] and events[7].person_ids == ()
+    assert audit.verify(engine).ok

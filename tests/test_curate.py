@@ -1,0 +1,297 @@
+"""The curated tables say what the sources say: survivorship, statuses, timeline markers;
+the analysts' file holds nothing identifying; aggregates suppress small counts; the data
+dictionary is current.
+
+Expected values are worked out here from the warehouse's ``current`` tables with SQL of
+their own, not read back from the curated build.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+
+from warehouse.dictionary import render
+from warehouse.policy import load_policy
+from warehouse.publish import open_snapshot
+
+NHS_LIKE = re.compile(r"^\d{10}$")
+UPN_LIKE = re.compile(r"^[A-Z]\d{11}[0-9A-Z]$")
+FULL_POSTCODE = re.compile(r"^[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}$")
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+@pytest.fixture(scope="module")
+def db(published_county):
+    """The published snapshot with the warehouse attached read-only as ``w``."""
+    con = duckdb.connect()
+    con.execute(f"attach '{published_county.store().current_path()}' as s (read_only)")
+    con.execute(f"attach '{published_county.warehouse}' as w (read_only)")
+    yield con
+    con.close()
+
+
+def rows(con, sql, params=()):
+    return con.sql(sql, params=list(params)).fetchall()
+
+
+def test_every_linked_person_has_one_golden_record(db):
+    linked = rows(db, "select count(distinct person_id) from w.linked.person_records")[0][0]
+    assert rows(db, "select count(*), count(distinct person_id) from s.person")[0] == (
+        linked,
+        linked,
+    )
+
+
+def test_survivorship_takes_dob_from_health_and_names_from_school(db):
+    checked = rows(
+        db,
+        """
+        select p.person_id, p.dob, h.birth_date, p.forename, s.legal_forename,
+               p.surname, s.legal_surname, p.nhs_number, h.nhs_number
+        from s.person p
+        join w.linked.person_records rh on rh.person_id = p.person_id
+             and rh.source = 'health' and rh.source_table = 'patients'
+        join w.current.health__patients h on h.local_patient_id = rh.local_key
+        join w.linked.person_records rs on rs.person_id = p.person_id
+             and rs.source = 'school' and rs.source_table = 'pupils'
+        join w.current.school__pupils s on s.upn = rs.local_key
+        where h.nhs_number_valid and h.birth_date is not null
+        """,
+    )
+    assert len(checked) > 20
+    for _, dob, birth_date, fore, legal_fore, sur, legal_sur, nhs, health_nhs in checked:
+        assert dob == birth_date
+        assert (fore, sur) == (legal_fore.strip(), legal_sur.strip())
+        assert nhs == health_nhs.replace(" ", "")
+
+
+def test_other_names_are_kept(db):
+    preferred = rows(
+        db,
+        """
+        select p.person_id, p.alternative_names, s.preferred_forename || ' ' || s.legal_surname
+        from s.person p
+        join w.linked.person_records r on r.person_id = p.person_id
+             and r.source = 'school' and r.source_table = 'pupils'
+        join w.current.school__pupils s on s.upn = r.local_key
+        where s.preferred_forename is not null and s.preferred_forename <> s.legal_forename
+        """,
+    )
+    assert preferred
+    for _, alternatives, name in preferred:
+        assert name in alternatives
+
+
+def test_child_summary_statuses_follow_open_episodes(db):
+    as_of = rows(db, "select max(extract_date) from w.meta.deliveries where status='loaded'")[0][0]
+    flags = {"cin_open": "cin_plan", "cp_open": "cp_plan", "looked_after": "looked_after"}
+    seen_open = 0
+    for flag, episode_type in flags.items():
+        open_now = {
+            r[0]
+            for r in rows(
+                db,
+                """
+                select distinct l.person_id from w.current.council_csc__episodes e
+                join w.linked.person_records l on l.source = 'council_csc'
+                     and l.source_table = 'people' and l.local_key = e.csc_person_id
+                where e.episode_type = ? and (e.end_date is null or e.end_date > ?)
+                """,
+                [episode_type, as_of],
+            )
+        }
+        children = dict(rows(db, f"select person_id, {flag} from s.child_summary"))
+        seen_open += sum(children.values())
+        for person, is_open in children.items():
+            assert is_open == (person in open_now), (flag, person)
+    assert seen_open, "the county should have children with open plans"
+    wrong = rows(
+        db,
+        "select count(*) from s.child_summary where looked_after and social_care_status "
+        "<> 'looked_after'",
+    )[0][0]
+    assert wrong == 0, "looked after is the most serious status and must name it"
+
+
+def test_domestic_abuse_counts_the_last_twelve_months(db):
+    as_of = rows(db, "select max(extract_date) from w.meta.deliveries where status='loaded'")[0][0]
+    expected = dict(
+        rows(
+            db,
+            """
+            select l.person_id, count(distinct i.incident_ref)
+            from w.current.police__involvements v
+            join w.current.police__incidents i using (incident_ref)
+            join w.linked.person_records l on l.source = 'police'
+                 and l.source_table = 'persons' and l.local_key = v.nominal_id
+            where i.incident_type = 'domestic_abuse'
+              and cast(i.occurred_at as date) > ? and cast(i.occurred_at as date) <= ?
+            group by 1
+            """,
+            [as_of - timedelta(days=365), as_of],
+        )
+    )
+    got = dict(rows(db, "select person_id, domestic_abuse_12m from s.child_summary"))
+    children_with = {p: n for p, n in expected.items() if p in got}
+    assert children_with, "some child in the county should have a recent incident"
+    for person, count in got.items():
+        assert count == expected.get(person, 0)
+
+
+def test_timeline_carries_fact_opinion_confidentiality_and_sensitivity(db):
+    agencies = {r[0] for r in rows(db, "select distinct agency from s.timeline")}
+    assert agencies == {"council_csc", "council_eh", "police", "health", "school"}
+    source = dict(
+        rows(
+            db,
+            "select episode_id, (coalesce(summary_is_opinion, false), "
+            "coalesce(confidential_from_subject, false)) from w.current.council_csc__episodes",
+        )
+    )
+    marked = rows(
+        db,
+        "select source_key, is_opinion, confidential_from_subject from s.timeline "
+        "where agency = 'council_csc'",
+    )
+    assert marked and any(o for _, o, _ in marked) and any(c for _, _, c in marked)
+    for key, opinion, confidential in marked:
+        assert (opinion, confidential) == tuple(source[key])
+    classes = dict(rows(db, "select agency, list(distinct sensitivity) from s.timeline group by 1"))
+    assert set(classes["health"]) == {"special_category"}
+    assert "criminal_offence" in classes["police"]
+    offences = rows(
+        db,
+        "select count(*) from s.timeline t join w.current.police__incidents i "
+        "on i.incident_ref = t.source_key where i.offence is not null "
+        "and t.sensitivity <> 'criminal_offence'",
+    )[0][0]
+    assert offences == 0
+
+
+def test_involvement_status_and_lead_practitioner(db):
+    as_of = rows(db, "select max(extract_date) from w.meta.deliveries where status='loaded'")[0][0]
+    assert as_of <= date.today()
+    for status, practitioner in rows(
+        db,
+        "select status, practitioner from s.involvement where agency = 'council_csc' "
+        "and service = 'cp_plan'",
+    ):
+        assert status in ("open", "closed")
+        if status == "open":
+            assert practitioner
+
+
+# --- analysts and partnership ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def analyst_file(published_county) -> Path:
+    store = published_county.store()
+    return store.path(store.current().analyst)
+
+
+def test_analyst_file_holds_no_identifying_value(db, analyst_file):
+    identifying = set()
+    for sql in (
+        "select forename from s.person union select surname from s.person",
+        "select unnest(alternative_names) from s.person",
+        "select cast(dob as varchar) from s.person",
+        "select nhs_number from s.person union select upn from s.person",
+        "select postcode from s.person union select address_line_1 from s.person",
+        "select summary from s.timeline union select detail from s.timeline",
+        "select practitioner from s.involvement",
+    ):
+        identifying |= {v for (v,) in rows(db, sql) if v}
+    with open_snapshot(analyst_file) as con:
+        tables = rows(con, "select table_name from duckdb_tables() where not internal")
+        assert {"person", "timeline", "child_summary"} <= {t for (t,) in tables}
+        for (table,) in tables:
+            columns = [
+                c
+                for (c,) in rows(
+                    con, f"select column_name from duckdb_columns() where table_name = '{table}'"
+                )
+            ]
+            for column in columns:
+                assert (
+                    not re.search(
+                        r"name|dob|nhs|upn|postcode$|address|summary|detail|practitioner", column
+                    )
+                    or column == "postcode_district"
+                ), f"{table}.{column}"
+                values = [
+                    v
+                    for (v,) in rows(
+                        con, f'select distinct cast("{column}" as varchar) from "{table}"'
+                    )
+                    if v
+                ]
+                for value in values:
+                    assert value not in identifying, f"{table}.{column} holds {value!r}"
+                    assert not NHS_LIKE.match(value) and not UPN_LIKE.match(value)
+                    assert not FULL_POSTCODE.match(value) and not ISO_DATE.match(value)
+
+
+def test_analyst_file_pseudonyms_are_keyed_and_consistent(db, analyst_file):
+    with open_snapshot(analyst_file) as con:
+        people = rows(con, "select count(distinct person_key) from person")[0][0]
+        joined = rows(
+            con,
+            "select count(*) from child_summary c join person p using (person_key)",
+        )[0][0]
+        children = rows(con, "select count(*) from child_summary")[0][0]
+    assert people == rows(db, "select count(*) from s.person")[0][0]
+    assert joined == children
+    assert not rows(db, "select 1 from s.person where person_id in (select 'x')")
+
+
+def test_analysts_can_use_sqlalchemy_on_their_file(analyst_file):
+    engine = sa.create_engine(f"duckdb:///{analyst_file}", connect_args={"read_only": True})
+    with engine.connect() as connection:
+        bands = connection.execute(
+            sa.text("select age_band, count(*) from person group by 1 order by 1")
+        ).all()
+    assert bands and all(band is None or re.match(r"^\d+(-\d+|\+)$", band) for band, _ in bands)
+
+
+def test_partnership_aggregates_suppress_small_counts(db):
+    suppressed_any = False
+    for table, counts in (
+        ("agg_children_by_status", ["children"]),
+        ("agg_involvement", ["people"]),
+        ("agg_domestic_abuse", ["children", "incidents"]),
+    ):
+        for row in rows(db, f"select {', '.join(counts)}, suppressed from s.{table}"):
+            *values, suppressed = row
+            if suppressed:
+                suppressed_any = True
+                assert all(v is None for v in values), table
+            else:
+                assert all(v is not None and v >= 5 for v in values), table
+    assert suppressed_any, "a county this small must have some small groups"
+    # An unsuppressed count is the true count.
+    district, status, children = rows(
+        db,
+        "select postcode_district, social_care_status, children from s.agg_children_by_status "
+        "where not suppressed order by children desc limit 1",
+    )[0]
+    expected = rows(
+        db,
+        "select count(*) from s.child_summary c join s.person p using (person_id) "
+        "where coalesce(p.postcode_district, 'unknown') = ? and c.social_care_status = ?",
+        [district, status],
+    )[0][0]
+    assert children == expected
+
+
+def test_data_dictionary_is_current():
+    committed = Path(__file__).resolve().parent.parent / "docs" / "data-dictionary.md"
+    assert committed.read_text(encoding="utf-8") == render(load_policy()), (
+        "docs/data-dictionary.md is stale: run `sdv dictionary`"
+    )
