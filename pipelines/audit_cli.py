@@ -48,18 +48,8 @@ Limit = Annotated[int, typer.Option(min=0, help="Latest events to list; 0 for al
 
 
 def _settings(ctx: typer.Context, data_dir: Path | None) -> Settings:
-    """``--data-dir`` (here or before the subcommand) as in ``sdv review``, else the environment."""
-    data_dir = data_dir or (ctx.obj or {}).get("data_dir")
-    settings = Settings.from_env()
-    if data_dir is None:
-        return settings
-    data_dir = data_dir.resolve()
-    return Settings(
-        data_dir=data_dir,
-        landing=data_dir / "landing",
-        warehouse=data_dir / "warehouse.duckdb",
-        config_dir=settings.config_dir,
-    )
+    """``--data-dir`` (here or before the subcommand), else the environment."""
+    return Settings.for_data_dir(data_dir or (ctx.obj or {}).get("data_dir"))
 
 
 def _engine(settings: Settings) -> Engine:

@@ -29,16 +29,7 @@ DataDir = Annotated[
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    settings = Settings.from_env()
-    if data_dir is None:
-        return settings
-    data_dir = data_dir.resolve()
-    return Settings(
-        data_dir=data_dir,
-        landing=data_dir / "landing",
-        warehouse=data_dir / "warehouse.duckdb",
-        config_dir=settings.config_dir,
-    )
+    return Settings.for_data_dir(data_dir)
 
 
 def _store(settings: Settings):

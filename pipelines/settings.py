@@ -72,6 +72,21 @@ class Settings:
             operational_url=os.environ.get("SDV_OPERATIONAL_URL", ""),
         )
 
+    @classmethod
+    def for_data_dir(cls, data_dir: Path | None) -> Settings:
+        """Settings for ``--data-dir``: everything in that folder (its own operational
+        store too); without one, the environment's settings."""
+        settings = cls.from_env()
+        if data_dir is None:
+            return settings
+        data_dir = data_dir.resolve()
+        return cls(
+            data_dir=data_dir,
+            landing=data_dir / "landing",
+            warehouse=data_dir / "warehouse.duckdb",
+            config_dir=settings.config_dir,
+        )
+
     def export(self) -> None:
         """Put these settings in the environment so Dagster code servers see the same."""
         os.environ["SDV_DATA_DIR"] = str(self.data_dir)

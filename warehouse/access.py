@@ -168,12 +168,12 @@ class AccessLayer:
                 yield role, trail, cursor
             finally:
                 cursor.close()
-        except AccessDenied as err:
-            outcome = "denied"
-            detail = {**detail, "reason": str(err)}
-            raise
         except NotFound:
             outcome = "not_found"
+            raise
+        except AccessError as err:  # denied, or a request that cannot be served
+            outcome = "denied"
+            detail = {**detail, "reason": str(err)}
             raise
         finally:
             audit.append(

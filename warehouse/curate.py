@@ -27,7 +27,7 @@ import polars as pl
 from matching.config import LinkageConfig
 from matching.identifiers import is_valid_upn, nhs_number_expr, nhs_valid_expr, postcode_expr
 from matching.standardise import nickname_table
-from warehouse.curated_config import CuratedConfig
+from warehouse.curated_config import CuratedConfig, Query
 from warehouse.curated_schema import TABLES
 from warehouse.person_rows import read_person_rows
 from warehouse.sources import Source
@@ -61,14 +61,30 @@ def as_of_date(con: duckdb.DuckDBPyConnection) -> date:
     raise CurationError("no delivery has been loaded yet: nothing to curate")
 
 
-def _query(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> pl.DataFrame | None:
-    """Run a configured query; a table not delivered yet gives None, other errors fail."""
+def _linked_rows(
+    con: duckdb.DuckDBPyConnection,
+    query: Query,
+    links: pl.DataFrame,
+    unlinked: dict[str, int],
+    label: str,
+    sql: str | None = None,
+) -> pl.DataFrame | None:
+    """Run a configured query and attach each row's ``person_id`` through its person table.
+
+    A table not delivered yet gives None (the first nights run before every agency has
+    sent everything); any other query error fails naming the section. Rows whose key no
+    linked person holds are counted in ``unlinked[label]``, never silently dropped.
+    """
     try:
-        return con.sql(sql).pl()
+        frame = con.sql(sql or query.sql).pl()
     except duckdb.CatalogException:
         return None
     except duckdb.Error as err:
-        raise CurationError(f"{what}: configured query failed: {err}") from err
+        raise CurationError(f"{label}: configured query failed: {err}") from err
+    resolved, missing = _resolve(frame, query.source, query.table, links)
+    if missing:
+        unlinked[label] = unlinked.get(label, 0) + missing
+    return resolved
 
 
 def _to_date(column: str) -> pl.Expr:
@@ -191,20 +207,19 @@ def _attributes(
 ) -> pl.DataFrame:
     frames = []
     for query in config.attributes:
-        frame = _query(con, query.sql, f"attributes of {query.person_table}")
-        if frame is None:
+        resolved = _linked_rows(con, query, links, unlinked, f"attributes:{query.person_table}")
+        if resolved is None:
             continue
-        # A pupil on roll is preferred over an old record at a school they have left.
-        frame = frame.with_columns(pl.all().exclude("local_key").cast(pl.String))
-        resolved, missing = _resolve(frame, query.source, query.table, links)
-        if missing:
-            unlinked[f"attributes:{query.person_table}"] = missing
-        frames.append(resolved.drop("source", "source_table", "local_key"))
+        frames.append(
+            resolved.drop("source", "source_table", "local_key").with_columns(
+                pl.all().exclude("person_id").cast(pl.String)
+            )
+        )
     if not frames:
         return pl.DataFrame(schema={"person_id": pl.String})
     merged = pl.concat(frames, how="diagonal_relaxed")
     order = [pl.col("on_roll").fill_null("false")] if "on_roll" in merged.columns else []
-    if order:
+    if order:  # a pupil on roll is preferred over a record at a school they have left
         merged = merged.sort(order, descending=True)
     return merged.group_by("person_id", maintain_order=True).agg(pl.all().drop_nulls().first())
 
@@ -361,13 +376,9 @@ def build_timeline(
     for index, source in enumerate(config.timeline):
         sensitivity = source.sensitivity_sql or f"'{source.sensitivity}'"
         sql = f"select *, {sensitivity} as sensitivity from ({source.sql})"
-        frame = _query(con, sql, f"timeline of {source.agency} ({source.person_table})")
-        if frame is None:
+        resolved = _linked_rows(con, source, links, unlinked, f"timeline:{source.agency}", sql)
+        if resolved is None:
             continue
-        resolved, missing = _resolve(frame, source.source, source.table, links)
-        if missing:
-            key = f"timeline:{source.agency}"
-            unlinked[key] = unlinked.get(key, 0) + missing
         for optional in ("measure", "measure_of"):
             if optional not in resolved.columns:
                 resolved = resolved.with_columns(pl.lit(None, dtype=pl.Float64).alias(optional))
@@ -406,13 +417,9 @@ def build_involvement(
 ) -> pl.DataFrame:
     frames = []
     for source in config.involvement:
-        frame = _query(con, source.sql, f"involvement of {source.agency}")
-        if frame is None:
+        resolved = _linked_rows(con, source, links, unlinked, f"involvement:{source.agency}")
+        if resolved is None:
             continue
-        resolved, missing = _resolve(frame, source.source, source.table, links)
-        if missing:
-            key = f"involvement:{source.agency}"
-            unlinked[key] = unlinked.get(key, 0) + missing
         frames.append(
             resolved.select(
                 "person_id",
@@ -466,12 +473,10 @@ def build_organisations(
 ) -> pl.DataFrame:
     frames = []
     for query in config.organisations:
-        frame = _query(con, query.sql, f"organisations of {query.person_table}")
-        if frame is None:
+        label = f"organisations:{query.person_table}"
+        resolved = _linked_rows(con, query, links, unlinked, label)
+        if resolved is None:
             continue
-        resolved, missing = _resolve(frame, query.source, query.table, links)
-        if missing:
-            unlinked[f"organisations:{query.person_table}"] = missing
         frames.append(
             resolved.select(
                 "person_id",

@@ -36,7 +36,7 @@ def _person_table(value: str) -> str:
     return value
 
 
-class _Query(_Strict):
+class Query(_Strict):
     person_table: str
     sql: str
 
@@ -58,14 +58,14 @@ class Publishing(_Strict):
     keep: int = Field(3, ge=2, description="Snapshots kept, the current one included.")
 
 
-class TimelineSource(_Query):
+class TimelineSource(Query):
     agency: str
     sensitivity: Sensitivity = "personal"
     # A SQL expression over the query's columns deciding the class per row.
     sensitivity_sql: str | None = None
 
 
-class InvolvementSource(_Query):
+class InvolvementSource(Query):
     agency: str
 
 
@@ -113,8 +113,8 @@ class CuratedConfig(_Strict):
     publishing: Publishing = Publishing()
     survivorship: dict[GoldenField, list[str]]
     address: Literal["most_recent"] = "most_recent"
-    attributes: list[_Query] = []
-    organisations: list[_Query] = []
+    attributes: list[Query] = []
+    organisations: list[Query] = []
     timeline: list[TimelineSource] = []
     involvement: list[InvolvementSource] = []
     child_summary: ChildSummary

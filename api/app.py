@@ -1,0 +1,401 @@
+"""The Family View API: search, child profile, household, timeline and involvement over HTTP.
+
+Every data endpoint needs ``Authorization: Bearer <token>`` (tokens map to users in
+``config/api_users.yaml``, see :mod:`api.users`) and reads only through the access layer,
+which filters the answer by the user's role, organisation and stated purpose and appends
+one audit event per call, also when it denies or finds nothing. ``X-Purpose`` states the
+purpose of a request; without it the user's ``default_purpose`` is used.
+
+Errors are ``{"detail": "..."}``: 401 (no or unknown bearer token, with
+``WWW-Authenticate: Bearer``), 403 (the role may not read this, or not for that purpose),
+404 (no such person *within the caller's access*: someone outside it is indistinguishable
+from someone who does not exist), 400 (a request the access layer cannot serve), and
+FastAPI's 422 for malformed parameters.
+
+Every call to a data path is audited exactly once. The access layer records the calls it
+serves; the API records the rest itself (action ``api``): a missing or unknown token (user
+``anonymous``, role ``none``), malformed parameters, unknown paths and unexpected errors.
+``/health``, ``/openapi.json`` and ``/docs`` read no data and are not audited.
+
+Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, and each access
+layer call takes its own DuckDB cursor, so requests are served concurrently. (No
+``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run
+time, and some name objects local to :func:`create_app`.)
+"""
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.users import ApiUser, ApiUsers
+from warehouse import audit
+from warehouse.access import MAX_PAGE, AccessError, AccessLayer, NotFound, Page, User
+from warehouse.curated_schema import TABLES
+
+API_VERSION = "1.0"
+ANONYMOUS = User("anonymous", "none")
+NO_TOKEN = "no valid bearer token"
+UNAUDITED_PATHS = frozenset(
+    {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/favicon.ico"}
+)
+MAX_PURPOSE = 64
+
+# Keys in the request's ASGI state (shared by the middleware, dependencies and handlers).
+_AUDITED = "sdv_audited"  # an audit event for this request has been (or is being) appended
+_USER = "sdv_user"  # the authenticated ApiUser
+_REASON = "sdv_reason"  # why the request failed before reaching the access layer
+
+Record = dict[str, Any]
+
+
+# -- response models (for the OpenAPI schema; columns vary with the caller's role) --------
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class PageOut(BaseModel):
+    items: list[Record]
+    total: int
+    limit: int
+    offset: int
+
+
+class SearchOut(BaseModel):
+    items: list[Record]
+    limit: int
+
+
+class ChildProfileOut(BaseModel):
+    summary: Record
+    person: Record | None
+
+
+class HouseholdOut(BaseModel):
+    household: Record | None
+    members: list[Record]
+
+
+class AggregateOut(BaseModel):
+    table: str
+    items: list[Record]
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A request the access layer cannot serve"},
+    401: {"model": ErrorOut, "description": "No valid bearer token"},
+    403: {"model": ErrorOut, "description": "The role may not read this, or not for that purpose"},
+    404: {"model": ErrorOut, "description": "Nothing found within the caller's access"},
+}
+
+
+# -- auditing what the access layer does not see -------------------------------------------
+
+
+def _state(scope: Scope) -> dict[str, Any]:
+    return scope.setdefault("state", {})
+
+
+def record_api_event(
+    engine: Engine,
+    path: str,
+    user: User,
+    purpose: str,
+    outcome: str,
+    reason: str,
+    status: int,
+) -> None:
+    """Audit a call the access layer did not record (action ``api``)."""
+    audit.append(
+        engine,
+        audit.AuditEvent(
+            user_id=user.user_id,
+            role=user.role,
+            organisation=user.organisation,
+            purpose=purpose,
+            action="api",
+            outcome=outcome,
+            detail={"path": path, "status": status, "reason": reason},
+        ),
+    )
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1").strip() or None
+    return None
+
+
+class AuditEveryCall:
+    """ASGI middleware: a data-path request that ends without an audit event gets one.
+
+    The access layer audits what it serves and the bearer dependency audits a 401; this
+    catches the rest (malformed parameters, unknown paths or methods, unexpected errors),
+    attributing the call to the token's user when the token is valid.
+    """
+
+    def __init__(self, app: ASGIApp, engine: Engine, users: ApiUsers) -> None:
+        self.app = app
+        self.engine = engine
+        self.users = users
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNAUDITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state = _state(scope)
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if not state.get(_AUDITED):
+                await run_in_threadpool(self._record, scope, state, status)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int) -> None:
+        api_user: ApiUser | None = state.get(_USER) or self.users.authenticate(_bearer_token(scope))
+        purpose = (_header(scope, b"x-purpose") or "")[:MAX_PURPOSE]
+        if api_user is None:
+            user, purpose = ANONYMOUS, "none"
+        else:
+            user, purpose = api_user.user(), purpose or api_user.default_purpose
+        outcome = "not_found" if status == 404 else "allowed" if status < 400 else "denied"
+        reason = state.get(_REASON) or _reason_for(status)
+        record_api_event(self.engine, scope["path"], user, purpose, outcome, reason, status)
+
+
+def _reason_for(status: int) -> str:
+    return {
+        401: NO_TOKEN,
+        404: "no such endpoint",
+        405: "method not allowed",
+        422: "invalid request",
+    }.get(status, "server error" if status >= 500 else f"status {status}")
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated user of a request and the purpose they read for."""
+
+    api_user: ApiUser
+    purpose: str
+
+    @property
+    def user(self) -> User:
+        return self.api_user.user()
+
+
+def _page(page: Page) -> dict[str, Any]:
+    return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
+
+
+def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
+    """The API over ``access`` (filtering and auditing) for the users in ``users``."""
+    engine = access.audit_engine
+    app = FastAPI(
+        title="Single Digital View: Family View API",
+        version=API_VERSION,
+        description=(
+            "Role-filtered, audited reads of the published Family View (synthetic data). "
+            "Send `Authorization: Bearer <token>`; state the purpose in `X-Purpose` "
+            "(default: your configured purpose). Every call is audited."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.access = access
+    app.state.users = users
+    app.add_middleware(AuditEveryCall, engine=engine, users=users)
+    bearer = HTTPBearer(auto_error=False, description="A token minted by `sdv token new`.")
+
+    def caller(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        x_purpose: Annotated[
+            str | None,
+            Header(
+                max_length=MAX_PURPOSE,
+                description="Why you are reading: one of your role's purposes.",
+            ),
+        ] = None,
+    ) -> Caller:
+        api_user = users.authenticate(credentials.credentials if credentials else None)
+        if api_user is None:
+            request.state.sdv_audited = True
+            record_api_event(engine, request.url.path, ANONYMOUS, "none", "denied", NO_TOKEN, 401)
+            raise HTTPException(
+                status_code=401,
+                detail="a valid bearer token is required: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        request.state.sdv_user = api_user
+        purpose = (x_purpose or "").strip() or api_user.default_purpose
+        return Caller(api_user, purpose)
+
+    Authorised = Annotated[Caller, Depends(caller)]
+    PersonId = Annotated[str, Path(min_length=1, max_length=64, description="A person id.")]
+
+    def audited(request: Request) -> None:
+        """The access layer call that follows appends this request's audit event."""
+        request.state.sdv_audited = True
+
+    @app.exception_handler(AccessError)
+    def _access_error(request: Request, exc: AccessError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The audit names the offending parameters, never their values (search terms).
+        where = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        request.state.sdv_reason = f"invalid request: {', '.join(where) or 'body'}"
+        return await request_validation_exception_handler(request, exc)
+
+    @app.get("/health", response_model=HealthOut, tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness: the API is up. Needs no token and reads no data."""
+        return {"status": "ok"}
+
+    @app.get("/people/search", response_model=SearchOut, responses=_ERRORS, tags=["people"])
+    def search_people(
+        request: Request,
+        who: Authorised,
+        name: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=200,
+                description="Forename and surname, or a surname; typos and nicknames are "
+                "tolerated.",
+            ),
+        ],
+        dob: Annotated[
+            date | None,
+            Query(description="Date of birth (YYYY-MM-DD); day and month swapped also match."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        """People by name and optionally date of birth, best match first, within your access.
+
+        The audit records that a search was made and whom it returned, never the terms."""
+        audited(request)
+        items = access.search(who.user, who.purpose, name, dob, limit)
+        return {"items": items, "limit": limit}
+
+    @app.get("/people/{person_id}", response_model=Record, responses=_ERRORS, tags=["people"])
+    def person(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+        """One person's golden record, as far as your role may see it."""
+        audited(request)
+        return access.person(who.user, who.purpose, person_id)
+
+    @app.get(
+        "/children/{person_id}",
+        response_model=ChildProfileOut,
+        responses=_ERRORS,
+        tags=["children"],
+    )
+    def child_profile(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+        """The child profile: the child summary plus what your role may see of the record."""
+        audited(request)
+        return access.child_profile(who.user, who.purpose, person_id)
+
+    @app.get(
+        "/people/{person_id}/household",
+        response_model=HouseholdOut,
+        responses=_ERRORS,
+        tags=["people"],
+    )
+    def household(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+        """Who the person lives with: the household and its members."""
+        audited(request)
+        return access.household(who.user, who.purpose, person_id)
+
+    @app.get(
+        "/people/{person_id}/timeline",
+        response_model=PageOut,
+        responses=_ERRORS,
+        tags=["people"],
+    )
+    def timeline(
+        request: Request,
+        who: Authorised,
+        person_id: PersonId,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """The person's events your role may see, newest first, a page at a time."""
+        audited(request)
+        return _page(access.timeline(who.user, who.purpose, person_id, limit, offset))
+
+    @app.get(
+        "/people/{person_id}/involvement",
+        response_model=PageOut,
+        responses=_ERRORS,
+        tags=["people"],
+    )
+    def involvement(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+        """Agencies and services involved with the person, open first."""
+        audited(request)
+        return _page(access.involvement(who.user, who.purpose, person_id))
+
+    @app.get(
+        "/aggregates/{table}",
+        response_model=AggregateOut,
+        responses=_ERRORS,
+        tags=["aggregates"],
+    )
+    def aggregate(
+        request: Request,
+        who: Authorised,
+        table: Annotated[str, Path(min_length=1, max_length=64)],
+    ) -> dict[str, Any]:
+        """A published aggregate; counts under the minimum are null (suppressed)."""
+        if table not in TABLES or not TABLES[table].aggregate:
+            # The access layer refuses this before it audits: record it here.
+            reason = f"no aggregate {table!r}"
+            audited(request)
+            record_api_event(
+                engine, request.url.path, who.user, who.purpose, "not_found", reason, 404
+            )
+            raise NotFound(f"{reason}; aggregates: {', '.join(_aggregates())}")
+        audited(request)
+        return {"table": table, "items": access.aggregate(who.user, who.purpose, table)}
+
+    return app
+
+
+def _aggregates() -> list[str]:
+    return [name for name, table in TABLES.items() if table.aggregate]
