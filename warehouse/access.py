@@ -32,7 +32,7 @@ import duckdb
 from sqlalchemy.engine import Engine
 
 from matching.standardise import nickname_table
-from warehouse import audit
+from warehouse import audit, restriction
 from warehouse.curated_schema import TABLES
 from warehouse.policy import Grant, Policy, Role
 from warehouse.publish import SnapshotStore, open_snapshot
@@ -132,6 +132,9 @@ class AccessLayer:
         self.policy = policy
         self.audit_engine = audit_engine
         self._snapshots = _Snapshots(store)
+        # Per request (requests run on many threads): the records under restriction that
+        # this caller may not see, read from the operational store when the request starts.
+        self._state = threading.local()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -163,6 +166,9 @@ class AccessLayer:
         try:
             role = self._role(user, purpose)
             lawful_basis = role.lawful_basis
+            self._state.restricted = (
+                [] if role.sees_restricted else restriction.restricted_records(self.audit_engine)
+            )
             cursor = self._snapshots.cursor()
             try:
                 yield role, trail, cursor
@@ -211,19 +217,38 @@ class AccessLayer:
             params = params * 2
         return members, params
 
-    def _scope(self, role: Role, user: User, grant: Grant) -> tuple[str, list[Any]]:
-        """SQL predicate on alias ``t`` (and its parameters) keeping the grant's rows."""
-        members, params = self._members(role, user, grant)
-        if members is None:
+    def _hidden(self, column: str) -> tuple[str, list[Any]]:
+        """Predicate keeping rows whose ``column`` is not a restricted person (Art. 18)."""
+        restricted = getattr(self._state, "restricted", [])
+        if not restricted:
             return "true", []
+        return (
+            f"{column} not in (select person_id from person_records "
+            f"where record_id in (select unnest(?::varchar[])))",
+            [restricted],
+        )
+
+    def _scope(self, role: Role, user: User, grant: Grant) -> tuple[str, list[Any]]:
+        """SQL predicate on alias ``t`` (and its parameters) keeping the grant's rows:
+        the role's scope, minus people under a restriction the role may not see."""
+        members, params = self._members(role, user, grant)
         person_column = TABLES[grant.table].person_column
-        if person_column is None:  # household: through its members
-            return (
-                f"t.household_id in (select household_id from household_members "
-                f"where person_id in ({members}))",
-                params,
-            )
-        return f't."{person_column}" in ({members})', params
+        clauses: list[str] = []
+        if members is not None:
+            if person_column is None:  # household: through its members
+                clauses.append(
+                    f"t.household_id in (select household_id from household_members "
+                    f"where person_id in ({members}))"
+                )
+            else:
+                clauses.append(f't."{person_column}" in ({members})')
+        for column in ("person_id", "related_person_id"):
+            if column in TABLES[grant.table].column_names:
+                hidden, hidden_params = self._hidden(f"t.{column}")
+                if hidden != "true":
+                    clauses.append(hidden)
+                    params = [*params, *hidden_params]
+        return (" and ".join(clauses) or "true"), params
 
     def _select(
         self,
@@ -281,7 +306,9 @@ class AccessLayer:
     ) -> None:
         """NotFound unless the person exists and is within the grant's rows."""
         members, params = self._members(role, user, grant)
-        sql = "select 1 from person where person_id = ?"
+        hidden, hidden_params = self._hidden("person_id")
+        sql = f"select 1 from person where person_id = ? and {hidden}"
+        params = [*hidden_params, *params]
         if members is not None:
             sql += f" and person_id in ({members})"
         if not cursor.sql(sql, params=[person_id, *params]).fetchall():

@@ -831,6 +831,12 @@ def build(
         "timeline": timeline,
         "child_summary": child_summary,
         "person_names": build_person_names(rows),
+        "person_records": links.select(
+            "person_id",
+            pl.concat_str(["source", "source_table", "local_key"], separator="|").alias(
+                "record_id"
+            ),
+        ).sort("person_id", "record_id"),
         "person_organisations": build_organisations(con, config, links, unlinked),
         "source_deliveries": build_source_deliveries(deliveries, sources),
         **build_aggregates(child_summary, person, involvement, config.aggregates.min_count),

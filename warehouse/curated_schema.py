@@ -288,6 +288,15 @@ TABLES: dict[str, CuratedTable] = {
             ),
         ),
         CuratedTable(
+            "person_records",
+            "Which source records make up each person (``source|table|local_key``): lets "
+            "restrictions and subject requests follow a person through re-linking.",
+            (
+                _PERSON_ID,
+                _c("record_id", "VARCHAR", "attribute", "source|table|local_key of a record."),
+            ),
+        ),
+        CuratedTable(
             "person_names",
             "Every name a person is recorded under, normalised, with the formal names a "
             "nickname stands for: the search index (never granted to a role directly).",

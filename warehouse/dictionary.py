@@ -40,7 +40,7 @@ def render(policy: Policy) -> str:
     for table in TABLES.values():
         lines += ["", f"## `{table.name}`", "", table.description, ""]
         if table.name in INTERNAL_TABLES:
-            lines += ["Internal: used by search, never granted to a role.", ""]
+            lines += ["Internal: read by the access layer itself, never granted to a role.", ""]
         grants = {r: policy.grant(r, table.name) for r in roles}
         notes = []
         for role, grant in grants.items():

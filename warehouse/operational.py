@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
 
-_TABLE_MODULES = ("warehouse.review", "warehouse.audit")
+_TABLE_MODULES = ("warehouse.review", "warehouse.audit", "warehouse.restriction")
 
 
 class UTCDateTime(sa.types.TypeDecorator):

@@ -19,7 +19,7 @@ from warehouse.curated_schema import TABLES
 from warehouse.yaml_model import load_yaml_model
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
-INTERNAL_TABLES = frozenset({"person_names"})  # used by search only, never granted
+INTERNAL_TABLES = frozenset({"person_names", "person_records"})  # never granted to a role
 
 Rows = Literal["scope", "organisation", "all"]
 
@@ -49,6 +49,8 @@ class Role(_Strict):
     lawful_basis: str = Field(min_length=5)
     dataset: Literal["curated", "pseudonymised", "aggregates"]
     scope: Scope | None = None
+    # Sees people whose processing is restricted (UK GDPR Art. 18): the DPO only.
+    sees_restricted: bool = False
     tables: dict[str, TableGrant] = {}
 
 
