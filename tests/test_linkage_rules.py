@@ -924,12 +924,11 @@ def _bob(*extra: dict[str, Any]) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def test_father_under_another_forename_links_on_surname_and_sex_at_the_address() -> None:
+def test_father_under_another_forename_is_not_linked_on_surname_and_sex_alone() -> None:
+    # The one man called Kowalski at the child's address may be "Bob"'s own father: three
+    # generations under one roof. Surname and sex cannot tell a father from a grandfather.
     records = _bob(KRZYSZTOF)
-    links = contact_links(records, _own_clusters(records))
-    assert links.select("unique_id_l", "unique_id_r").rows() == [
-        ("health|patients|K", "school|contacts|C")
-    ]
+    assert contact_links(records, _own_clusters(records)).is_empty()
 
 
 def test_father_under_another_forename_with_two_men_of_the_surname_is_not_linked() -> None:
@@ -945,15 +944,52 @@ def test_a_brother_at_the_address_is_not_a_candidate_for_the_father() -> None:
     # The contacts module says the contact is the one co-resident person with a fitting
     # forename "and the right sex and age"; a boy born in 2012 cannot be the father of a
     # pupil born in 2015 (the father's birth years are capped at 2003).
-    records = _bob(
+    records = _family(
         KRZYSZTOF,
-        rec("health|patients|T", forename="Tomasz", surname="Kowalski", dob="2012-01-01",
+        rec("health|patients|T", forename="Christopher", surname="Kowalski", dob="2012-01-01",
             sex="M", nhs_number=NHS_C, address_line_1="15 Exeter Road", postcode="TA1 2DY"),
     )  # fmt: skip
     links = contact_links(records, _own_clusters(records))
     assert links.select("unique_id_l", "unique_id_r").rows() == [
         ("health|patients|K", "school|contacts|C")
     ]
+
+
+def test_the_contacts_own_other_contact_rows_do_not_compete_with_the_record() -> None:
+    # Chris is also the contact of Zofia's brother, and that contact row is already in
+    # Chris's person: it is the same man, not a second candidate, so Chris still links to
+    # Krzysztof's health record.
+    brother_upn = UPN_Y
+    records = _family(
+        KRZYSZTOF,
+        rec("school|pupils|B", forename="Jan", surname="Kowalski", dob="2013-03-03", sex="M",
+            upn=brother_upn, address_line_1="15 Exeter Road", postcode="TA1 2DY"),
+        rec("school|contacts|C2", forename="Chris", surname="Kowalski", child_upn=brother_upn,
+            relationship="father", address_line_1="15 Exeter Road", postcode="TA1 2DY"),
+    )  # fmt: skip
+    clusters = _own_clusters(records).with_columns(
+        pl.col("cluster_id").replace({"school|contacts|C2": "school|contacts|C"})
+    )
+    links = contact_links(records, clusters)
+    assert sorted(links.select("unique_id_l", "unique_id_r").rows()) == [
+        ("health|patients|K", "school|contacts|C"),
+        ("health|patients|K", "school|contacts|C2"),
+    ]
+
+
+def test_a_contact_already_linked_to_a_record_is_not_linked_again() -> None:
+    # Chris is already in Krzysztof's person; a second man who answers to "Chris" at the
+    # address makes the best rank hold two people, so no further link is guessed.
+    records = _family(
+        KRZYSZTOF,
+        rec("health|patients|L", forename="Christopher", surname="Nowak", dob="1980-01-01",
+            sex="M", nhs_number=NHS_C, address_line_1="15 Exeter Road", postcode="TA1 2DY"),
+    )  # fmt: skip
+    clusters = _own_clusters(records).with_columns(
+        pl.col("cluster_id").replace({"school|contacts|C": "health|patients|K"})
+    )
+    links = contact_links(records, clusters)
+    assert all("health|patients|L" not in row for row in links.rows())
 
 
 def test_two_records_of_one_candidate_person_still_give_one_link() -> None:
