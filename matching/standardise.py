@@ -62,6 +62,9 @@ _STREET_WORDS = {
     "sq": "square",
     "ter": "terrace",
     "terr": "terrace",
+    "tce": "terrace",
+    "pde": "parade",
+    "grn": "green",
     "wk": "walk",
 }
 

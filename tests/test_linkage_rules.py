@@ -27,6 +27,7 @@ from matching.identifiers import (
     upn_check_letter,
 )
 from matching.link import changed_records, fingerprints, merge_scores, review_queue
+from matching.residents import RESIDENT_LINK_PROBABILITY, resident_links
 from matching.rules import Profile, dates_compatible, names_related
 from matching.standardise import AGE_SLACK, nickname_table, standardise
 
@@ -1009,6 +1010,106 @@ def test_two_records_of_one_candidate_person_still_give_one_link() -> None:
 def test_no_contact_link_to_someone_of_the_wrong_sex() -> None:
     records = _family()  # only the mother Anna and the pupil at the address
     assert contact_links(records, _own_clusters(records)).is_empty()
+
+
+# --- residents: weak records linked through their address -----------------------------------
+
+HOME = {"address_line_1": "70 School Terrace", "postcode": "TA1 2DY"}
+
+
+def _at_home(*extra: dict[str, Any]) -> pl.DataFrame:
+    """Sebastian Brown (health and school) at home, and "Sebastian Marshall, about 7" met
+    by the police at that address (a step-father's surname, no date of birth)."""
+    return std(
+        rec("health|patients|S", forename="Sebastian", surname="Brown", dob="2018-04-21",
+            sex="M", nhs_number=NHS_A, **HOME),
+        rec("school|pupils|S", forename="Sebastian", surname="Brown", dob="2018-04-21",
+            sex="M", upn=UPN_X, **HOME),
+        rec("health|patients|M", forename="Laura", surname="Marshall", dob="1988-02-02",
+            sex="F", nhs_number=NHS_B, **HOME),
+        rec("police|persons|P", forename="Seb", surname="Marshall", sex="M",
+            age_at_incident="7", last_seen="2025-06-01", first_seen="2025-06-01",
+            address_line_1="70 School Tce", postcode="ta1 2dy"),
+        *extra,
+    )  # fmt: skip
+
+
+def _sebastian_clusters(records: pl.DataFrame) -> pl.DataFrame:
+    return _own_clusters(records).with_columns(
+        pl.col("cluster_id").replace({"school|pupils|S": "health|patients|S"})
+    )
+
+
+def test_a_weak_record_links_to_the_one_resident_who_fits() -> None:
+    records = _at_home()
+    links = resident_links(records, _sebastian_clusters(records))
+    assert links.select("unique_id_l", "unique_id_r", "match_probability").rows() == [
+        ("health|patients|S", "police|persons|P", RESIDENT_LINK_PROBABILITY)
+    ]
+    # The link then survives the hard rules (birth years fit, no identifier conflict).
+    scored = pairs(("health|patients|S", "school|pupils|S", 0.99))
+    result = run(records, pl.concat([scored, links], how="diagonal"))
+    sebastian = {"health|patients|S", "school|pupils|S", "police|persons|P"}
+    assert frozenset(sebastian) in groups(result)
+
+
+def test_a_weak_record_fitting_two_residents_is_not_linked() -> None:
+    brother = rec("health|patients|T", forename="Sebastian", surname="Marshall",
+                  dob="2019-09-09", sex="M", nhs_number=NHS_C, **HOME)  # fmt: skip
+    records = _at_home(brother)
+    assert resident_links(records, _sebastian_clusters(records)).is_empty()
+
+
+def test_a_resident_of_the_wrong_age_or_sex_is_not_a_candidate() -> None:
+    records = _at_home(
+        rec("health|patients|F", forename="Sebastian", surname="Marshall", dob="1985-01-01",
+            sex="M", nhs_number=NHS_C, **HOME),  # his namesake father: too old
+        rec("health|patients|G", forename="Sabine", surname="Marshall", dob="2018-01-01",
+            sex="F", **HOME),  # a sister: wrong sex (and not his name)
+    )  # fmt: skip
+    links = resident_links(records, _sebastian_clusters(records))
+    assert links.select("unique_id_l", "unique_id_r").rows() == [
+        ("health|patients|S", "police|persons|P")
+    ]
+
+
+def test_a_resident_elsewhere_or_with_an_unrelated_forename_is_not_linked() -> None:
+    records = _at_home().with_columns(
+        pl.when(pl.col("unique_id") == "police|persons|P")
+        .then(pl.lit("XW1 1AA"))
+        .otherwise("postcode")
+        .alias("postcode")
+    )
+    assert resident_links(records, _sebastian_clusters(records)).is_empty()
+    renamed = _at_home().with_columns(
+        pl.when(pl.col("unique_id") == "police|persons|P")
+        .then(pl.lit("oliver"))
+        .otherwise("forename")
+        .alias("forename"),
+        pl.when(pl.col("unique_id") == "police|persons|P")
+        .then(pl.lit(["oliver"]))
+        .otherwise("forename_keys")
+        .alias("forename_keys"),
+    )
+    assert resident_links(renamed, _sebastian_clusters(renamed)).is_empty()
+
+
+def test_records_with_an_identity_are_not_linked_through_their_address() -> None:
+    # The police record has a date of birth: if the scores did not link it, the address
+    # must not either (it may be a cousin of the same name visiting).
+    records = _at_home().with_columns(
+        pl.when(pl.col("unique_id") == "police|persons|P")
+        .then(True)
+        .otherwise("dob_exact")
+        .alias("dob_exact")
+    )
+    assert resident_links(records, _sebastian_clusters(records)).is_empty()
+    # Nor is a weak record already in a person with an identity.
+    records = _at_home()
+    clusters = _sebastian_clusters(records).with_columns(
+        pl.col("cluster_id").replace({"police|persons|P": "health|patients|M"})
+    )
+    assert resident_links(records, clusters).is_empty()
 
 
 # --- households and relationships ----------------------------------------------------------
