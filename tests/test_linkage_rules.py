@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from matching.cluster import Clustering, cluster
+from matching.cluster import AMBIGUITY_MARGIN, Clustering, cluster
 from matching.config import LINKAGE_FIELDS, load_linkage_config
 from matching.contacts import CONTACT_LINK_PROBABILITY, contact_links
 from matching.households import household_id, households, relationships
@@ -805,6 +805,119 @@ def test_a_weak_record_with_one_fitting_person_links() -> None:
         frozenset({"police|persons|W", "health|patients|1", "school|pupils|2"})
     }
     assert result.vetoed.is_empty()
+
+
+def _adaeze_and_sisters() -> pl.DataFrame:
+    return std(
+        rec("police|persons|W", forename="Adaeze", surname="Okafor", age_at_incident="4",
+            postcode="TA1 2DY"),
+        rec("health|patients|1", forename="Adaeze", surname="Okafor", dob="2021-05-01",
+            nhs_number=NHS_A, postcode="TA1 2DY"),
+        rec("health|patients|2", forename="Adaeze", surname="Okafor", dob="2022-07-09",
+            nhs_number=NHS_B, postcode="TA1 2DY"),
+    )  # fmt: skip
+
+
+def _p(weight: float) -> float:
+    return 1 / (1 + 2**-weight)
+
+
+def test_a_weak_record_far_closer_to_one_person_links_to_that_person() -> None:
+    # The police record fits sister 1 by far more than the margin better than sister 2
+    # (say sister 2's record has a misspelt surname): the better is linked, and the rules
+    # then refuse the other.
+    records = _adaeze_and_sisters()
+    gap = AMBIGUITY_MARGIN + 1
+    scored = pairs(
+        ("police|persons|W", "health|patients|1", _p(10)),
+        ("police|persons|W", "health|patients|2", _p(10 - gap)),
+    )
+    result = run(records, scored)
+    assert frozenset({"police|persons|W", "health|patients|1"}) in groups(result)
+    assert vetoed(result) == {
+        frozenset({"police|persons|W", "health|patients|2"}): "different NHS numbers"
+    }
+
+
+def test_a_weak_record_within_the_margin_of_two_people_is_held_back() -> None:
+    records = _adaeze_and_sisters()
+    gap = AMBIGUITY_MARGIN - 1
+    scored = pairs(
+        ("police|persons|W", "health|patients|1", _p(10)),
+        ("police|persons|W", "health|patients|2", _p(10 - gap)),
+    )
+    result = run(records, scored)
+    assert len(groups(result)) == 3
+    assert set(vetoed(result).values()) == {"ambiguous: fits two people"}
+
+
+def test_a_strong_link_to_its_own_other_record_does_not_hide_a_tie() -> None:
+    # The contact "Ahmed Patel" is certainly the father recorded for the pupil's brother
+    # too, and fits two men called Ahmed Patel at the address equally well: still a guess.
+    records = std(
+        rec("school|contacts|A-2", forename="Ahmed", surname="Patel", child_upn=UPN_X,
+            relationship="father", postcode="TA1 2DY"),
+        rec("school|contacts|B-2", forename="Ahmed", surname="Patel", child_upn=UPN_Y,
+            relationship="father", postcode="TA1 2DY"),
+        rec("health|patients|1", forename="Ahmed", surname="Patel", dob="1946-08-16",
+            nhs_number=NHS_A, postcode="TA1 2DY"),
+        rec("health|patients|2", forename="Ahmed", surname="Patel", dob="1977-02-25",
+            nhs_number=NHS_B, postcode="TA1 2DY"),
+    )  # fmt: skip
+    scored = pairs(
+        ("school|contacts|A-2", "school|contacts|B-2", _p(18)),
+        ("health|patients|1", "school|contacts|A-2", _p(5)),
+        ("health|patients|2", "school|contacts|A-2", _p(5)),
+    )
+    result = run(records, scored)
+    assert frozenset({"health|patients|1", "health|patients|2"}) not in groups(result)
+    assert all(
+        not ({"health|patients|1", "health|patients|2"} & group) or len(group) == 1
+        for group in groups(result)
+    )
+
+
+def test_a_held_back_record_links_once_the_rules_rule_out_its_rival() -> None:
+    # Anna (mother, 1973) and Anna (grandmother, 1944) live with the pupil. The mother's
+    # contact row can only be the younger Anna (the grandmother is too old to be a mother),
+    # so once it has joined her, the grandparent contact row (a second contact of the same
+    # pupil) cannot join her too: only the grandmother is left, and that is who it is.
+    records = std(
+        rec("school|pupils|P", forename="Jakub", surname="Nowak", dob="2019-11-23",
+            upn=UPN_X, postcode="TA1 2DY"),
+        rec("school|contacts|P-1", forename="Anna", surname="Nowak", child_upn=UPN_X,
+            relationship="mother", postcode="TA1 2DY"),
+        rec("school|contacts|P-2", forename="Anna", surname="Nowak", child_upn=UPN_X,
+            relationship="grandparent", postcode="TA1 2DY"),
+        rec("health|patients|G", forename="Anna", surname="Nowak", dob="1944-03-22",
+            nhs_number=NHS_A, postcode="TA1 2DY"),
+        rec("health|patients|M", forename="Anna", surname="Nowak", dob="1973-07-23",
+            nhs_number=NHS_B, postcode="TA1 2DY"),
+    )  # fmt: skip
+    scored = pairs(
+        ("health|patients|M", "school|contacts|P-1", 0.99),
+        ("health|patients|G", "school|contacts|P-1", 0.99),  # refused: too old for a mother
+        ("health|patients|G", "school|contacts|P-2", 0.99),
+        ("health|patients|M", "school|contacts|P-2", 0.99),
+    )
+    result = run(records, scored)
+    assert frozenset({"health|patients|M", "school|contacts|P-1"}) in groups(result)
+    assert frozenset({"health|patients|G", "school|contacts|P-2"}) in groups(result)
+
+
+def test_equal_scores_cluster_the_same_whatever_their_order() -> None:
+    # A pupil record (a UPN, so not held back as ambiguous) scored equally against two
+    # sisters: the tie is broken the same way every night, however the scores arrive.
+    records = _adaeze_and_sisters().vstack(
+        std(rec("school|pupils|V", forename="Adaeze", surname="Okafor", upn=UPN_X))
+    )
+    scored = pairs(
+        ("health|patients|1", "school|pupils|V", 0.9),
+        ("health|patients|2", "school|pupils|V", 0.9),
+    )
+    first = groups(run(records, scored))
+    assert frozenset({"health|patients|1", "school|pupils|V"}) in first
+    assert groups(run(records, scored.reverse())) == first
 
 
 def test_no_forename_does_not_link_on_surname_and_address_alone() -> None:
