@@ -30,7 +30,9 @@ def _addresses(records: pl.DataFrame) -> pl.DataFrame:
     """Each record's address as keys, ``exact`` when the postcode is there too.
 
     The postcode-less key lets a record whose postcode is missing still be found, but is
-    weaker (the same house number and street can exist in two towns).
+    weaker (the same house number and street can exist in two towns), and is only used
+    when one of the two records has no postcode (``no_postcode``): two postcodes that
+    differ are two addresses.
     """
     with_postcode = records.filter(
         pl.col("postcode").is_not_null() & pl.col("address_key").is_not_null()
@@ -38,9 +40,13 @@ def _addresses(records: pl.DataFrame) -> pl.DataFrame:
         "unique_id",
         pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
         pl.lit(True).alias("exact"),
+        pl.lit(False).alias("no_postcode"),
     )
     without = records.filter(pl.col("address_key").is_not_null()).select(
-        "unique_id", pl.col("address_key").alias("address"), pl.lit(False).alias("exact")
+        "unique_id",
+        pl.col("address_key").alias("address"),
+        pl.lit(False).alias("exact"),
+        pl.col("postcode").is_null().alias("no_postcode"),
     )
     return pl.concat([with_postcode, without])
 
@@ -62,17 +68,24 @@ def _candidates(
     wanted = pl.concat(
         [
             of_child.join(
-                addresses.select(pl.col("cluster_id").alias("child_cluster"), "address", "exact"),
+                addresses.select(
+                    pl.col("cluster_id").alias("child_cluster"), "address", "exact", "no_postcode"
+                ),
                 on="child_cluster",
             ),
-            addresses.select("unique_id", "address", "exact")
+            addresses.select("unique_id", "address", "exact", "no_postcode")
             .join(contacts.select("unique_id"), on="unique_id")
             .join(of_child, on="unique_id", how="left"),
         ],
         how="diagonal",
     ).unique()
     found = addresses.rename(
-        {"unique_id": "candidate", "cluster_id": "candidate_cluster", "exact": "candidate_exact"}
+        {
+            "unique_id": "candidate",
+            "cluster_id": "candidate_cluster",
+            "exact": "candidate_exact",
+            "no_postcode": "candidate_no_postcode",
+        }
     )
     own = cluster_of.select("unique_id", pl.col("cluster_id").alias("own_cluster"))
     is_contact = pl.col("candidate").is_in(contacts["unique_id"].implode())
@@ -86,6 +99,7 @@ def _candidates(
         .join(own, on="unique_id", how="left")
         .filter(
             (pl.col("candidate") != pl.col("unique_id"))
+            & (pl.col("exact") | pl.col("no_postcode") | pl.col("candidate_no_postcode"))
             & ~((pl.col("candidate_cluster") == pl.col("own_cluster")) & is_contact).fill_null(
                 False
             )

@@ -1120,6 +1120,42 @@ def test_two_records_of_one_candidate_person_still_give_one_link() -> None:
     assert "school|contacts|C" in links.row(0)[:2]
 
 
+def test_contact_address_without_a_postcode_still_finds_the_candidate() -> None:
+    # Chris's contact row gives his address but no postcode; the pupil lives elsewhere.
+    records = _family(
+        rec("health|patients|K", forename="Christopher", surname="Nowak", sex="M",
+            nhs_number=NHS_A, address_line_1="9 Mill Lane", postcode="TA2 7QQ"),
+    ).with_columns(
+        pl.when(pl.col("unique_id") == "school|contacts|C")
+        .then(pl.lit("|9|mill lane"))
+        .otherwise("address_key")
+        .alias("address_key")
+    )  # fmt: skip
+    links = contact_links(records, _own_clusters(records))
+    assert links.select("unique_id_l", "unique_id_r").rows() == [
+        ("health|patients|K", "school|contacts|C")
+    ]
+
+
+def test_same_street_and_number_under_another_postcode_is_another_address() -> None:
+    # 9 Mill Lane in another town: both postcodes are known and differ, so it is not the
+    # address the school was given, and the Christopher who lives there is not a candidate.
+    records = _family(
+        rec("health|patients|K", forename="Christopher", surname="Nowak", sex="M",
+            nhs_number=NHS_A, address_line_1="9 Mill Lane", postcode="TA2 7QQ"),
+    ).with_columns(
+        pl.when(pl.col("unique_id") == "school|contacts|C")
+        .then(pl.lit("|9|mill lane"))
+        .otherwise("address_key")
+        .alias("address_key"),
+        pl.when(pl.col("unique_id") == "school|contacts|C")
+        .then(pl.lit("TA9 1AA"))
+        .otherwise("postcode")
+        .alias("postcode"),
+    )  # fmt: skip
+    assert contact_links(records, _own_clusters(records)).is_empty()
+
+
 def test_no_contact_link_to_someone_of_the_wrong_sex() -> None:
     records = _family()  # only the mother Anna and the pupil at the address
     assert contact_links(records, _own_clusters(records)).is_empty()
