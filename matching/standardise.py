@@ -8,16 +8,16 @@ text. This module turns them into one frame of comparable values:
   surnames also kept as their parts; legal, preferred and former names all kept, because
   agencies record different ones; forenames expanded to their formal names with the
   nickname table shipped in ``matching/data/nicknames.csv`` (``Alfie`` -> ``alfred``);
-- dates of birth: parsed, with partial values (``1977-00-18``) kept as a year, estimated
-  dates and police ``age_at_incident`` (at the person's incidents, give or take
-  ``AGE_SLACK`` years) turned into a birth-year range (``year_lo`` to
-  ``year_hi``) so a child known only as "about 7" can still be compared;
+- dates of birth: parsed, with partial or impossible values (``1977-00-18``,
+  ``31/02/1988``) kept as a year, estimated dates and police ``age_at_incident`` (at the
+  person's incidents, give or take ``AGE_SLACK`` years) turned into a birth-year range
+  (``year_lo`` to ``year_hi``) so a child known only as "about 7" can still be compared;
 - roles: a contact's birth-year range is narrowed from the pupil's date of birth (a
   parent 12 to 60 years older, a grandparent 30 or more), and adults by role are adults:
   this is what keeps a father apart from the son who shares his name;
 - addresses: postcode normalised, sector and district; the first address line reduced to
-  a key of flat, house number or name, and street (``Flat 1, 15 Exeter Terrace`` ->
-  ``1|15|exeter terrace``); UPRN where present;
+  a key of flat, house number or name, and street (``Flat 1, 15 Exeter Terrace`` and
+  ``1/15 Exeter Tce`` -> ``1|15|exeter terrace``); UPRN where present;
 - identifiers: only valid NHS numbers and UPNs are kept as match keys (an invalid one is
   never evidence).
 """
@@ -200,7 +200,11 @@ def _dates(frame: pl.DataFrame) -> pl.DataFrame:
     extract_year = pl.col("extract_date").dt.year()
     first_seen = pl.coalesce(_date(pl.col("first_seen")).dt.year(), extract_year)
     last_seen = pl.coalesce(_date(pl.col("last_seen")).dt.year(), extract_year)
-    partial_year = pl.col("dob").str.extract(r"^((?:19|20)\d\d)", 1).cast(pl.Int32, strict=False)
+    # A date that does not parse (``1977-00-18``, ``31/02/1988``) still gives its year.
+    partial_year = pl.coalesce(
+        pl.col("dob").str.extract(r"^((?:19|20)\d\d)\b", 1),
+        pl.col("dob").str.extract(r"\b((?:19|20)\d\d)\s*$", 1),
+    ).cast(pl.Int32, strict=False)
     age = pl.col("age_at_incident").cast(pl.Int32, strict=False)
     estimated = pl.col("dob_estimated").str.to_lowercase().is_in(["true", "1", "yes", "y"])
     frame = frame.with_columns(
@@ -240,7 +244,9 @@ def _addresses(frame: pl.DataFrame) -> pl.DataFrame:
         [pl.col("address_line_1").fill_null(""), pl.col("address_line_2").fill_null("")],
         separator=", ",
     )
-    text = _ascii_lower(lines).str.replace_all(r"[^a-z0-9, ]+", " ")
+    # "6/26 Windsor Way" is flat 6 at number 26, the way many systems write a flat.
+    slashed = _ascii_lower(lines).str.replace(r"^\s*(\d+[a-z]?)\s*/\s*(\d+[a-z]?)\b", "flat $1, $2")
+    text = slashed.str.replace_all(r"[^a-z0-9, ]+", " ")
     flat = text.str.extract(r"\b(?:flat|apartment|apt|unit)\s+([a-z0-9]+)", 1)
     rest = text.str.replace(r"\b(?:flat|apartment|apt|unit)\s+[a-z0-9]+\s*,?", "")
     number = rest.str.extract(r"\b(\d+[a-z]?)\b", 1)

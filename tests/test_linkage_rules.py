@@ -281,6 +281,13 @@ def test_partial_date_keeps_only_its_year() -> None:
     assert (out["year_lo"], out["year_hi"]) == (1977, 1977)
 
 
+@pytest.mark.parametrize("dob", ["31/02/1988", "1988-02-31", "30.02.1988"])
+def test_impossible_date_in_any_layout_keeps_its_year(dob: str) -> None:
+    out = one(std(rec("health|patients|1", forename="A", dob=dob)), "health|patients|1")
+    assert (out["dob"], out["dob_exact"]) == (None, False)
+    assert (out["year_lo"], out["year_hi"]) == (1988, 1988)
+
+
 def test_estimated_date_of_birth_is_a_range_not_exact() -> None:
     out = one(
         std(rec("council_csc|people|1", forename="A", dob="2015-04-30", dob_estimated="true")),
@@ -421,6 +428,8 @@ def test_a_postcode_of_the_wrong_shape_is_dropped() -> None:
         ("flat 1 15 exeter terr", "1|15|exeter terrace"),
         ("15 Exeter Rd", "|15|exeter road"),
         ("Rose Cottage, Mill Ln", "|rosecottage|mill lane"),
+        ("1/15 Exeter Tce", "1|15|exeter terrace"),
+        ("12a / 3 Market Pde", "12a|3|market parade"),
         (None, None),
     ],
 )
