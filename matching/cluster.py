@@ -167,7 +167,9 @@ def cluster(
 
     # A record held back as ambiguous is looked at again once everything else is joined:
     # a candidate the rules now forbid it to join (the mother of the same name is already
-    # the pupil's other contact) is no rival, and if one person is left, that is who it is.
+    # the pupil's other contact) is no rival, and if one person is left, or one is now far
+    # the best fit (its records are one person with the record's certain twin row), that
+    # is who it is.
     held = pairs.filter(
         (pl.col("match_probability") >= threshold)
         & (pl.col("unique_id_l").is_in(ambiguous) | pl.col("unique_id_r").is_in(ambiguous))
@@ -190,9 +192,12 @@ def cluster(
                 root = find(option[1])
                 if root != home and profiles[home].conflict(profiles[root]) is None:
                     rivals[root] = max(rivals.get(root, option), option)
-            if len(rivals) != 1:
+            ranked = sorted(rivals.items(), key=lambda item: item[1], reverse=True)
+            if not ranked or (
+                len(ranked) > 1 and ranked[0][1][0] - ranked[1][1][0] < AMBIGUITY_MARGIN
+            ):
                 continue
-            ((root, (_, _, left, right, probability)),) = rivals.items()
+            root, (_, _, left, right, probability) = ranked[0]
             a, b = home, root
             if len(profiles[a].members) < len(profiles[b].members):
                 a, b = b, a

@@ -136,8 +136,9 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     """Vectorised first pass of the rules over scored pairs: adds a boolean ``veto``.
 
     The NHS number, contact, Jr/Sr and birth-year rules are cheap in Polars, and so is
-    "no forename": a record without one links only on an identifier or an exact date of
-    birth, never on surname and address alone. UPN (current and former), date and twin
+    "no forename": a record without one links only on an identifier, an exact date of
+    birth or (school contacts) the same phone number for the same role, never on surname
+    and address alone. UPN (current and former), date and twin
     rules are left to :meth:`Profile.conflict` during clustering.
     """
     cols = [
@@ -150,15 +151,24 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
         "suffix",
         "year_lo",
         "year_hi",
+        "phone",
+        "relationship",
     ]
     side = records.select(cols)
     joined = pairs.join(
         side.rename({c: f"{c}_l" for c in cols}), on="unique_id_l", how="left"
     ).join(side.rename({c: f"{c}_r" for c in cols}), on="unique_id_r", how="left")
+    # A school contact's phone number, given for the same role (the mother of two
+    # pupils), identifies her as well as a date of birth would; a household landline shared
+    # by mother and father does not, because their roles differ.
+    same_contact = (pl.col("phone_l") == pl.col("phone_r")) & (
+        pl.col("relationship_l") == pl.col("relationship_r")
+    )
     identified = (
         (pl.col("nhs_number_l") == pl.col("nhs_number_r"))
         | (pl.col("upn_l") == pl.col("upn_r"))
         | (pl.col("dob_l") == pl.col("dob_r"))
+        | same_contact
     ).fill_null(False)
     veto = (
         (pl.col("nhs_number_l") != pl.col("nhs_number_r")).fill_null(False)

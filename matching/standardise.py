@@ -43,6 +43,7 @@ AGE_SLACK = 2
 _GAP_MIN = {"mother": 12, "father": 12, "step_parent": 12, "grandparent": 30}
 _GAP_MAX = {"mother": 60, "father": 70}
 _ADULT_RELATIONSHIPS = ("carer", "step_parent")
+_SEX_OF_RELATIONSHIP = {"mother": "F", "father": "M"}
 _ADULT_ROLES = ("parent", "carer", "other_adult")
 ADULT_AGE = 16
 _SUFFIXES = {"jr": "jr", "jnr": "jr", "junior": "jr", "sr": "sr", "snr": "sr", "senior": "sr"}
@@ -332,7 +333,12 @@ def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
     frame = _dates(frame)
     frame = _addresses(frame)
     frame = frame.with_columns(
-        pl.col("sex").replace_strict(config.sex_values, default=None).alias("sex"),
+        # A mother is a woman and a father a man, whether or not the row has a sex column:
+        # that keeps a school contact "Michelle, mother" from being taken for a Michael.
+        pl.coalesce(
+            pl.col("sex").replace_strict(config.sex_values, default=None),
+            pl.col("relationship").replace_strict(_SEX_OF_RELATIONSHIP, default=None),
+        ).alias("sex"),
         pl.when(pl.col("family_id").is_not_null())
         .then(pl.concat_str([pl.col("source"), pl.col("family_id")], separator="|"))
         .alias("family_id"),

@@ -914,6 +914,71 @@ def test_a_held_back_record_links_once_the_rules_rule_out_its_rival() -> None:
     assert frozenset({"health|patients|G", "school|contacts|P-2"}) in groups(result)
 
 
+def test_a_held_back_record_goes_with_its_certain_twin_row() -> None:
+    # "Michael Fisher, other" fits Michael Fisher senior and junior alike, so it is held
+    # back; but it is certainly the same man as the "father" contact row (same phone),
+    # which can only be the senior. Once that row has joined him, he is far the best fit.
+    records = std(
+        rec("school|pupils|P", forename="Kai", surname="Fisher", dob="2015-05-05",
+            upn=UPN_X, postcode="TA1 2DY"),
+        rec("school|contacts|P-2", forename="Michael", surname="Fisher", child_upn=UPN_X,
+            relationship="father", postcode="TA1 2DY", phone="07700 900123"),
+        rec("school|contacts|Q-3", forename="Michael", surname="Fisher", child_upn=UPN_Y,
+            relationship="other", postcode="TA1 2DY", phone="07700 900123"),
+        rec("health|patients|S", forename="Michael", surname="Fisher", dob="1975-03-03",
+            nhs_number=NHS_A, postcode="TA1 2DY"),
+        rec("health|patients|J", forename="Michael", surname="Fisher", dob="2005-04-04",
+            nhs_number=NHS_B, postcode="TA1 2DY"),
+    )  # fmt: skip
+    scored = pairs(
+        ("school|contacts|P-2", "school|contacts|Q-3", _p(20)),
+        ("health|patients|S", "school|contacts|P-2", _p(6)),
+        ("health|patients|S", "school|contacts|Q-3", _p(6)),
+        ("health|patients|J", "school|contacts|Q-3", _p(6)),
+    )
+    result = run(records, scored)
+    senior = {"health|patients|S", "school|contacts|P-2", "school|contacts|Q-3"}
+    assert frozenset(senior) in groups(result)
+    assert frozenset({"health|patients|J"}) in groups(result)
+
+
+def test_contact_rows_without_a_forename_link_on_phone_and_role() -> None:
+    records = std(
+        rec("school|contacts|A-1", forename=None, surname="Webb", child_upn=UPN_X,
+            relationship="mother", postcode="TA1 2DY", phone="01144 960218"),
+        rec("school|contacts|B-1", forename="Christine", surname="Webb", child_upn=UPN_Y,
+            relationship="mother", postcode="TA1 2DY", phone="01144 960218"),
+        rec("school|contacts|B-2", forename="Colin", surname="Webb", child_upn=UPN_Y,
+            relationship="father", postcode="TA1 2DY", phone="01144 960218"),
+    )  # fmt: skip
+    scored = pairs(
+        ("school|contacts|A-1", "school|contacts|B-1", 0.99),
+        ("school|contacts|A-1", "school|contacts|B-2", 0.9),
+    )
+    result = run(records, scored)
+    # The same phone for the same role is the mother; the household's landline does not
+    # make her the father.
+    assert frozenset({"school|contacts|A-1", "school|contacts|B-1"}) in groups(result)
+    assert vetoed(result) == {
+        frozenset({"school|contacts|A-1", "school|contacts|B-2"}): (
+            "identifiers, names or birth years"
+        )
+    }
+
+
+def test_a_mother_or_father_contact_has_the_sex_of_the_role() -> None:
+    records = std(
+        rec("school|contacts|A-1", forename="Sam", surname="Webb", child_upn=UPN_X,
+            relationship="mother"),
+        rec("school|contacts|A-2", forename="Sam", surname="Webb", child_upn=UPN_X,
+            relationship="father"),
+        rec("school|contacts|A-3", forename="Sam", surname="Webb", child_upn=UPN_X,
+            relationship="carer"),
+        rec("health|patients|1", forename="Sam", surname="Webb", sex="F"),
+    )  # fmt: skip
+    assert records.sort("unique_id")["sex"].to_list() == ["F", "F", "M", None]
+
+
 def test_equal_scores_cluster_the_same_whatever_their_order() -> None:
     # A pupil record (a UPN, so not held back as ambiguous) scored equally against two
     # sisters: the tie is broken the same way every night, however the scores arrive.
