@@ -192,7 +192,10 @@ def cluster(
                 root = find(option[1])
                 if root != home and profiles[home].conflict(profiles[root]) is None:
                     rivals[root] = max(rivals.get(root, option), option)
-            ranked = sorted(rivals.items(), key=lambda item: item[1], reverse=True)
+            # A rival with no identity of its own (another police child "about 10" not
+            # yet linked to anyone) is not a second person; persons with one come first.
+            known = {root: best for root, best in rivals.items() if profiles[root].identified}
+            ranked = sorted((known or rivals).items(), key=lambda item: item[1], reverse=True)
             if not ranked or (
                 len(ranked) > 1 and ranked[0][1][0] - ranked[1][1][0] < AMBIGUITY_MARGIN
             ):

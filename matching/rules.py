@@ -89,6 +89,11 @@ class Profile:
             cannot=cannot,
         )
 
+    @property
+    def identified(self) -> bool:
+        """Whether any record has an identity of its own: NHS number, UPN or exact birth."""
+        return bool(self.nhs or self.upns or self.births)
+
     def conflict(self, other: Profile) -> str | None:
         """The rule that forbids merging these clusters, or None."""
         if self.nhs and other.nhs and self.nhs != other.nhs:

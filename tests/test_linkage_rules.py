@@ -942,6 +942,38 @@ def test_a_held_back_record_goes_with_its_certain_twin_row() -> None:
     assert frozenset({"health|patients|J"}) in groups(result)
 
 
+def test_an_unlinked_record_without_identity_is_no_rival_to_a_person() -> None:
+    # Two sisters called Lily (2010 and 2014) and two police records "Lily, about 10"
+    # (born 2007-2013) and "Lily, about 6" (born 2011-2017). Each police record fits one
+    # sister by age, and the other police record by its range; but that other record is
+    # nobody yet, and once each has joined her sister they are two people who cannot be one.
+    records = std(
+        rec("health|patients|A", forename="Lily", surname="Taylor", dob="2010-05-20",
+            nhs_number=NHS_A, postcode="TA1 2DY"),
+        rec("health|patients|B", forename="Lily", surname="Taylor", dob="2014-06-30",
+            nhs_number=NHS_B, postcode="TA1 2DY"),
+        rec("police|persons|P", forename="Lily", surname="Taylor", age_at_incident="16",
+            postcode="TA1 2DY"),
+        rec("police|persons|Q", forename="Lily", surname="Taylor", age_at_incident="12",
+            postcode="TA1 2DY"),
+    )  # fmt: skip
+    assert std_years(records, "police|persons|P") == (2007, 2012)
+    assert std_years(records, "police|persons|Q") == (2011, 2016)
+    scored = pairs(
+        ("health|patients|A", "police|persons|P", _p(6)),
+        ("health|patients|B", "police|persons|Q", _p(6)),
+        ("police|persons|P", "police|persons|Q", _p(5)),
+    )
+    result = run(records, scored)
+    assert frozenset({"health|patients|A", "police|persons|P"}) in groups(result)
+    assert frozenset({"health|patients|B", "police|persons|Q"}) in groups(result)
+
+
+def std_years(records: pl.DataFrame, uid: str) -> tuple[int, int]:
+    row = one(records, uid)
+    return row["year_lo"], row["year_hi"]
+
+
 def test_contact_rows_without_a_forename_link_on_phone_and_role() -> None:
     records = std(
         rec("school|contacts|A-1", forename=None, surname="Webb", child_upn=UPN_X,
