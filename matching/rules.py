@@ -43,16 +43,22 @@ def names_related(a: str | None, b: str | None, keys_a: set[str], keys_b: set[st
     """Could these two forenames be one person's? Unknown counts as related.
 
     Related: equal, a nickname or preferred/middle name of the other, one keystroke apart
-    (``Rachell``/``Rachel``, ``Chalres``/``Charles``), or one a short form of the other
-    (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a fuzzy score: twins are
-    often given names that sound alike, and a twin's record must never be absorbed as a typo.
+    (``Rachell``/``Rachel``, ``Chalres``/``Charles``), or one keystroke from one of the
+    other's forms (``Alfrd`` and a pupil ``Algred`` known as ``Alfie``, i.e. Alfred), or one
+    a short form of the other (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a
+    fuzzy score: twins are often given names that sound alike, and a twin's record must
+    never be absorbed as a typo.
     """
     if not a or not b or a == b or keys_a & keys_b:
         return True
     short, long = sorted((a, b), key=len)
     if len(short) >= 3 and (long.startswith(short) or long.endswith(short)):
         return True
-    return min(len(a), len(b)) >= 3 and DamerauLevenshtein.distance(a, b) <= 1
+    return any(
+        min(len(x), len(y)) >= 3 and DamerauLevenshtein.distance(x, y) <= 1
+        for x in {a, *keys_a}
+        for y in {b, *keys_b}
+    )
 
 
 @dataclass

@@ -498,6 +498,16 @@ def test_names_related(a: str, b: str, related: bool) -> None:
     assert names_related(b, a, _keys(b), _keys(a)) is related
 
 
+def test_a_typo_of_one_of_the_other_names_forms_is_related() -> None:
+    # A pupil recorded as "Algred" (a typo) and known as Alfie: the police's "Alfrd" is one
+    # keystroke from Alfred, the formal name behind Alfie.
+    pupil_keys = {"algred", "alfie", *_keys("alfie")}
+    assert names_related("alfrd", "algred", {"alfrd"}, pupil_keys) is True
+    assert names_related("algred", "alfrd", pupil_keys, {"alfrd"}) is True
+    # Twins' names more than a keystroke from every form of each other stay unrelated.
+    assert names_related("alexander", "alexandra", _keys("alexander"), _keys("alexandra")) is False
+
+
 def test_an_unknown_forename_counts_as_related() -> None:
     assert names_related(None, "emma", set(), {"emma"}) is True
     assert names_related("emma", "", {"emma"}, set()) is True
