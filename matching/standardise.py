@@ -317,11 +317,55 @@ def _age_from_roles(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
+def _age_from_recorded(frame: pl.DataFrame, relationships: pl.DataFrame | None) -> pl.DataFrame:
+    """Narrow birth-year ranges with sources' own records of who is whose parent.
+
+    Children's social care records "Ellie Bailey is the mother of Ava": if Ava was born in
+    2015, Ellie was born 1955 to 2003 even though her own record has no date of birth, so
+    she is not taken for her daughter of the same name. It works both ways (a child is 12
+    or more years younger than a parent whose birth year is known), and uses the same gaps
+    as school contacts.
+    """
+    if relationships is None or relationships.is_empty():
+        return frame
+    years = frame.select("unique_id", "year_lo", "year_hi")
+    rel = pl.col("relationship").str.to_lowercase()
+    gaps = relationships.select(
+        pl.col("record_id").alias("child"),
+        pl.col("related_record_id").alias("parent"),
+        rel.replace_strict(_GAP_MIN, default=None, return_dtype=pl.Int32).alias("gap_min"),
+        rel.replace_strict(_GAP_MAX, default=None, return_dtype=pl.Int32).alias("gap_max"),
+    ).filter(pl.col("gap_min").is_not_null())
+    child = years.rename({"unique_id": "child", "year_lo": "c_lo", "year_hi": "c_hi"})
+    parent = years.rename({"unique_id": "parent", "year_lo": "p_lo", "year_hi": "p_hi"})
+    known = gaps.join(child, on="child").join(parent, on="parent")
+    parent_caps = known.group_by(pl.col("parent").alias("unique_id")).agg(
+        (pl.col("c_hi") - pl.col("gap_min")).min().alias("_cap_hi"),
+        (pl.col("c_lo") - pl.col("gap_max")).max().alias("_cap_lo"),
+    )
+    child_caps = known.group_by(pl.col("child").alias("unique_id")).agg(
+        (pl.col("p_lo") + pl.col("gap_min")).max().alias("_floor_lo"),
+        (pl.col("p_hi") + pl.col("gap_max")).min().alias("_floor_hi"),
+    )
+    frame = frame.join(parent_caps, on="unique_id", how="left").join(
+        child_caps, on="unique_id", how="left"
+    )
+    return frame.with_columns(
+        pl.min_horizontal("year_hi", "_cap_hi", "_floor_hi").alias("year_hi"),
+        pl.max_horizontal("year_lo", "_cap_lo", "_floor_lo").alias("year_lo"),
+    ).drop("_cap_hi", "_cap_lo", "_floor_lo", "_floor_hi")
+
+
+def standardise(
+    rows: pl.DataFrame, config: LinkageConfig, relationships: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Standardise rows already mapped onto the linkage fields (all text) for linkage.
 
     ``rows`` has ``source``, ``source_table``, ``local_key``, ``extract_date`` (date),
     ``from_quarantine`` and any of the linkage fields; missing fields are treated as null.
+    ``relationships`` (``record_id, related_record_id, relationship``, as read by
+    ``warehouse.person_rows.read_relationships``) narrows the birth years of parents and
+    children who have none of their own.
     """
     missing = [f for f in (*LINKAGE_FIELDS, *_AGE_SEEN) if f not in rows.columns]
     frame = rows.with_columns([pl.lit(None, dtype=pl.String).alias(f) for f in missing])
@@ -343,6 +387,7 @@ def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
         .then(pl.concat_str([pl.col("source"), pl.col("family_id")], separator="|"))
         .alias("family_id"),
     )
+    frame = _age_from_recorded(frame, relationships)
     frame = _age_from_roles(frame)
     # How current the address is: a care record's update, a police incident, else the extract.
     frame = frame.with_columns(

@@ -335,6 +335,45 @@ def test_no_date_and_no_age_leaves_birth_years_open() -> None:
     assert (out["dob"], out["year_lo"], out["year_hi"]) == (None, None, None)
 
 
+def test_recorded_relationships_narrow_the_birth_years_of_parent_and_child() -> None:
+    # Social care records Ellie (no date of birth) as Ava's mother, Jean (born 1950) as
+    # Kim's grandparent (Kim has no date of birth), and Sam as Ava's sibling. Parent and
+    # grandparent rows narrow the other person's birth years both ways; a sibling row cannot.
+    rows_ = rows(
+        rec("council_csc|people|A", forename="Ava", surname="Bailey", dob="2015-05-05"),
+        rec("council_csc|people|E", forename="Ellie", surname="Bailey"),
+        rec("council_csc|people|G", forename="Jean", surname="Bailey", dob="1950-01-01"),
+        rec("council_csc|people|K", forename="Kim", surname="Bailey"),
+        rec("council_csc|people|S", forename="Sam", surname="Bailey"),
+    )
+    related = pl.DataFrame(
+        {
+            "record_id": ["council_csc|people|A", "council_csc|people|K", "council_csc|people|A"],
+            "related_record_id": [
+                "council_csc|people|E",
+                "council_csc|people|G",
+                "council_csc|people|S",
+            ],
+            "relationship": ["mother", "grandparent", "sibling"],
+        }
+    )
+    out = standardise(rows_, CONFIG, related)
+    years = {
+        r["unique_id"].split("|")[2]: (r["year_lo"], r["year_hi"])
+        for r in out.iter_rows(named=True)
+    }
+    assert years == {
+        "A": (2015, 2015),
+        "E": (2015 - 60, 2015 - 12),  # Ava's mother
+        "G": (1950, 1950),
+        "K": (1950 + 30, None),  # Jean's grandchild: at least 30 years younger
+        "S": (None, None),  # a sibling says nothing about age
+    }
+    # Without the relationships nothing is narrowed.
+    plain = standardise(rows_, CONFIG)
+    assert plain.filter(pl.col("year_lo").is_null())["unique_id"].len() == 3
+
+
 def test_school_contact_birth_years_are_capped_from_the_pupils_dob() -> None:
     out = std(
         rec("school|pupils|P", forename="Kai", surname="Lee", dob="2015-05-05", upn=UPN_X),
