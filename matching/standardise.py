@@ -324,7 +324,8 @@ def _age_from_recorded(frame: pl.DataFrame, relationships: pl.DataFrame | None) 
     2015, Ellie was born 1955 to 2003 even though her own record has no date of birth, so
     she is not taken for her daughter of the same name. It works both ways (a child is 12
     or more years younger than a parent whose birth year is known), and uses the same gaps
-    as school contacts.
+    as school contacts. A record with its own exact date of birth keeps it: the
+    relationship may be miscoded, the date of birth is about the person.
     """
     if relationships is None or relationships.is_empty():
         return frame
@@ -350,9 +351,17 @@ def _age_from_recorded(frame: pl.DataFrame, relationships: pl.DataFrame | None) 
     frame = frame.join(parent_caps, on="unique_id", how="left").join(
         child_caps, on="unique_id", how="left"
     )
+    # A record's own exact date of birth beats what is inferred from someone else's.
+    own = pl.col("dob_exact")
     return frame.with_columns(
-        pl.min_horizontal("year_hi", "_cap_hi", "_floor_hi").alias("year_hi"),
-        pl.max_horizontal("year_lo", "_cap_lo", "_floor_lo").alias("year_lo"),
+        pl.when(own)
+        .then("year_hi")
+        .otherwise(pl.min_horizontal("year_hi", "_cap_hi", "_floor_hi"))
+        .alias("year_hi"),
+        pl.when(own)
+        .then("year_lo")
+        .otherwise(pl.max_horizontal("year_lo", "_cap_lo", "_floor_lo"))
+        .alias("year_lo"),
     ).drop("_cap_hi", "_cap_lo", "_floor_lo", "_floor_hi")
 
 

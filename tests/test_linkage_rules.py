@@ -369,6 +369,23 @@ def test_recorded_relationships_narrow_the_birth_years_of_parent_and_child() -> 
         "K": (1950 + 30, None),  # Jean's grandchild: at least 30 years younger
         "S": (None, None),  # a sibling says nothing about age
     }
+    # A record's own exact date of birth wins over a relationship that contradicts it
+    # (Jean, born 1950, recorded as the mother of Ava, born 2015).
+    wrong = pl.concat(
+        [
+            related,
+            pl.DataFrame(
+                {
+                    "record_id": ["council_csc|people|A"],
+                    "related_record_id": ["council_csc|people|G"],
+                    "relationship": ["mother"],
+                }
+            ),
+        ]
+    )
+    kept = standardise(rows_, CONFIG, wrong)
+    assert std_years(kept, "council_csc|people|G") == (1950, 1950)
+    assert std_years(kept, "council_csc|people|A") == (2015, 2015)
     # Without the relationships nothing is narrowed.
     plain = standardise(rows_, CONFIG)
     assert plain.filter(pl.col("year_lo").is_null())["unique_id"].len() == 3
