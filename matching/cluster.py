@@ -43,7 +43,9 @@ def _ambiguous(
     """Records without identity of their own (no exact date of birth, NHS number or UPN)
     whose strong links reach two people who cannot be one: a child at an incident known
     as "Adaeze, about 4" with two sisters of that name at the address. Linking to either
-    would be a guess, so neither is made and the pairs go to review instead.
+    would be a guess, so neither is made and the pairs go to review instead, unless one
+    link is ``AMBIGUITY_MARGIN`` bits stronger than the other (then it is no guess).
+    Held-back records are looked at again at the end of ``cluster``.
     """
     weak = records.filter(
         ~pl.col("dob_exact") & pl.col("nhs_number").is_null() & (pl.col("upn_keys").list.len() == 0)

@@ -169,9 +169,10 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     joined = pairs.join(
         side.rename({c: f"{c}_l" for c in cols}), on="unique_id_l", how="left"
     ).join(side.rename({c: f"{c}_r" for c in cols}), on="unique_id_r", how="left")
-    # A school contact's phone number, given for the same role (the mother of two
-    # pupils), identifies her as well as a date of birth would; a household landline shared
-    # by mother and father does not, because their roles differ.
+    # A school contact's phone number given for the same role (the mother of two pupils)
+    # is, like an exact date of birth, enough to let a strong score stand; a household
+    # landline shared by mother and father is not, because their roles differ. (Phones
+    # are shared too often to link on alone: this only lifts the "no forename" veto.)
     same_contact = (pl.col("phone_l") == pl.col("phone_r")) & (
         pl.col("relationship_l") == pl.col("relationship_r")
     )
