@@ -56,7 +56,7 @@ def _standardised(con: duckdb.DuckDBPyConnection, config: LinkageConfig) -> pl.D
     rows = read_person_rows(con, config)
     if rows.is_empty():
         raise dg.Failure("no person-level rows in the warehouse yet: load a delivery first")
-    return standardise(rows, config)
+    return standardise(rows, config, read_relationships(con, config))
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,20 @@ def _constraint_sets(constraints: pl.DataFrame | None, kind: str) -> pl.DataFram
     return constraints.filter(pl.col("constraint") == kind).select("record_id_l", "record_id_r")
 
 
+# Match weight (bits) by which a weak record's best link must beat a link to someone who
+# cannot be the same person for the best to be taken: 2**5, 32 to 1 on the evidence.
+AMBIGUITY_MARGIN = 5.0
+
+
 def _ambiguous(
     records: pl.DataFrame, edges: pl.DataFrame, forbidden: dict[str, set[str]]
 ) -> set[str]:
     """Records without identity of their own (no exact date of birth, NHS number or UPN)
     whose strong links reach two people who cannot be one: a child at an incident known
     as "Adaeze, about 4" with two sisters of that name at the address. Linking to either
-    would be a guess, so neither is made and the pairs go to review instead.
+    would be a guess, so neither is made and the pairs go to review instead, unless one
+    link is ``AMBIGUITY_MARGIN`` bits stronger than the other (then it is no guess).
+    Held-back records are looked at again at the end of ``cluster``.
     """
     weak = records.filter(
         ~pl.col("dob_exact") & pl.col("nhs_number").is_null() & (pl.col("upn_keys").list.len() == 0)
@@ -46,10 +53,14 @@ def _ambiguous(
     ends = pl.concat(
         [
             edges.select(
-                pl.col("unique_id_l").alias("record"), pl.col("unique_id_r").alias("other")
+                pl.col("unique_id_l").alias("record"),
+                pl.col("unique_id_r").alias("other"),
+                "match_weight",
             ),
             edges.select(
-                pl.col("unique_id_r").alias("record"), pl.col("unique_id_l").alias("other")
+                pl.col("unique_id_r").alias("record"),
+                pl.col("unique_id_l").alias("other"),
+                "match_weight",
             ),
         ]
     ).join(weak, left_on="record", right_on="unique_id")
@@ -63,10 +74,14 @@ def _ambiguous(
         for r in rows.iter_rows(named=True)
     }
     found: set[str] = set()
-    for record, others in ends.group_by("record").agg("other").iter_rows():
-        candidates = [profile[o] for o in others]
+    for record, others, weights in ends.group_by("record").agg("other", "match_weight").iter_rows():
+        candidates = [(profile[o], w) for o, w in zip(others, weights, strict=True)]
+        # Two candidates who cannot be one person are rivals unless one is far the better
+        # fit; then the better is linked first and clustering refuses the other.
         if any(
-            a.conflict(b) is not None for i, a in enumerate(candidates) for b in candidates[i + 1 :]
+            abs(wa - wb) < AMBIGUITY_MARGIN and a.conflict(b) is not None
+            for i, (a, wa) in enumerate(candidates)
+            for b, wb in candidates[i + 1 :]
         ):
             found.add(record)
     return found
@@ -111,8 +126,10 @@ def cluster(
     reviewed = must.rename(
         {"record_id_l": "unique_id_l", "record_id_r": "unique_id_r"}
     ).with_columns(pl.lit(1.0).alias("match_probability"), pl.lit(1e9).alias("match_weight"))
+    # Ties (every contact link has one weight) are broken by record id, so one night's
+    # input always gives one result, whatever order the scores arrived in.
     edges = pl.concat([reviewed, strong], how="vertical_relaxed").sort(
-        "match_weight", descending=True, maintain_order=True
+        ["match_weight", "unique_id_l", "unique_id_r"], descending=[True, False, False]
     )
 
     profiles: dict[str, Profile] = {}
@@ -149,6 +166,51 @@ def cluster(
         profiles[a].absorb(profiles.pop(b))
         parent[b] = a
         joined.append((left, right, probability))
+
+    # A record held back as ambiguous is looked at again once everything else is joined:
+    # a candidate the rules now forbid it to join (the mother of the same name is already
+    # the pupil's other contact) is no rival, and if one person is left, or one is now far
+    # the best fit (its records are one person with the record's certain twin row), that
+    # is who it is.
+    held = pairs.filter(
+        (pl.col("match_probability") >= threshold)
+        & (pl.col("unique_id_l").is_in(ambiguous) | pl.col("unique_id_r").is_in(ambiguous))
+    )
+    held = pair_vetoes(held, records).filter(~pl.col("veto"))
+    options: dict[str, list[tuple[float, str, str, str, float]]] = {}
+    for left, right, probability, weight in held.select(
+        "unique_id_l", "unique_id_r", "match_probability", "match_weight"
+    ).iter_rows():
+        for record, other in ((left, right), (right, left)):
+            if record in ambiguous:
+                options.setdefault(record, []).append((weight, other, left, right, probability))
+    progress = True
+    while progress:
+        progress = False
+        for record in sorted(options):
+            home = find(record)
+            rivals: dict[str, tuple[float, str, str, str, float]] = {}
+            for option in options[record]:
+                root = find(option[1])
+                if root != home and profiles[home].conflict(profiles[root]) is None:
+                    rivals[root] = max(rivals.get(root, option), option)
+            # A rival with no identity of its own (another police child "about 10" not
+            # yet linked to anyone) is not a second person; persons with one come first.
+            known = {root: best for root, best in rivals.items() if profiles[root].identified}
+            ranked = sorted((known or rivals).items(), key=lambda item: item[1], reverse=True)
+            if not ranked or (
+                len(ranked) > 1 and ranked[0][1][0] - ranked[1][1][0] < AMBIGUITY_MARGIN
+            ):
+                continue
+            root, (_, _, left, right, probability) = ranked[0]
+            a, b = home, root
+            if len(profiles[a].members) < len(profiles[b].members):
+                a, b = b, a
+            profiles[a].absorb(profiles.pop(b))
+            parent[b] = a
+            joined.append((left, right, probability))
+            del options[record]
+            progress = True
 
     roots = [find(uid) for uid in records["unique_id"]]
     clusters = pl.DataFrame({"unique_id": records["unique_id"], "cluster_id": roots})

@@ -30,7 +30,9 @@ def _addresses(records: pl.DataFrame) -> pl.DataFrame:
     """Each record's address as keys, ``exact`` when the postcode is there too.
 
     The postcode-less key lets a record whose postcode is missing still be found, but is
-    weaker (the same house number and street can exist in two towns).
+    weaker (the same house number and street can exist in two towns), and is only used
+    when one of the two records has no postcode (``no_postcode``): two postcodes that
+    differ are two addresses.
     """
     with_postcode = records.filter(
         pl.col("postcode").is_not_null() & pl.col("address_key").is_not_null()
@@ -38,9 +40,13 @@ def _addresses(records: pl.DataFrame) -> pl.DataFrame:
         "unique_id",
         pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
         pl.lit(True).alias("exact"),
+        pl.lit(False).alias("no_postcode"),
     )
     without = records.filter(pl.col("address_key").is_not_null()).select(
-        "unique_id", pl.col("address_key").alias("address"), pl.lit(False).alias("exact")
+        "unique_id",
+        pl.col("address_key").alias("address"),
+        pl.lit(False).alias("exact"),
+        pl.col("postcode").is_null().alias("no_postcode"),
     )
     return pl.concat([with_postcode, without])
 
@@ -62,21 +68,43 @@ def _candidates(
     wanted = pl.concat(
         [
             of_child.join(
-                addresses.select(pl.col("cluster_id").alias("child_cluster"), "address", "exact"),
+                addresses.select(
+                    pl.col("cluster_id").alias("child_cluster"), "address", "exact", "no_postcode"
+                ),
                 on="child_cluster",
             ),
-            addresses.select("unique_id", "address", "exact")
+            addresses.select("unique_id", "address", "exact", "no_postcode")
             .join(contacts.select("unique_id"), on="unique_id")
             .join(of_child, on="unique_id", how="left"),
         ],
         how="diagonal",
     ).unique()
     found = addresses.rename(
-        {"unique_id": "candidate", "cluster_id": "candidate_cluster", "exact": "candidate_exact"}
+        {
+            "unique_id": "candidate",
+            "cluster_id": "candidate_cluster",
+            "exact": "candidate_exact",
+            "no_postcode": "candidate_no_postcode",
+        }
     )
-    pairs = wanted.join(found, on="address").filter(
-        (pl.col("candidate") != pl.col("unique_id"))
-        & (pl.col("candidate_cluster") != pl.col("child_cluster")).fill_null(True)
+    own = cluster_of.select("unique_id", pl.col("cluster_id").alias("own_cluster"))
+    is_contact = pl.col("candidate").is_in(contacts["unique_id"].implode())
+    # The child is never a candidate, and neither are the contact rows already joined to
+    # this contact (the same mother recorded as a brother's contact too): they are the
+    # person being looked for, not a rival to the record that would identify her. A
+    # non-contact record already in the contact's person stays a candidate, so a contact
+    # already linked is not linked again to someone else who fits.
+    pairs = (
+        wanted.join(found, on="address")
+        .join(own, on="unique_id", how="left")
+        .filter(
+            (pl.col("candidate") != pl.col("unique_id"))
+            & (pl.col("exact") | pl.col("no_postcode") | pl.col("candidate_no_postcode"))
+            & ~((pl.col("candidate_cluster") == pl.col("own_cluster")) & is_contact).fill_null(
+                False
+            )
+            & (pl.col("candidate_cluster") != pl.col("child_cluster")).fill_null(True)
+        )
     )
     pairs = pairs.with_columns((pl.col("exact") & pl.col("candidate_exact")).alias("exact"))
     pairs = pairs.group_by("unique_id", "candidate", "candidate_cluster").agg(pl.col("exact").max())
@@ -101,10 +129,14 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
     """Edges from contacts to the unique co-resident person who fits; pair-frame shaped.
 
     Candidates are ranked: a fitting forename at the exact address (postcode and
-    address), then a fitting forename at the address without postcode, then for a mother
-    or father (whose sex we know) the same surname and sex at the exact address
-    ("Chris Kowalski", father, is the Krzysztof Kowalski living with the child). The
-    contact is linked only if the best rank holds exactly one person.
+    address), then a fitting forename at the address without postcode. The contact is
+    linked only if the best rank holds exactly one person.
+
+    The surname and sex alone are not enough, even for a mother or father at the child's
+    address: when the contact has no record of their own, the one man of that surname at
+    the address is as often the contact's own father (three generations under one roof)
+    as the contact under another forename, and merging a parent with a child is the
+    worst mistake linkage can make.
     """
     contacts = records.filter(pl.col("child_upn").is_not_null()).select(
         "unique_id",
@@ -125,24 +157,13 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
         | pl.col("candidate_sex").is_null()
         | (expected_sex == pl.col("candidate_sex"))
     )
-    sexed = (expected_sex == pl.col("candidate_sex")).fill_null(False).alias("sexed")
     tiers = []
-    for f, cf, k, ck, s, cs, known, exact in pairs.select(
-        "forename",
-        "candidate_forename",
-        "forename_keys",
-        "candidate_keys",
-        "surname",
-        "candidate_surname",
-        sexed,
-        "exact",
+    for f, cf, k, ck, exact in pairs.select(
+        "forename", "candidate_forename", "forename_keys", "candidate_keys", "exact"
     ).iter_rows():
         tier = None
-        if f is not None and cf is not None:
-            if names_related(f, cf, set(k or []), set(ck or [])):
-                tier = 1 if exact else 2
-            elif known and exact and s is not None and s == cs:
-                tier = 3
+        if f is not None and cf is not None and names_related(f, cf, set(k or []), set(ck or [])):
+            tier = 1 if exact else 2
         tiers.append(tier)
     pairs = pairs.with_columns(pl.Series("tier", tiers, dtype=pl.Int8)).drop_nulls("tier")
     best = pairs.filter(pl.col("tier") == pl.col("tier").min().over("unique_id"))

@@ -220,7 +220,7 @@ def blocking_rules() -> list[Any]:
     (forename and postcode), a move (names and date of birth), a nickname (canonical
     forename), a day/month swap or a typo in the date (surname or forename and birth
     year), a child known only by an approximate age (forename, surname), a contact with no
-    date of birth (names, phone).
+    date of birth (names, phone), both names misspelt (same address and sex).
     """
     return [
         block_on("nhs_number"),
@@ -232,6 +232,7 @@ def blocking_rules() -> list[Any]:
         block_on("surname", "year_lo"),
         block_on("forename_canon", "year_lo"),
         block_on("forename_canon", "address_key"),
+        block_on("postcode", "address_key", "sex"),
         block_on("phone"),
     ]
 

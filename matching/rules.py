@@ -43,16 +43,22 @@ def names_related(a: str | None, b: str | None, keys_a: set[str], keys_b: set[st
     """Could these two forenames be one person's? Unknown counts as related.
 
     Related: equal, a nickname or preferred/middle name of the other, one keystroke apart
-    (``Rachell``/``Rachel``, ``Chalres``/``Charles``), or one a short form of the other
-    (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a fuzzy score: twins are
-    often given names that sound alike, and a twin's record must never be absorbed as a typo.
+    (``Rachell``/``Rachel``, ``Chalres``/``Charles``), or one keystroke from one of the
+    other's forms (``Alfrd`` and a pupil ``Algred`` known as ``Alfie``, i.e. Alfred), or one
+    a short form of the other (``Alf``/``Alfredd``, ``Nedu``/``Chinedu``). Deliberately not a
+    fuzzy score: twins are often given names that sound alike, and a twin's record must
+    never be absorbed as a typo.
     """
     if not a or not b or a == b or keys_a & keys_b:
         return True
     short, long = sorted((a, b), key=len)
     if len(short) >= 3 and (long.startswith(short) or long.endswith(short)):
         return True
-    return min(len(a), len(b)) >= 3 and DamerauLevenshtein.distance(a, b) <= 1
+    return any(
+        min(len(x), len(y)) >= 3 and DamerauLevenshtein.distance(x, y) <= 1
+        for x in {a, *keys_a}
+        for y in {b, *keys_b}
+    )
 
 
 @dataclass
@@ -88,6 +94,11 @@ class Profile:
             births=births,
             cannot=cannot,
         )
+
+    @property
+    def identified(self) -> bool:
+        """Whether any record has an identity of its own: NHS number, UPN or exact birth."""
+        return bool(self.nhs or self.upns or self.births)
 
     def conflict(self, other: Profile) -> str | None:
         """The rule that forbids merging these clusters, or None."""
@@ -136,8 +147,9 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     """Vectorised first pass of the rules over scored pairs: adds a boolean ``veto``.
 
     The NHS number, contact, Jr/Sr and birth-year rules are cheap in Polars, and so is
-    "no forename": a record without one links only on an identifier or an exact date of
-    birth, never on surname and address alone. UPN (current and former), date and twin
+    "no forename": a record without one links only on an identifier, an exact date of
+    birth or (school contacts) the same phone number for the same role, never on surname
+    and address alone. UPN (current and former), date and twin
     rules are left to :meth:`Profile.conflict` during clustering.
     """
     cols = [
@@ -150,15 +162,25 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
         "suffix",
         "year_lo",
         "year_hi",
+        "phone",
+        "relationship",
     ]
     side = records.select(cols)
     joined = pairs.join(
         side.rename({c: f"{c}_l" for c in cols}), on="unique_id_l", how="left"
     ).join(side.rename({c: f"{c}_r" for c in cols}), on="unique_id_r", how="left")
+    # A school contact's phone number given for the same role (the mother of two pupils)
+    # is, like an exact date of birth, enough to let a strong score stand; a household
+    # landline shared by mother and father is not, because their roles differ. (Phones
+    # are shared too often to link on alone: this only lifts the "no forename" veto.)
+    same_contact = (pl.col("phone_l") == pl.col("phone_r")) & (
+        pl.col("relationship_l") == pl.col("relationship_r")
+    )
     identified = (
         (pl.col("nhs_number_l") == pl.col("nhs_number_r"))
         | (pl.col("upn_l") == pl.col("upn_r"))
         | (pl.col("dob_l") == pl.col("dob_r"))
+        | same_contact
     ).fill_null(False)
     veto = (
         (pl.col("nhs_number_l") != pl.col("nhs_number_r")).fill_null(False)

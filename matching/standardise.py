@@ -8,16 +8,16 @@ text. This module turns them into one frame of comparable values:
   surnames also kept as their parts; legal, preferred and former names all kept, because
   agencies record different ones; forenames expanded to their formal names with the
   nickname table shipped in ``matching/data/nicknames.csv`` (``Alfie`` -> ``alfred``);
-- dates of birth: parsed, with partial values (``1977-00-18``) kept as a year, estimated
-  dates and police ``age_at_incident`` (at the person's incidents, give or take
-  ``AGE_SLACK`` years) turned into a birth-year range (``year_lo`` to
-  ``year_hi``) so a child known only as "about 7" can still be compared;
+- dates of birth: parsed, with partial or impossible values (``1977-00-18``,
+  ``31/02/1988``) kept as a year, estimated dates and police ``age_at_incident`` (at the
+  person's incidents, give or take ``AGE_SLACK`` years) turned into a birth-year range
+  (``year_lo`` to ``year_hi``) so a child known only as "about 7" can still be compared;
 - roles: a contact's birth-year range is narrowed from the pupil's date of birth (a
   parent 12 to 60 years older, a grandparent 30 or more), and adults by role are adults:
   this is what keeps a father apart from the son who shares his name;
 - addresses: postcode normalised, sector and district; the first address line reduced to
-  a key of flat, house number or name, and street (``Flat 1, 15 Exeter Terrace`` ->
-  ``1|15|exeter terrace``); UPRN where present;
+  a key of flat, house number or name, and street (``Flat 1, 15 Exeter Terrace`` and
+  ``1/15 Exeter Tce`` -> ``1|15|exeter terrace``); UPRN where present;
 - identifiers: only valid NHS numbers and UPNs are kept as match keys (an invalid one is
   never evidence).
 """
@@ -43,6 +43,7 @@ AGE_SLACK = 2
 _GAP_MIN = {"mother": 12, "father": 12, "step_parent": 12, "grandparent": 30}
 _GAP_MAX = {"mother": 60, "father": 70}
 _ADULT_RELATIONSHIPS = ("carer", "step_parent")
+_SEX_OF_RELATIONSHIP = {"mother": "F", "father": "M"}
 _ADULT_ROLES = ("parent", "carer", "other_adult")
 ADULT_AGE = 16
 _SUFFIXES = {"jr": "jr", "jnr": "jr", "junior": "jr", "sr": "sr", "snr": "sr", "senior": "sr"}
@@ -62,6 +63,9 @@ _STREET_WORDS = {
     "sq": "square",
     "ter": "terrace",
     "terr": "terrace",
+    "tce": "terrace",
+    "pde": "parade",
+    "grn": "green",
     "wk": "walk",
 }
 
@@ -197,7 +201,11 @@ def _dates(frame: pl.DataFrame) -> pl.DataFrame:
     extract_year = pl.col("extract_date").dt.year()
     first_seen = pl.coalesce(_date(pl.col("first_seen")).dt.year(), extract_year)
     last_seen = pl.coalesce(_date(pl.col("last_seen")).dt.year(), extract_year)
-    partial_year = pl.col("dob").str.extract(r"^((?:19|20)\d\d)", 1).cast(pl.Int32, strict=False)
+    # A date that does not parse (``1977-00-18``, ``31/02/1988``) still gives its year.
+    partial_year = pl.coalesce(
+        pl.col("dob").str.extract(r"^((?:19|20)\d\d)\b", 1),
+        pl.col("dob").str.extract(r"\b((?:19|20)\d\d)\s*$", 1),
+    ).cast(pl.Int32, strict=False)
     age = pl.col("age_at_incident").cast(pl.Int32, strict=False)
     estimated = pl.col("dob_estimated").str.to_lowercase().is_in(["true", "1", "yes", "y"])
     frame = frame.with_columns(
@@ -237,7 +245,9 @@ def _addresses(frame: pl.DataFrame) -> pl.DataFrame:
         [pl.col("address_line_1").fill_null(""), pl.col("address_line_2").fill_null("")],
         separator=", ",
     )
-    text = _ascii_lower(lines).str.replace_all(r"[^a-z0-9, ]+", " ")
+    # "6/26 Windsor Way" is flat 6 at number 26, the way many systems write a flat.
+    slashed = _ascii_lower(lines).str.replace(r"^\s*(\d+[a-z]?)\s*/\s*(\d+[a-z]?)\b", "flat $1, $2")
+    text = slashed.str.replace_all(r"[^a-z0-9, ]+", " ")
     flat = text.str.extract(r"\b(?:flat|apartment|apt|unit)\s+([a-z0-9]+)", 1)
     rest = text.str.replace(r"\b(?:flat|apartment|apt|unit)\s+[a-z0-9]+\s*,?", "")
     number = rest.str.extract(r"\b(\d+[a-z]?)\b", 1)
@@ -307,11 +317,64 @@ def _age_from_roles(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
+def _age_from_recorded(frame: pl.DataFrame, relationships: pl.DataFrame | None) -> pl.DataFrame:
+    """Narrow birth-year ranges with sources' own records of who is whose parent.
+
+    Children's social care records "Ellie Bailey is the mother of Ava": if Ava was born in
+    2015, Ellie was born 1955 to 2003 even though her own record has no date of birth, so
+    she is not taken for her daughter of the same name. It works both ways (a child is 12
+    or more years younger than a parent whose birth year is known), and uses the same gaps
+    as school contacts. A record with its own exact date of birth keeps it: the
+    relationship may be miscoded, the date of birth is about the person.
+    """
+    if relationships is None or relationships.is_empty():
+        return frame
+    years = frame.select("unique_id", "year_lo", "year_hi")
+    rel = pl.col("relationship").str.to_lowercase()
+    gaps = relationships.select(
+        pl.col("record_id").alias("child"),
+        pl.col("related_record_id").alias("parent"),
+        rel.replace_strict(_GAP_MIN, default=None, return_dtype=pl.Int32).alias("gap_min"),
+        rel.replace_strict(_GAP_MAX, default=None, return_dtype=pl.Int32).alias("gap_max"),
+    ).filter(pl.col("gap_min").is_not_null())
+    child = years.rename({"unique_id": "child", "year_lo": "c_lo", "year_hi": "c_hi"})
+    parent = years.rename({"unique_id": "parent", "year_lo": "p_lo", "year_hi": "p_hi"})
+    known = gaps.join(child, on="child").join(parent, on="parent")
+    parent_caps = known.group_by(pl.col("parent").alias("unique_id")).agg(
+        (pl.col("c_hi") - pl.col("gap_min")).min().alias("_cap_hi"),
+        (pl.col("c_lo") - pl.col("gap_max")).max().alias("_cap_lo"),
+    )
+    child_caps = known.group_by(pl.col("child").alias("unique_id")).agg(
+        (pl.col("p_lo") + pl.col("gap_min")).max().alias("_floor_lo"),
+        (pl.col("p_hi") + pl.col("gap_max")).min().alias("_floor_hi"),
+    )
+    frame = frame.join(parent_caps, on="unique_id", how="left").join(
+        child_caps, on="unique_id", how="left"
+    )
+    # A record's own exact date of birth beats what is inferred from someone else's.
+    own = pl.col("dob_exact")
+    return frame.with_columns(
+        pl.when(own)
+        .then("year_hi")
+        .otherwise(pl.min_horizontal("year_hi", "_cap_hi", "_floor_hi"))
+        .alias("year_hi"),
+        pl.when(own)
+        .then("year_lo")
+        .otherwise(pl.max_horizontal("year_lo", "_cap_lo", "_floor_lo"))
+        .alias("year_lo"),
+    ).drop("_cap_hi", "_cap_lo", "_floor_lo", "_floor_hi")
+
+
+def standardise(
+    rows: pl.DataFrame, config: LinkageConfig, relationships: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Standardise rows already mapped onto the linkage fields (all text) for linkage.
 
     ``rows`` has ``source``, ``source_table``, ``local_key``, ``extract_date`` (date),
     ``from_quarantine`` and any of the linkage fields; missing fields are treated as null.
+    ``relationships`` (``record_id, related_record_id, relationship``, as read by
+    ``warehouse.person_rows.read_relationships``) narrows the birth years of parents and
+    children who have none of their own.
     """
     missing = [f for f in (*LINKAGE_FIELDS, *_AGE_SEEN) if f not in rows.columns]
     frame = rows.with_columns([pl.lit(None, dtype=pl.String).alias(f) for f in missing])
@@ -323,11 +386,17 @@ def standardise(rows: pl.DataFrame, config: LinkageConfig) -> pl.DataFrame:
     frame = _dates(frame)
     frame = _addresses(frame)
     frame = frame.with_columns(
-        pl.col("sex").replace_strict(config.sex_values, default=None).alias("sex"),
+        # A mother is a woman and a father a man, whether or not the row has a sex column:
+        # that keeps a school contact "Michelle, mother" from being taken for a Michael.
+        pl.coalesce(
+            pl.col("sex").replace_strict(config.sex_values, default=None),
+            pl.col("relationship").replace_strict(_SEX_OF_RELATIONSHIP, default=None),
+        ).alias("sex"),
         pl.when(pl.col("family_id").is_not_null())
         .then(pl.concat_str([pl.col("source"), pl.col("family_id")], separator="|"))
         .alias("family_id"),
     )
+    frame = _age_from_recorded(frame, relationships)
     frame = _age_from_roles(frame)
     # How current the address is: a care record's update, a police incident, else the extract.
     frame = frame.with_columns(

@@ -44,7 +44,7 @@ from pipelines.settings import Settings
 from synth.generate import generate_county
 from warehouse import linked, review
 from warehouse.operational import engine_for
-from warehouse.person_rows import read_person_rows
+from warehouse.person_rows import read_person_rows, read_relationships
 from warehouse.sources import DEFAULT_CONFIG_DIR
 from warehouse.store import connect
 
@@ -143,7 +143,9 @@ class County:
                 t: linked.read_table(con, t)
                 for t in ("person_records", "record_fingerprints", "runs", "person_events")
             }
-            records = standardise(read_person_rows(con, config), config)
+            records = standardise(
+                read_person_rows(con, config), config, read_relationships(con, config)
+            )
         finally:
             con.close()
         assert all(frame is not None for frame in tables.values())

@@ -1,0 +1,110 @@
+"""Link records with no identity of their own to the one person at their address who fits.
+
+A police nominal for a child present at an incident is often just "Sebastian Marshall,
+about 7, 70 School Terrace": no date of birth, no NHS number, and a surname that may be a
+step-parent's or the officer's guess. Pairwise scores cannot link it (the surname
+disagrees, the age is a range), but the address can: if exactly one person known at that
+address has a forename that could be this one, a birth year in the range and the same
+sex, that person is who the officer met.
+
+This is the contact pass (``matching.contacts``) for everyone else: it runs on the first
+clustering, proposes a link only when the candidate is unique, and every link still goes
+through the hard rules while clustering again. Only persons that are still weak (no member
+with an exact date of birth, a valid NHS number or a UPN) are linked this way: a person
+with an identity is linked by the scores or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from matching.rules import names_related
+
+# Probability given to a resident link: below a reviewer's decision, above most scores.
+RESIDENT_LINK_PROBABILITY = 0.99
+
+
+def _weak_records(records: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
+    """Records whose whole person has no exact date of birth, NHS number or UPN.
+
+    School contacts are left to ``matching.contacts``, which also knows their child.
+    """
+    identity = (
+        pl.col("dob_exact")
+        | pl.col("nhs_number").is_not_null()
+        | (pl.col("upn_keys").list.len() > 0)
+    )
+    strong = (
+        records.join(cluster_of, on="unique_id")
+        .group_by("cluster_id")
+        .agg(identity.any().alias("strong"))
+    )
+    return (
+        records.join(cluster_of, on="unique_id")
+        .join(strong, on="cluster_id")
+        .filter(
+            ~pl.col("strong")
+            & pl.col("child_upn").is_null()
+            & pl.col("forename").is_not_null()
+            & pl.col("postcode").is_not_null()
+            & pl.col("address_key").is_not_null()
+        )
+    )
+
+
+def resident_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
+    """Edges from weak records to the unique co-resident person who fits; pair-frame shaped.
+
+    A candidate is any record of another person at the same address (postcode and address
+    line) whose forename is related to the record's (``rules.names_related``: equal,
+    nickname, short form or one keystroke), whose birth years overlap and whose sex does
+    not differ. The surname is deliberately not required (children are known by more than
+    one). If the candidates belong to two or more persons (two sisters called Adaeze at
+    one address) nothing is linked.
+    """
+    cluster_of = clusters.select("unique_id", "cluster_id")
+    columns = ["unique_id", "cluster_id", "forename", "forename_keys", "sex", "year_lo", "year_hi"]
+    weak = _weak_records(records, cluster_of).select(*columns, "postcode", "address_key")
+    if weak.is_empty():
+        return _empty()
+    residents = (
+        records.filter(pl.col("postcode").is_not_null() & pl.col("address_key").is_not_null())
+        .filter(pl.col("forename").is_not_null())
+        .join(cluster_of, on="unique_id")
+        .select(*columns, "postcode", "address_key")
+    )
+    pairs = weak.join(residents, on=["postcode", "address_key"], suffix="_c").filter(
+        (pl.col("cluster_id") != pl.col("cluster_id_c"))
+        & ~(pl.col("year_lo_c") > pl.col("year_hi")).fill_null(False)
+        & ~(pl.col("year_hi_c") < pl.col("year_lo")).fill_null(False)
+        & ~(pl.col("sex") != pl.col("sex_c")).fill_null(False)
+    )
+    related = [
+        names_related(a, b, set(ka or []), set(kb or []))
+        for a, b, ka, kb in pairs.select(
+            "forename", "forename_c", "forename_keys", "forename_keys_c"
+        ).iter_rows()
+    ]
+    pairs = pairs.filter(pl.Series(related, dtype=pl.Boolean))
+    unique = pairs.filter(pl.col("cluster_id_c").n_unique().over("unique_id") == 1)
+    edges = unique.group_by("unique_id").agg(pl.col("unique_id_c").min().alias("candidate"))
+    weight = math.log2(RESIDENT_LINK_PROBABILITY / (1 - RESIDENT_LINK_PROBABILITY))
+    return edges.select(
+        pl.min_horizontal("unique_id", "candidate").alias("unique_id_l"),
+        pl.max_horizontal("unique_id", "candidate").alias("unique_id_r"),
+        pl.lit(weight).alias("match_weight"),
+        pl.lit(RESIDENT_LINK_PROBABILITY).alias("match_probability"),
+    )
+
+
+def _empty() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "unique_id_l": pl.String,
+            "unique_id_r": pl.String,
+            "match_weight": pl.Float64,
+            "match_probability": pl.Float64,
+        }
+    )
