@@ -15,10 +15,9 @@ merged with his namesake son.
 
 from __future__ import annotations
 
-import math
-
 import polars as pl
 
+from matching.edges import empty_edges, fixed_edges
 from matching.rules import names_related
 
 # Probability given to a contact link: below a reviewer's decision, above most scores.
@@ -149,7 +148,7 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
         "year_hi",
     )
     if contacts.is_empty():
-        return _empty()
+        return empty_edges()
     pairs = _candidates(records, contacts, clusters.select("unique_id", "cluster_id"))
     expected_sex = pl.col("relationship").replace_strict(_SEX_OF, default=None)
     pairs = pairs.filter(
@@ -169,21 +168,4 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
     best = pairs.filter(pl.col("tier") == pl.col("tier").min().over("unique_id"))
     unique = best.filter(pl.col("candidate_cluster").n_unique().over("unique_id") == 1)
     edges = unique.group_by("unique_id").agg(pl.col("candidate").min())
-    weight = math.log2(CONTACT_LINK_PROBABILITY / (1 - CONTACT_LINK_PROBABILITY))
-    return edges.select(
-        pl.min_horizontal("unique_id", "candidate").alias("unique_id_l"),
-        pl.max_horizontal("unique_id", "candidate").alias("unique_id_r"),
-        pl.lit(weight).alias("match_weight"),
-        pl.lit(CONTACT_LINK_PROBABILITY).alias("match_probability"),
-    )
-
-
-def _empty() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "unique_id_l": pl.String,
-            "unique_id_r": pl.String,
-            "match_weight": pl.Float64,
-            "match_probability": pl.Float64,
-        }
-    )
+    return fixed_edges(edges, CONTACT_LINK_PROBABILITY)

@@ -16,10 +16,9 @@ with an identity is linked by the scores or not at all.
 
 from __future__ import annotations
 
-import math
-
 import polars as pl
 
+from matching.edges import empty_edges, fixed_edges
 from matching.rules import names_related
 
 # Probability given to a resident link: below a reviewer's decision, above most scores.
@@ -68,7 +67,7 @@ def resident_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFram
     columns = ["unique_id", "cluster_id", "forename", "forename_keys", "sex", "year_lo", "year_hi"]
     weak = _weak_records(records, cluster_of).select(*columns, "postcode", "address_key")
     if weak.is_empty():
-        return _empty()
+        return empty_edges()
     residents = (
         records.filter(pl.col("postcode").is_not_null() & pl.col("address_key").is_not_null())
         .filter(pl.col("forename").is_not_null())
@@ -90,21 +89,4 @@ def resident_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFram
     pairs = pairs.filter(pl.Series(related, dtype=pl.Boolean))
     unique = pairs.filter(pl.col("cluster_id_c").n_unique().over("unique_id") == 1)
     edges = unique.group_by("unique_id").agg(pl.col("unique_id_c").min().alias("candidate"))
-    weight = math.log2(RESIDENT_LINK_PROBABILITY / (1 - RESIDENT_LINK_PROBABILITY))
-    return edges.select(
-        pl.min_horizontal("unique_id", "candidate").alias("unique_id_l"),
-        pl.max_horizontal("unique_id", "candidate").alias("unique_id_r"),
-        pl.lit(weight).alias("match_weight"),
-        pl.lit(RESIDENT_LINK_PROBABILITY).alias("match_probability"),
-    )
-
-
-def _empty() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "unique_id_l": pl.String,
-            "unique_id_r": pl.String,
-            "match_weight": pl.Float64,
-            "match_probability": pl.Float64,
-        }
-    )
+    return fixed_edges(edges, RESIDENT_LINK_PROBABILITY)

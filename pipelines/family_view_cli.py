@@ -76,7 +76,6 @@ def rollback(
 ) -> None:
     """Point readers back at the previous published snapshot."""
     from warehouse import audit
-    from warehouse.operational import engine_for, ensure_schema
     from warehouse.publish import PublishError
 
     if not reason.strip():
@@ -88,8 +87,7 @@ def rollback(
     except PublishError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc
-    engine = engine_for(settings.operational_url)
-    ensure_schema(engine)
+    engine = settings.operational_engine()
     audit.append(
         engine,
         audit.AuditEvent(

@@ -54,11 +54,7 @@ def _settings(ctx: typer.Context, data_dir: Path | None) -> Settings:
 
 
 def _engine(settings: Settings) -> Engine:
-    from warehouse.operational import engine_for, ensure_schema
-
-    engine = engine_for(settings.operational_url)
-    ensure_schema(engine)
-    return engine
+    return settings.operational_engine()
 
 
 @contextmanager

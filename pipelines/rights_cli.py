@@ -30,7 +30,6 @@ def restrict(
     """Restrict processing of a person (hidden from every role but the DPO), or --lift it."""
     from warehouse import audit, restriction
     from warehouse.curated_config import load_curated_config
-    from warehouse.operational import engine_for, ensure_schema
     from warehouse.publish import PublishError, SnapshotStore
 
     settings = Settings.for_data_dir(data_dir)
@@ -48,8 +47,7 @@ def restrict(
     except PublishError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc
-    engine = engine_for(settings.operational_url)
-    ensure_schema(engine)
+    engine = settings.operational_engine()
     try:
         if lift:
             restriction.lift(engine, records, reason, who)

@@ -50,7 +50,6 @@ def app_from_settings(settings: Settings | None = None) -> FastAPI:
     from api.users import load_api_users, users_path
     from warehouse.access import AccessLayer
     from warehouse.curated_config import load_curated_config
-    from warehouse.operational import engine_for, ensure_schema
     from warehouse.policy import load_policy
     from warehouse.publish import SnapshotStore
 
@@ -59,8 +58,7 @@ def app_from_settings(settings: Settings | None = None) -> FastAPI:
     users = load_api_users(users_path(settings.config_dir), policy)
     keep = load_curated_config(settings.curated_config).publishing.keep
     store = SnapshotStore(settings.published_dir, keep=keep)
-    engine = engine_for(settings.operational_url)
-    ensure_schema(engine)
+    engine = settings.operational_engine()
     return create_app(AccessLayer(store, policy, engine), users)
 
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warehouse.sources import DEFAULT_CONFIG_DIR
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +75,14 @@ class Settings:
             config_dir=Path(os.environ.get("SDV_CONFIG_DIR", DEFAULT_CONFIG_DIR)).resolve(),
             operational_url=os.environ.get("SDV_OPERATIONAL_URL", ""),
         )
+
+    def operational_engine(self) -> Engine:
+        """An engine on the operational store, its tables created if missing."""
+        from warehouse.operational import engine_for, ensure_schema
+
+        engine = engine_for(self.operational_url)
+        ensure_schema(engine)
+        return engine
 
     @classmethod
     def for_data_dir(cls, data_dir: Path | None) -> Settings:
