@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines.cli_support import reported, settings_for
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,31 +48,18 @@ DataDir = Annotated[
 Limit = Annotated[int, typer.Option(min=0, help="Latest events to list; 0 for all.")]
 
 
-def _settings(ctx: typer.Context, data_dir: Path | None) -> Settings:
-    """``--data-dir`` (here or before the subcommand), else the environment."""
-    return Settings.for_data_dir(data_dir or (ctx.obj or {}).get("data_dir"))
-
-
 def _engine(settings: Settings) -> Engine:
     return settings.operational_engine()
 
 
 @contextmanager
 def _reported() -> Iterator[None]:
-    """Show a refused request or an unreachable store as one readable line, exit 1."""
     import sqlalchemy as sa
 
     from warehouse.audit import AuditError
 
-    try:
+    with reported((AuditError,), (sa.exc.DBAPIError,), "the audit store"):
         yield
-    except AuditError as exc:
-        console.print(f"[red]Error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=1) from exc
-    except sa.exc.DBAPIError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        console.print(f"[red]Cannot use the audit store:[/red] {escape(detail)}")
-        raise typer.Exit(code=1) from exc
 
 
 @dataclass
@@ -260,7 +248,7 @@ def main(
             console.print("[red]Error:[/red] --person goes alone: sdv audit --person ID")
             raise typer.Exit(code=2)
         return
-    settings = _settings(ctx, data_dir)
+    settings = settings_for(ctx, data_dir)
     if person is not None:
         _person(settings, person, as_json)
         return
@@ -300,7 +288,7 @@ def verify(
 
     expected = _anchor(anchor)
     with _reported():
-        report = audit.verify(_engine(_settings(ctx, data_dir)), anchor=expected)
+        report = audit.verify(_engine(settings_for(ctx, data_dir)), anchor=expected)
     if report.ok:
         out.print(f"Checked {report.checked:,} event(s): the audit chain is intact.")
         if report.head_seq:
@@ -345,7 +333,7 @@ def no_share(
         if not user:
             raise AuditError("say who decides: --user NAME ($USER is not set)")
         record = audit.record_no_share(
-            _engine(_settings(ctx, data_dir)),
+            _engine(settings_for(ctx, data_dir)),
             user_id=user,
             role=role,
             organisation=organisation,

@@ -28,10 +28,6 @@ DataDir = Annotated[
 ]
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    return Settings.for_data_dir(data_dir)
-
-
 def _store(settings: Settings):
     from warehouse.curated_config import load_curated_config
     from warehouse.publish import SnapshotStore
@@ -67,7 +63,7 @@ def published_or_exit(settings: Settings, trigger: str) -> None:
 
 def publish(data_dir: DataDir = None) -> None:
     """Build tonight's Family View snapshot, check it, and switch readers to it."""
-    published_or_exit(_settings(data_dir), "sdv publish")
+    published_or_exit(Settings.for_data_dir(data_dir), "sdv publish")
 
 
 def rollback(
@@ -81,7 +77,7 @@ def rollback(
     if not reason.strip():
         console.print("[red]Give a --reason: rollbacks are recorded in the audit.[/red]")
         raise typer.Exit(code=2)
-    settings = _settings(data_dir)
+    settings = Settings.for_data_dir(data_dir)
     try:
         back = _store(settings).rollback()
     except PublishError as exc:
@@ -104,7 +100,7 @@ def rollback(
 
 def snapshots(data_dir: DataDir = None) -> None:
     """List the kept snapshots, newest first, and which one readers get."""
-    settings = _settings(data_dir)
+    settings = Settings.for_data_dir(data_dir)
     store = _store(settings)
     current = store.current()
     table = Table("snapshot", "as of", "published", "readers")

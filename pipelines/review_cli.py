@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines.cli_support import reported, settings_for
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,33 +49,20 @@ Reviewer = Annotated[
 Reason = Annotated[str, typer.Option("--reason", help="Why: read later by auditors and peers.")]
 
 
-def _settings(ctx: typer.Context, data_dir: Path | None) -> Settings:
-    """``--data-dir`` (here or before the subcommand), else the environment."""
-    return Settings.for_data_dir(data_dir or (ctx.obj or {}).get("data_dir"))
-
-
 def _engine(settings: Settings) -> Engine:
     return settings.operational_engine()
 
 
 @contextmanager
 def _reported() -> Iterator[None]:
-    """Show a refused request or an unreachable store as one readable line, exit 1."""
     # Imported here, like the rest of the heavy libraries, so `sdv --help` stays quick.
     import duckdb
     import sqlalchemy as sa
 
     from warehouse.review import ReviewError
 
-    try:
+    with reported((ReviewError,), (sa.exc.OperationalError, duckdb.Error), "the store"):
         yield
-    except ReviewError as exc:
-        console.print(f"[red]Error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=1) from exc
-    except (sa.exc.OperationalError, duckdb.Error) as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        console.print(f"[red]Cannot read the store:[/red] {escape(detail)}")
-        raise typer.Exit(code=1) from exc
 
 
 def _first(record: dict[str, Any], *keys: str) -> str:
@@ -124,7 +112,7 @@ def list_pending(
     from warehouse import review
 
     with _reported():
-        items = review.pending(_engine(_settings(ctx, data_dir)))
+        items = review.pending(_engine(settings_for(ctx, data_dir)))
     if not items:
         out.print("No pairs waiting for review.")
         return
@@ -204,7 +192,7 @@ def show(
     from warehouse import review
 
     with _reported():
-        engine = _engine(_settings(ctx, data_dir))
+        engine = _engine(settings_for(ctx, data_dir))
         item = review.get_item(engine, pair_id)
         decisions = review.decision_history(engine).filter(
             record_id_l=item.record_id_l, record_id_r=item.record_id_r
@@ -231,7 +219,7 @@ def _decide(
     with _reported():
         if not reviewer:
             raise ReviewError("say who decides: --reviewer NAME ($USER is not set)")
-        engine = _engine(_settings(ctx, data_dir))
+        engine = _engine(settings_for(ctx, data_dir))
         item = review.get_item(engine, pair_id)
         review.decide(engine, item.pair_id, decision, reviewer, reason)
     effect = "must-link" if decision == "accept" else "cannot-link"
@@ -335,7 +323,7 @@ def split(
     with _reported():
         if not reviewer:
             raise ReviewError("say who decides: --reviewer NAME ($USER is not set)")
-        settings = _settings(ctx, data_dir)
+        settings = settings_for(ctx, data_dir)
         groups = split_groups(person_id, person_records(settings.warehouse, person_id), listed)
         split_id = review.split_person(
             _engine(settings), person_id, groups, reviewer=reviewer, reason=reason
@@ -352,7 +340,7 @@ def history(ctx: typer.Context, data_dir: DataDir = None) -> None:
     from warehouse import review
 
     with _reported():
-        decisions = review.decision_history(_engine(_settings(ctx, data_dir)))
+        decisions = review.decision_history(_engine(settings_for(ctx, data_dir)))
     if decisions.is_empty():
         out.print("No decisions yet.")
         return

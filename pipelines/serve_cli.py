@@ -62,10 +62,6 @@ def app_from_settings(settings: Settings | None = None) -> FastAPI:
     return create_app(AccessLayer(store, policy, engine), users)
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    return Settings.for_data_dir(data_dir)
-
-
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
@@ -82,7 +78,7 @@ def serve(
     from warehouse.curated_config import CuratedConfigError
     from warehouse.policy import PolicyError
 
-    settings = _settings(data_dir)
+    settings = Settings.for_data_dir(data_dir)
     settings.export()  # workers build the app from the environment
     try:
         app = app_from_settings(settings)  # fail here, readably, not in every worker

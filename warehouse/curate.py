@@ -120,15 +120,15 @@ def _person_rows(
     con: duckdb.DuckDBPyConnection, linkage: LinkageConfig, links: pl.DataFrame
 ) -> pl.DataFrame:
     rows = read_person_rows(con, linkage)
-    for column in (*_NAME_FIELDS, "dob", "dob_estimated", "sex", "nhs_number", "upn"):
-        if column not in rows.columns:
-            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(column))
-    for column in (*_ADDRESS, "date_of_death", "updated_at", "last_seen", "preferred_forename"):
-        if column not in rows.columns:
-            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(column))
-    for column in ("preferred_surname", "former_surname"):
-        if column not in rows.columns:
-            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    # Tables map only the fields they have: the rest are absent, read as null.
+    wanted = (
+        *_NAME_FIELDS, "dob", "dob_estimated", "sex", "nhs_number", "upn", *_ADDRESS,
+        "date_of_death", "updated_at", "last_seen", "preferred_forename",
+        "preferred_surname", "former_surname",
+    )  # fmt: skip
+    rows = rows.with_columns(
+        pl.lit(None, dtype=pl.String).alias(c) for c in wanted if c not in rows.columns
+    )
     sex_values = {k.lower(): v for k, v in linkage.sex_values.items()}
     sex = pl.col("sex").str.strip_chars().str.to_lowercase()
     rows = rows.join(links, on=["source", "source_table", "local_key"], how="inner")
