@@ -131,6 +131,14 @@ class ValidityThreshold(_Strict):
     severity: Literal["warn", "error"] = "warn"
 
 
+class About(_Strict):
+    """Whose rows these are: rows of this table are about the people of ``table`` (same
+    source) whose ``match`` columns agree. Subject access, erasure and retention follow it."""
+
+    table: str = Field(pattern=_NAME_RE)
+    match: dict[str, str] = Field(min_length=1)  # this table's column -> that table's column
+
+
 class Table(_Strict):
     file: str | None = None  # default "<table>.csv"
     columns: dict[str, Column]
@@ -140,6 +148,7 @@ class Table(_Strict):
     database: DatabaseTable | None = None
     identifier_validity: dict[str, ValidityThreshold] = Field(default_factory=dict)
     max_quarantine_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    about: list[About] = Field(default_factory=list)
 
     @field_validator("columns")
     @classmethod
@@ -212,6 +221,36 @@ class Source(_Strict):
             if table not in self.tables:
                 raise ValueError(f"agreement.table_retention names unknown table {table!r}")
         return self
+
+    @model_validator(mode="after")
+    def _rows_have_subjects(self) -> Source:
+        """Every row must lead to the people it is about, or a subject access request or an
+        erasure would silently miss it."""
+        for name, table in self.tables.items():
+            if not table.person_level and not table.about:
+                raise ValueError(f"table {name!r} is not person_level and has no 'about'")
+            for about in table.about:
+                target = self.tables.get(about.table)
+                if target is None or about.table == name:
+                    raise ValueError(f"{name}.about names unknown table {about.table!r}")
+                for mine, theirs in about.match.items():
+                    if mine not in table.columns or theirs not in target.columns:
+                        raise ValueError(
+                            f"{name}.about.match {mine!r}: {about.table!r} must have {theirs!r} "
+                            f"and {name!r} must have {mine!r}"
+                        )
+        for name in self.tables:
+            self._reaches_person(name, ())
+        return self
+
+    def _reaches_person(self, name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ValueError(f"'about' loops: {' -> '.join((*path, name))}")
+        table = self.tables[name]
+        if table.person_level:
+            return
+        for about in table.about:
+            self._reaches_person(about.table, (*path, name))
 
     def file_name(self, table: str) -> str:
         return self.tables[table].file or f"{table}.csv"
