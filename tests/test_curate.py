@@ -295,3 +295,83 @@ def test_data_dictionary_is_current():
     assert committed.read_text(encoding="utf-8") == render(load_policy()), (
         "docs/data-dictionary.md is stale: run `sdv dictionary`"
     )
+
+
+def _people(*rows):
+    """Golden person rows with just what the life-event rules read."""
+    import polars as pl
+
+    return pl.DataFrame(
+        rows, schema=["person_id", "dob", "is_child", "date_of_death"], orient="row"
+    ).with_columns(pl.col("dob").cast(pl.Date), pl.col("date_of_death").cast(pl.Date))
+
+
+def test_a_child_turning_18_moves_to_adult_status_with_a_transition_flag():
+    from warehouse.curate import summary_people
+
+    as_of = date(2026, 11, 20)
+    people = _people(
+        ("child", date(2008, 11, 21), True, None),  # 18 tomorrow: still a child
+        ("today", date(2008, 11, 20), False, None),  # 18 today
+        ("window", date(2007, 11, 21), False, None),  # turned 18 on the window's last day
+        ("gone", date(2007, 11, 20), False, None),  # 12 months ago: handed over
+        ("adult", date(1980, 1, 1), False, None),
+        ("no_dob", None, False, None),
+    )
+    summary = summary_people(people, adult_age=18, transition_months=12, as_of=as_of)
+    got = {r["person_id"]: (r["age_status"], r["transition_to_adult"]) for r in summary.to_dicts()}
+    assert got == {
+        "child": ("child", False),
+        "today": ("adult", True),
+        "window": ("adult", True),
+    }
+
+
+def test_child_summary_marks_young_adults_and_counts_only_children(db):
+    as_of = rows(db, "select max(extract_date) from w.meta.deliveries where status='loaded'")[0][0]
+    summary = rows(
+        db,
+        "select c.age_status, c.transition_to_adult, p.is_child, p.dob from s.child_summary c "
+        "join s.person p using (person_id)",
+    )
+    assert summary
+    for age_status, transition, is_child, dob in summary:
+        assert (age_status == "child") == is_child and transition == (not is_child)
+        if not is_child:
+            eighteenth = date(dob.year + 18, dob.month, min(dob.day, 28))
+            assert as_of - timedelta(days=366) <= eighteenth <= as_of
+    counted = rows(db, "select coalesce(sum(children), 0) from s.agg_children_by_status")[0][0]
+    children = rows(db, "select count(*) from s.child_summary where age_status = 'child'")[0][0]
+    assert counted <= children
+
+
+def test_a_death_ends_household_membership_but_keeps_the_history():
+    import polars as pl
+
+    from warehouse.curate import build_households
+
+    died = date(2026, 3, 1)
+    people = _people(
+        ("mum", date(1990, 1, 1), False, None),
+        ("gran", date(1940, 1, 1), False, died),
+        ("kid", date(2015, 1, 1), True, None),
+    ).with_columns(
+        *(pl.lit(None, dtype=pl.String).alias(c) for c in ("address_line_1", "town", "uprn")),
+        pl.lit("AB1 2CD").alias("postcode"),
+        pl.lit("AB1").alias("postcode_district"),
+    )
+    members = pl.DataFrame(
+        {
+            "household_id": ["H1"] * 3,
+            "person_id": ["mum", "gran", "kid"],
+            "role": ["adult", "adult", "child"],
+            "from_date": [None, None, None],
+            "to_date": [None, None, None],
+        },
+        schema_overrides={"from_date": pl.Date, "to_date": pl.Date},
+    )
+    household, listed = build_households(members, people)
+    gran = listed.filter(pl.col("person_id") == "gran").row(0, named=True)
+    assert gran["deceased"] and gran["to_date"] == died
+    assert listed.filter(pl.col("deceased")).height == 1
+    assert household.select("members", "children").row(0) == (2, 1)

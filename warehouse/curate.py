@@ -495,8 +495,17 @@ def build_organisations(
 def build_households(
     members: pl.DataFrame, person: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    members = members.select(TABLES["household_members"].column_names)
-    at = members.join(
+    # A death ends the person's membership: they stay listed (deceased, to_date the date of
+    # death) so the household's history reads right, but are not counted as living there.
+    members = (
+        members.join(person.select("person_id", "date_of_death"), on="person_id", how="left")
+        .with_columns(
+            pl.coalesce("to_date", "date_of_death").alias("to_date"),
+            pl.col("date_of_death").is_not_null().alias("deceased"),
+        )
+        .select(TABLES["household_members"].column_names)
+    )
+    at = members.filter(~pl.col("deceased")).join(
         person.select(
             "person_id",
             "is_child",
@@ -544,6 +553,31 @@ def _academic_year(month_day: str) -> pl.Expr:
     return date_.dt.year() - before.cast(pl.Int32)
 
 
+def summary_people(
+    person: pl.DataFrame, adult_age: int, transition_months: int, as_of: date
+) -> pl.DataFrame:
+    """Children, and young people who reached the adult age within the transition window.
+
+    A child turning 18 does not vanish from the Family View overnight: they stay for
+    ``transition_months`` as ``age_status`` "adult" with ``transition_to_adult`` set, so the
+    practitioners handing over to adult services still see them (and why)."""
+    adult_on = pl.col("dob").dt.offset_by(f"{adult_age}y")
+    window_start = pl.lit(as_of).dt.offset_by(f"-{transition_months}mo")
+    turned_adult = (
+        pl.col("dob").is_not_null()
+        & ~pl.col("is_child")
+        & (adult_on <= pl.lit(as_of))
+        & (adult_on > window_start)
+    )
+    return person.filter(pl.col("is_child") | turned_adult).with_columns(
+        pl.when(pl.col("is_child"))
+        .then(pl.lit("child"))
+        .otherwise(pl.lit("adult"))
+        .alias("age_status"),
+        (~pl.col("is_child")).alias("transition_to_adult"),
+    )
+
+
 def build_child_summary(
     person: pl.DataFrame,
     involvement: pl.DataFrame,
@@ -554,7 +588,7 @@ def build_child_summary(
     as_of: date,
 ) -> pl.DataFrame:
     rules = config.child_summary
-    children = person.filter(pl.col("is_child"))
+    children = summary_people(person, rules.adult_age, rules.transition_months, as_of)
     open_services = involvement.filter(pl.col("status") == "open")
     care = open_services.filter(pl.col("agency") == rules.social_care.agency)
     order = {s: i for i, s in enumerate(rules.social_care.statuses)}
@@ -674,6 +708,8 @@ def build_child_summary(
         "school_name",
         "gp_practice_code",
         "deceased",
+        "age_status",
+        "transition_to_adult",
     )
     for frame in (status, early_help, abuse, attendance, suspensions, workers, delivered):
         summary = summary.join(frame, on="person_id", how="left")
@@ -733,6 +769,8 @@ def build_aggregates(
     child_summary: pl.DataFrame, person: pl.DataFrame, involvement: pl.DataFrame, min_count: int
 ) -> dict[str, pl.DataFrame]:
     district = person.select("person_id", pl.col("postcode_district").fill_null("unknown"))
+    # Counts of children: the young adults in transition are not children any more.
+    child_summary = child_summary.filter(pl.col("age_status") == "child")
     by_status = (
         child_summary.join(district, on="person_id", how="left")
         .group_by("postcode_district", "social_care_status")

@@ -97,6 +97,9 @@ class EventType(_Strict):
 
 class ChildSummary(_Strict):
     adult_age: int = Field(18, ge=1)
+    # A young person stays in child_summary this long after reaching the adult age, marked
+    # as moving to adult services, so the hand-over is visible rather than a silent drop.
+    transition_months: int = Field(12, ge=0, le=120)
     social_care: SocialCare
     early_help: Service
     domestic_abuse: EventCount

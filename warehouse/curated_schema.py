@@ -139,8 +139,8 @@ TABLES: dict[str, CuratedTable] = {
                 _c("postcode", "VARCHAR", "postcode", "Postcode."),
                 _c("postcode_district", "VARCHAR", "attribute", "Outward code of the postcode."),
                 _c("uprn", "VARCHAR", "identifier", "Unique property reference number."),
-                _c("members", "INTEGER", "attribute", "People in the household."),
-                _c("children", "INTEGER", "attribute", "Children in the household."),
+                _c("members", "INTEGER", "attribute", "Living people in the household."),
+                _c("children", "INTEGER", "attribute", "Living children in the household."),
             ),
             person_column=None,
         ),
@@ -152,7 +152,8 @@ TABLES: dict[str, CuratedTable] = {
                 _PERSON_ID,
                 _c("role", "VARCHAR", "attribute", "child, adult, parent, carer, ..."),
                 _c("from_date", "DATE", "attribute", "Living there since, where known."),
-                _c("to_date", "DATE", "attribute", "Until, where known."),
+                _c("to_date", "DATE", "attribute", "Until, where known (date of death)."),
+                _c("deceased", "BOOLEAN", "attribute", "A date of death is recorded."),
             ),
         ),
         CuratedTable(
@@ -270,6 +271,19 @@ TABLES: dict[str, CuratedTable] = {
                     "email, team).",
                 ),
                 _c("deceased", "BOOLEAN", "attribute", "A date of death is recorded."),
+                _c(
+                    "age_status",
+                    "VARCHAR",
+                    "attribute",
+                    "child; or adult for a young person who reached the adult age within "
+                    "child_summary.transition_months.",
+                ),
+                _c(
+                    "transition_to_adult",
+                    "BOOLEAN",
+                    "attribute",
+                    "Reached the adult age within the transition window: moving to adult services.",
+                ),
                 _c(
                     "sources_last_delivered",
                     "VARCHAR",

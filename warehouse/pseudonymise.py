@@ -41,7 +41,7 @@ ANALYST_TABLES: dict[str, dict[str, tuple[str, ...]]] = {
         "lists": ("sources",),
     },
     "household": {"keep": ("postcode_district", "members", "children"), "hash": ("household_id",)},
-    "household_members": {"keep": ("role",), "hash": ("household_id", "person_id")},
+    "household_members": {"keep": ("role", "deceased"), "hash": ("household_id", "person_id")},
     "relationships": {
         "keep": ("relationship", "evidence"),
         "hash": ("person_id", "related_person_id"),
@@ -77,6 +77,8 @@ ANALYST_TABLES: dict[str, dict[str, tuple[str, ...]]] = {
             "suspensions",
             "sen_provision",
             "deceased",
+            "age_status",
+            "transition_to_adult",
         ),
         "hash": ("person_id",),
         "band": ("age",),
