@@ -24,7 +24,7 @@ time, and some name objects local to :func:`create_app`.)
 """
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -67,6 +67,25 @@ class ErrorOut(BaseModel):
 
 class PageOut(BaseModel):
     items: list[Record]
+    total: int
+    limit: int
+    offset: int
+
+
+class RightsActionOut(BaseModel):
+    seq: int
+    occurred_at: datetime
+    user_id: str
+    role: str
+    action: str
+    outcome: str
+    person_ids: list[str]
+    reason: str | None
+    detail: Record
+
+
+class RightsLogOut(BaseModel):
+    items: list[RightsActionOut]
     total: int
     limit: int
     offset: int
@@ -393,6 +412,31 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
             raise NotFound(f"{reason}; aggregates: {', '.join(_aggregates())}")
         audited(request)
         return {"table": table, "items": access.aggregate(who.user, who.purpose, table)}
+
+    @app.get(
+        "/rights/actions",
+        response_model=RightsLogOut,
+        responses=_ERRORS,
+        tags=["subject rights"],
+    )
+    def rights_actions(
+        request: Request,
+        who: Authorised,
+        person_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        action: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=32,
+                description="e.g. restrict, rectify, subject_access_export, erase, retention",
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Subject-rights actions (who, when, why), newest first: the DPO's record."""
+        audited(request)
+        return _page(access.rights_actions(who.user, who.purpose, person_id, action, limit, offset))
 
     return app
 

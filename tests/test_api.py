@@ -43,6 +43,7 @@ ENDPOINTS = {
     "/people/{person_id}/timeline",
     "/people/{person_id}/involvement",
     "/aggregates/{table}",
+    "/rights/actions",
 }
 AGGREGATES = [name for name, table in TABLES.items() if table.aggregate]
 

@@ -39,6 +39,15 @@ from warehouse.publish import SnapshotStore, open_snapshot
 
 SEARCH_SIMILARITY = 0.85  # Jaro-Winkler: "Jonson" finds "Johnson", "Smyth" finds "Smith"
 MAX_PAGE = 500
+# Purpose under which every subject-rights action (SAR, rectification, restriction, erasure,
+# retention) is written to the audit; the DPO reads them back through rights_actions.
+RIGHTS_PURPOSE = "subject_rights"
+# Audit actions of reads (this layer's and the API's own): a DPO reading a person for a
+# request is not itself a subject-rights action, so the log leaves these out.
+READ_ACTIONS = frozenset(
+    {"read", "person", "child_profile", "household", "search", "rights_log", "api"}
+    | {"timeline", "involvement", "relationships"}
+)
 
 
 class AccessError(Exception):
@@ -520,6 +529,49 @@ class AccessLayer:
             ]
             trail.saw(grant, items)
             return items
+
+    def rights_actions(
+        self,
+        user: User,
+        purpose: str,
+        person_id: str | None = None,
+        action: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """The record of subject-rights actions (who, when, why), newest first: for roles
+        with ``reads_rights_log``. Each action was written to the audit when it was taken;
+        this is the DPO's window onto them, and reading it is audited like any read."""
+        limit = max(1, min(limit, MAX_PAGE))
+        detail = {"person_id": person_id, "action": action, "limit": limit, "offset": offset}
+        with self._request(user, purpose, "rights_log", detail) as (role, trail, _cursor):
+            if not role.reads_rights_log:
+                raise AccessDenied(f"role {user.role} may not read the subject-rights log")
+            records, total = audit.purpose_events(
+                self.audit_engine,
+                RIGHTS_PURPOSE,
+                person_ids=[person_id] if person_id else (),
+                action=action,
+                exclude_actions=READ_ACTIONS,
+                limit=limit,
+                offset=offset,
+            )
+            items = [
+                {
+                    "seq": r.seq,
+                    "occurred_at": r.occurred_at,
+                    "user_id": r.user_id,
+                    "role": r.role,
+                    "action": r.action,
+                    "outcome": r.outcome,
+                    "person_ids": list(r.person_ids),
+                    "reason": (r.detail or {}).get("reason"),
+                    "detail": r.detail or {},
+                }
+                for r in records
+            ]
+            trail.person_ids.update(p for item in items for p in item["person_ids"])
+            return Page(items, total, limit, offset)
 
     def aggregate(self, user: User, purpose: str, table: str) -> list[dict[str, Any]]:
         """A published aggregate (small counts already suppressed)."""

@@ -481,6 +481,36 @@ def events(
         return [_record(row) for row in conn.execute(query.order_by(order).limit(limit))]
 
 
+def purpose_events(
+    engine: Engine,
+    purpose: str,
+    *,
+    person_ids: Iterable[str] = (),
+    action: str | None = None,
+    exclude_actions: Iterable[str] = (),
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[AuditRecord], int]:
+    """Events recorded for ``purpose`` (e.g. every subject-rights action), newest first,
+    optionally only those touching ``person_ids`` or of one ``action``; with the total."""
+    query = sa.select(audit_events).where(audit_events.c.purpose == purpose)
+    excluded = sorted(set(exclude_actions))
+    if excluded:
+        query = query.where(audit_events.c.action.not_in(excluded))
+    ids = sorted({p for p in person_ids if p})
+    if ids:
+        touched = sa.select(audit_event_persons.c.seq).where(
+            audit_event_persons.c.person_id.in_(ids)
+        )
+        query = query.where(audit_events.c.seq.in_(touched))
+    if action is not None:
+        query = query.where(audit_events.c.action == action)
+    total = sa.select(sa.func.count()).select_from(query.subquery())
+    page = query.order_by(audit_events.c.seq.desc()).limit(limit).offset(offset)
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(page)], conn.execute(total).scalar_one()
+
+
 def _stored_fields(row: sa.Row) -> tuple[dict[str, Any] | None, str | None]:
     """The hashed fields decoded from a stored row, or why they cannot be."""
     values = row._asdict()

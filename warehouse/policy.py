@@ -51,6 +51,9 @@ class Role(_Strict):
     scope: Scope | None = None
     # Sees people whose processing is restricted (UK GDPR Art. 18): the DPO only.
     sees_restricted: bool = False
+    # Reads the record of subject-rights actions (access requests, rectifications,
+    # restrictions, erasures, retention runs): the DPO only.
+    reads_rights_log: bool = False
     tables: dict[str, TableGrant] = {}
 
 
