@@ -25,6 +25,7 @@ from pipelines.audit_cli import audit_app
 from pipelines.family_view_cli import published_or_exit, register
 from pipelines.review_cli import review_app
 from pipelines.rights_cli import register as register_rights
+from pipelines.sar_cli import register as register_sar
 from pipelines.serve_cli import serve, token_app
 from pipelines.settings import PROJECT_ROOT, Settings
 from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError
@@ -42,6 +43,7 @@ app.command("serve")(serve)
 app.add_typer(token_app, name="token")
 register(app)
 register_rights(app)
+register_sar(app)
 
 
 @dataclass(frozen=True)
