@@ -13,6 +13,7 @@ import dagster as dg
 from assets.family_view import PUBLISHED, SNAPSHOT, build_family_view_assets
 from assets.ingest import build_freshness_checks, build_ingest_assets
 from assets.linkage import HOUSEHOLD_MEMBERS, MODEL, PERSON_RECORDS, build_linkage_assets
+from assets.retention import RETENTION, build_retention_asset
 from matching.config import load_linkage_config
 from pipelines.resources import build_resources
 from pipelines.schedules import (
@@ -20,6 +21,7 @@ from pipelines.schedules import (
     build_linkage_schedule,
     build_nightly_schedule,
     build_publish_schedule,
+    build_retention_schedule,
 )
 from pipelines.sensors import build_delivery_sensor, ingest_job_name
 from pipelines.settings import Settings
@@ -29,6 +31,7 @@ from warehouse.sources import load_sources
 LINK_JOB = "link_persons"
 TRAIN_JOB = "train_linkage_model"
 PUBLISH_JOB = "publish_family_view"
+RETENTION_JOB = "apply_retention"
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -68,14 +71,21 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(MODEL),
         description="Train and save a new version of the Splink linkage model.",
     )
+    retention = build_retention_asset(sources)
+    retention_job = dg.define_asset_job(
+        RETENTION_JOB,
+        selection=dg.AssetSelection.assets(RETENTION),
+        description="Destroy what each source's retention period no longer allows.",
+    )
     return dg.Definitions(
-        assets=[*assets.values(), *linkage, *family_view],
+        assets=[*assets.values(), *linkage, *family_view, retention],
         asset_checks=[*freshness, *linkage_checks],
-        jobs=[*jobs.values(), freshness_job, link_job, train_job, publish_job],
+        jobs=[*jobs.values(), freshness_job, link_job, train_job, publish_job, retention_job],
         sensors=[build_delivery_sensor(sources, list(jobs.values()))],
         schedules=[
             *(build_nightly_schedule(sources[n], jobs[n]) for n in sources),
             build_freshness_schedule(freshness_job),
+            build_retention_schedule(retention_job),
             build_linkage_schedule(link_job),
             build_publish_schedule(publish_job),
         ],

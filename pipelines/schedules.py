@@ -67,6 +67,15 @@ def build_freshness_schedule(job: JobTarget) -> dg.ScheduleDefinition:
     )
 
 
+def build_retention_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+    return _daily(
+        "nightly_retention",
+        job,
+        "0 3 * * *",
+        "After the night's loads, before linkage: destroy what has passed its retention.",
+    )
+
+
 def build_linkage_schedule(job: JobTarget) -> dg.ScheduleDefinition:
     return _daily(
         "nightly_linkage",

@@ -25,7 +25,7 @@ def test_every_configured_table_has_raw_staged_and_quarantine_assets(tmp_path, s
     }
     linkage = {"linkage_model", "linked/person_records", "linked/household_members"}
     family_view = {"curated/family_view_snapshot", "curated/published_family_view"}
-    assert keys == expected | linkage | family_view
+    assert keys == expected | linkage | family_view | {"retention"}
     assert len(expected) == 42
 
 
@@ -96,3 +96,21 @@ def test_family_view_is_published_only_after_blocking_checks(tmp_path):
     assert {n.name for n in job.nodes} >= {"curated__family_view_snapshot"}
     schedules = {s.name: s for s in defs.schedules}
     assert schedules["nightly_family_view"].cron_schedule == "30 4 * * *"
+
+
+def test_retention_runs_nightly_after_loads_and_before_linkage(tmp_path, sources):
+    defs = defs_for(tmp_path)
+    retention = dg.AssetKey(["retention"])
+    parents = defs.resolve_asset_graph().get(retention).parent_keys
+    assert dg.AssetKey(["quarantine", "school", "pupils"]) in parents
+    assert len(parents) == 42
+    job = defs.resolve_job_def("apply_retention")
+    assert {n.name for n in job.nodes} == {"retention"}
+    schedules = {s.name: s for s in defs.schedules}
+    assert schedules["nightly_retention"].cron_schedule == "0 3 * * *"
+
+    def at(name: str) -> tuple[int, int]:
+        minute, hour = schedules[name].cron_schedule.split()[:2]
+        return int(hour), int(minute)
+
+    assert at("nightly_police") < at("nightly_retention") < at("nightly_linkage")

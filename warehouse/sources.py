@@ -149,6 +149,11 @@ class Table(_Strict):
     identifier_validity: dict[str, ValidityThreshold] = Field(default_factory=dict)
     max_quarantine_rate: float = Field(default=0.02, ge=0.0, le=1.0)
     about: list[About] = Field(default_factory=list)
+    # Retention clocks (warehouse.retention): the columns that date a row's events, school
+    # terms ("2026-SPR") dated at the term's end, and a person table's date of birth.
+    event_dates: list[str] = Field(default_factory=list)
+    event_terms: list[str] = Field(default_factory=list)
+    dob_column: str | None = None
 
     @field_validator("columns")
     @classmethod
@@ -171,7 +176,25 @@ class Table(_Strict):
         for col in self.identifier_validity:
             if col not in self.columns or self.columns[col].identifier is None:
                 raise ValueError(f"identifier_validity names {col!r}, not an identifier column")
+        self._dating_columns()
         return self
+
+    def _dating_columns(self) -> None:
+        """Retention reads these columns as dates: a wrong one would make every row look
+        undated (kept forever) or wrongly dated (destroyed early)."""
+        dated = (ColumnType.date, ColumnType.timestamp)
+        for col in self.event_dates:
+            if col not in self.columns or self.columns[col].type not in dated:
+                raise ValueError(f"event_dates names {col!r}, not a date or timestamp column")
+        for col in self.event_terms:
+            if col not in self.columns or self.columns[col].type is not ColumnType.text:
+                raise ValueError(f"event_terms names {col!r}, not a text column")
+        if self.dob_column is not None:
+            if not self.person_level:
+                raise ValueError("dob_column is only for person_level tables")
+            column = self.columns.get(self.dob_column)
+            if column is None or column.type is not ColumnType.date:
+                raise ValueError(f"dob_column {self.dob_column!r} is not a date column")
 
     @property
     def required(self) -> list[str]:
@@ -242,6 +265,27 @@ class Source(_Strict):
         for name in self.tables:
             self._reaches_person(name, ())
         return self
+
+    @model_validator(mode="after")
+    def _ages_have_birth_dates(self) -> Source:
+        """A table kept ``until_age`` needs a date of birth for the people its rows are about
+        (its own, or that of the person tables it is about, one step on)."""
+        for name in self.tables:
+            rule = self.agreement.table_retention.get(name, self.agreement.retention)
+            if rule.rule == "until_age" and not self._has_birth_date(name):
+                raise ValueError(
+                    f"table {name!r} is kept until_age but no person table it is about "
+                    "has a dob_column"
+                )
+        return self
+
+    def _has_birth_date(self, name: str) -> bool:
+        table = self.tables[name]
+        if table.person_level and table.dob_column is not None:
+            return True
+        if table.person_level:  # a person without a birth date follows whom it is about
+            return any(self.tables[a.table].dob_column is not None for a in table.about)
+        return any(self._has_birth_date(a.table) for a in table.about)
 
     def _reaches_person(self, name: str, path: tuple[str, ...]) -> None:
         if name in path:

@@ -1,0 +1,115 @@
+"""``sdv retention [--dry-run] [--as-of DATE]``: destroy what the agreements no longer allow.
+
+Prints, per source, table and layer, the rows that went (or with ``--dry-run`` would go)
+and the rows whose expiry cannot be read from their dates (see ``warehouse.retention``).
+A real run is recorded in ``meta.retention_runs`` and as one audit event with counts only.
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.cli_support import reported, settings_for
+
+out = Console(soft_wrap=True)
+
+
+def _as_of(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def _table(counts, dry_run: bool) -> Table:
+    verb = "would go" if dry_run else "destroyed"
+    table = Table(title=f"Retention ({'dry run' if dry_run else 'applied'})")
+    for name in ("source", "table", "layer", "rule", "rows", verb, "undetermined"):
+        table.add_column(
+            name, justify="right" if name in ("rows", verb, "undetermined") else "left"
+        )
+    for row in counts.iter_rows(named=True):
+        table.add_row(
+            row["source"],
+            row["table"],
+            row["layer"],
+            row["rule"],
+            f"{row['rows']:,}",
+            f"{row['destroy']:,}",
+            f"{row['undetermined']:,}",
+        )
+    return table
+
+
+def retention(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would go; change nothing.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Date to judge expiry on (default: newest extract date)."),
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who runs it (default $USER).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Destroy rows whose source's retention period has ended, in every ingest layer."""
+    import duckdb
+
+    from warehouse import audit
+    from warehouse import retention as rules
+    from warehouse.sources import ConfigError, load_sources
+    from warehouse.store import connect
+
+    day = _as_of(as_of)
+    settings = settings_for(ctx, data_dir)
+    with reported((rules.RetentionError, ConfigError), (duckdb.Error,), "the warehouse"):
+        sources = load_sources(settings.config_dir)
+        if not settings.warehouse.exists():
+            raise rules.RetentionError(f"no warehouse at {settings.warehouse}: load first")
+        con = connect(settings.warehouse)
+        try:
+            found, done = rules.run(con, sources, day, dry_run=dry_run)
+        finally:
+            con.close()
+    out.print(_table(found.counts, dry_run))
+    undetermined = int(found.counts["undetermined"].sum())
+    if undetermined:
+        out.print(
+            f"{undetermined:,} rows have no usable date: kept under until_age, dated by "
+            "their newest extract under years_after_last_event."
+        )
+    if done is None:
+        out.print(
+            f"Dry run as of {found.as_of}: {found.destroyed:,} rows and "
+            f"{len(found.expired_records):,} person-level records would go. Nothing changed."
+        )
+        return
+    audit.append(
+        settings.operational_engine(),
+        audit.AuditEvent(
+            user_id=by or getpass.getuser(),
+            role="operator",
+            purpose="retention",
+            action="retention",
+            outcome="allowed",
+            detail=rules.audit_detail(done),
+        ),
+    )
+    out.print(
+        f"Retention as of {found.as_of}: destroyed {found.destroyed:,} rows; "
+        f"{len(found.expired_records):,} person-level records expired (run {done.run_id})."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(retention)

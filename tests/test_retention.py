@@ -1,0 +1,463 @@
+"""Retention: exactly the expired rows go, from every layer and every delivery, on the
+expiry date and not the day before; person rows outlive the rows that name them; shared
+rows wait for everyone; unknown dates are reported, never silently destroyed."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import pytest
+from conftest import police_person
+from test_config import write_config
+from test_load import snapshot
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from warehouse import audit, retention
+from warehouse.landing import Delivery
+from warehouse.operational import engine_for, ensure_schema
+from warehouse.sources import ConfigError, load_source
+from warehouse.store import connect, load_delivery
+from warehouse.subjects import INGEST_SCHEMAS
+
+D = date.fromisoformat
+
+
+@pytest.fixture
+def warehouse(tmp_path, delivery_writer, sources):
+    """A warehouse in ``tmp_path/data`` and a loader of hand-written deliveries into it."""
+    con = connect(tmp_path / "data" / "warehouse.duckdb")
+
+    def load(source: str, day: str, tables: dict) -> None:
+        folder = delivery_writer(source, day, tables)
+        load_delivery(con, Delivery(source, D(day), folder), sources[source])
+
+    yield con, load
+    con.close()
+
+
+def keys(con, source: str, table: str, column: str) -> dict[str, list[str]]:
+    """Per layer, the sorted values of ``column`` still stored (one per row)."""
+    found = {}
+    for layer in INGEST_SCHEMAS:
+        rows = con.execute(f'select "{column}" from {layer}."{source}__{table}"').fetchall()
+        found[layer] = sorted(str(r[0]) for r in rows)
+    return found
+
+
+def destroyed(plan, source: str, table: str) -> dict[str, int]:
+    rows = plan.counts.filter((pl.col("source") == source) & (pl.col("table") == table))
+    return dict(rows.select("layer", "destroy").iter_rows())
+
+
+# --- school: until the 25th birthday; contacts follow their pupil ------------------------
+
+
+def pupil(upn: str, dob: str) -> dict:
+    return {
+        "upn": upn,
+        "school_urn": "100001",
+        "legal_forename": "Test",
+        "legal_surname": "Pupil",
+        "dob": dob,
+        "entry_date": "2006-09-01",
+    }
+
+
+def school_tables(pupils: dict[str, str]) -> dict:
+    """Pupils (upn -> dob), a contact each, a good attendance row each and, for the first
+    pupil, one attendance row staging quarantines (sessions not a number)."""
+    first = next(iter(pupils))
+    attendance = [
+        {"upn": u, "school_urn": "100001", "term": "2012-AUT", "sessions_possible": "140"}
+        for u in pupils
+    ]
+    attendance.append(
+        {"upn": first, "school_urn": "100001", "term": "2012-SPR", "sessions_possible": "x"}
+    )
+    return {
+        "pupils": [pupil(u, dob) for u, dob in pupils.items()],
+        "contacts": [
+            {"upn": u, "contact_forename": "Pat", "contact_surname": "Carer", "priority": "1"}
+            for u in pupils
+        ],
+        "attendance": attendance,
+        "exclusions": [],
+    }
+
+
+SCHOOL = {"A900000000001": "2001-11-20", "A900000000002": "2001-11-21"}
+
+
+def test_school_rows_go_on_the_25th_birthday_in_every_layer_and_delivery(warehouse, sources):
+    con, load = warehouse
+    load("school", "2026-10-01", school_tables(SCHOOL))
+    load("school", "2026-11-01", school_tables(SCHOOL))  # raw keeps both deliveries
+    before = snapshot(con)
+
+    day_before = retention.plan(con, {"school": sources["school"]}, D("2026-11-19"))
+    assert day_before.destroyed == 0 and day_before.targets == {}
+
+    on_birthday = retention.plan(con, {"school": sources["school"]}, D("2026-11-20"))
+    assert snapshot(con) == before  # planning is a dry run
+    assert destroyed(on_birthday, "school", "pupils") == {"raw": 2, "staged": 2, "quarantine": 0}
+    assert destroyed(on_birthday, "school", "contacts") == {"raw": 2, "staged": 2, "quarantine": 0}
+    assert destroyed(on_birthday, "school", "attendance") == {
+        "raw": 4,
+        "staged": 2,
+        "quarantine": 2,
+    }
+    assert on_birthday.expired_records == (
+        "school|contacts|A900000000001|1",
+        "school|pupils|A900000000001",
+    )
+    retention.apply(con, on_birthday)
+
+    survivor = "A900000000002"
+    for table in ("pupils", "contacts", "attendance"):
+        left = keys(con, "school", table, "upn")
+        assert left["raw"] == [survivor, survivor], table
+        assert left["staged"] == [survivor, survivor], table
+        assert survivor not in left["quarantine"] and not left["quarantine"]
+    assert con.execute('select upn from current."school__pupils"').fetchall() == [(survivor,)]
+    untouched = retention.plan(con, {"school": sources["school"]}, D("2026-11-20"))
+    assert untouched.destroyed == 0  # a second run on the same date finds nothing more
+
+
+@pytest.mark.parametrize(
+    ("as_of", "gone"), [("2029-02-28", False), ("2029-03-01", True), ("2028-02-29", False)]
+)
+def test_a_leap_day_birthday_is_reached_on_1_march_in_a_common_year(
+    warehouse, sources, as_of, gone
+):
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables({"A900000000003": "2004-02-29"}))
+    plan = retention.plan(con, {"school": sources["school"]}, D(as_of))
+    assert bool(plan.expired_records) is gone
+    assert destroyed(plan, "school", "pupils")["staged"] == (1 if gone else 0)
+
+
+def test_anniversary_adds_whole_years_and_never_lands_early():
+    frame = pl.DataFrame({"d": [D("2004-02-29"), D("2004-02-29"), D("2001-11-20")]})
+    got = frame.select(
+        a=retention.anniversary(pl.col("d"), 25), b=retention.anniversary(pl.col("d"), 24)
+    )
+    assert got["a"].to_list() == [D("2029-03-01"), D("2029-03-01"), D("2026-11-20")]
+    assert got["b"].to_list()[:2] == [D("2028-02-29"), D("2028-02-29")]
+
+
+def test_attendance_terms_date_a_pupil_at_the_terms_end(warehouse, tmp_path):
+    """Under a years rule the school's clock reads terms (2012-AUT ends 31 Dec 2012), raw
+    text included: the latest event is the autumn term, after the 2012-SPR row staging
+    quarantined and the 2006 entry date."""
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables({"A900000000001": "2001-11-20"}))
+    years = {"rule": "years_after_last_event", "years": 1}
+    school = load_source(
+        write_config(tmp_path, "school", lambda d: d["agreement"].update(retention=years))
+    )
+    assert retention.plan(con, {"school": school}, D("2013-12-30")).destroyed == 0
+    plan = retention.plan(con, {"school": school}, D("2013-12-31"))
+    assert destroyed(plan, "school", "attendance") == {"raw": 2, "staged": 1, "quarantine": 1}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (
+            lambda d: d["tables"]["incidents"].update(event_dates=["incident_type"]),
+            "event_dates names 'incident_type', not a date or timestamp column",
+        ),
+        (
+            lambda d: d["tables"]["persons"].pop("dob_column"),
+            "kept until_age but no person table it is about has a dob_column",
+        ),
+        (
+            lambda d: d["tables"]["incidents"].update(dob_column="occurred_at"),
+            "dob_column is only for person_level tables",
+        ),
+    ],
+    ids=["event-not-a-date", "age-without-birth-date", "dob-on-event-table"],
+)
+def test_retention_config_mistakes_are_refused_naming_the_table(tmp_path, mutate, problem):
+    def change(data):
+        data["agreement"]["retention"] = {"rule": "until_age", "age": 18}
+        mutate(data)
+
+    path = write_config(tmp_path, "police", change)
+    with pytest.raises(ConfigError, match=problem):
+        load_source(path)
+
+
+# --- police: six years after the last event; shared incidents wait for everyone ----------
+
+
+def police_tables() -> dict:
+    """N1 and N2 at INC1 (10 Mar 2019); N2 also at INC2 (1 May 2021); N3 at nothing."""
+    persons = [police_person(n, pnc_id=None) for n in ("N1", "N2", "N3")]
+    incidents = [
+        {"incident_ref": "INC1", "occurred_at": "2019-03-10T22:15:00", "incident_type": "crime"},
+        {"incident_ref": "INC2", "occurred_at": "2021-05-01T08:00:00", "incident_type": "asb"},
+    ]
+    involvements = [
+        {"incident_ref": "INC1", "nominal_id": "N1", "role": "victim"},
+        {"incident_ref": "INC1", "nominal_id": "N2", "role": "suspect"},
+        {"incident_ref": "INC2", "nominal_id": "N2", "role": "suspect"},
+    ]
+    return {"persons": persons, "incidents": incidents, "involvements": involvements}
+
+
+def test_police_rows_go_six_years_after_the_persons_last_incident(warehouse, sources):
+    con, load = warehouse
+    load("police", "2026-11-20", police_tables())
+    police = {"police": sources["police"]}
+
+    assert retention.plan(con, police, D("2025-03-09")).destroyed == 0
+    first = retention.plan(con, police, D("2025-03-10"))
+    assert first.expired_records == ("police|persons|N1",)
+    retention.apply(con, first)
+    assert keys(con, "police", "persons", "nominal_id")["staged"] == ["N2", "N3"]
+    assert keys(con, "police", "involvements", "nominal_id")["raw"] == ["N2", "N2"]
+    # INC1 is about N2 as well, who is still within their six years: it stays.
+    assert keys(con, "police", "incidents", "incident_ref")["staged"] == ["INC1", "INC2"]
+    assert retention.plan(con, police, D("2025-03-10")).destroyed == 0
+
+    assert retention.plan(con, police, D("2027-04-30")).destroyed == 0
+    last = retention.plan(con, police, D("2027-05-01"))
+    assert last.expired_records == ("police|persons|N2",)
+    retention.apply(con, last)
+    assert keys(con, "police", "incidents", "incident_ref")["staged"] == []
+    assert keys(con, "police", "persons", "nominal_id")["staged"] == ["N3"]
+
+
+def test_a_record_with_no_event_is_undetermined_and_dated_by_its_last_delivery(warehouse, sources):
+    con, load = warehouse
+    load("police", "2026-11-20", police_tables())
+    police = {"police": sources["police"]}
+    plan = retention.plan(con, police, D("2032-11-19"))
+    persons = plan.counts.filter(pl.col("table") == "persons", pl.col("layer") == "staged")
+    assert persons["undetermined"].to_list() == [1]  # N3: involved in nothing
+    assert "police|persons|N3" not in plan.expired_records
+    fallback = retention.plan(con, police, D("2032-11-20"))  # extract date + 6 years
+    assert "police|persons|N3" in fallback.expired_records
+
+
+def test_a_leap_day_event_expires_on_1_march(warehouse, sources):
+    con, load = warehouse
+    tables = police_tables()
+    tables["incidents"][0]["occurred_at"] = "2024-02-29T23:30:00"
+    tables["incidents"][1]["occurred_at"] = "2024-02-29T01:00:00"
+    load("police", "2026-11-20", tables)
+    police = {"police": sources["police"]}
+    assert "police|persons|N1" not in retention.plan(con, police, D("2030-02-28")).expired_records
+    assert {"police|persons|N1", "police|persons|N2"} <= set(
+        retention.plan(con, police, D("2030-03-01")).expired_records
+    )
+
+
+# --- social care: episodes to the 75th birthday keep the person row ----------------------
+
+
+def csc_person(person_id: str, dob: str | None, updated: str) -> dict:
+    return {
+        "csc_person_id": person_id,
+        "forename": "Test",
+        "surname": "Person",
+        "dob": dob,
+        "updated_at": updated,
+    }
+
+
+def csc_tables() -> dict:
+    return {
+        "people": [
+            csc_person("C1", "1951-06-01", "1990-01-01T00:00:00"),
+            csc_person("C2", None, "1990-01-01T00:00:00"),
+        ],
+        "episodes": [
+            {
+                "episode_id": f"E{n}",
+                "csc_person_id": f"C{n}",
+                "episode_type": "looked_after",
+                "start_date": "1960-01-01",
+                "end_date": "1970-01-01",
+            }
+            for n in (1, 2)
+        ],
+        "relationships": [],
+    }
+
+
+def test_looked_after_episodes_go_on_the_75th_birthday_and_hold_the_person(warehouse, sources):
+    con, load = warehouse
+    load("council_csc", "2026-01-05", csc_tables())
+    csc = {"council_csc": sources["council_csc"]}
+    # The person row's own clock (updated 1990 + 25 years) ran out in 2015; the episode
+    # still names them, so it is kept with the episode.
+    assert retention.plan(con, csc, D("2016-01-01")).destroyed == 0
+    assert retention.plan(con, csc, D("2026-05-31")).destroyed == 0
+    plan = retention.plan(con, csc, D("2026-06-01"))
+    assert destroyed(plan, "council_csc", "episodes") == {"raw": 1, "staged": 1, "quarantine": 0}
+    assert destroyed(plan, "council_csc", "people") == {"raw": 1, "staged": 1, "quarantine": 0}
+    assert plan.expired_records == ("council_csc|people|C1",)
+    # C2 has no date of birth: the episode can never be aged, so it is reported and kept,
+    # and it keeps C2's person row.
+    far = retention.plan(con, csc, D("2200-01-01"))
+    assert "council_csc|people|C2" not in far.expired_records
+    episodes = far.counts.filter(pl.col("table") == "episodes")
+    assert dict(episodes.select("layer", "undetermined").iter_rows()) == {
+        "raw": 1,
+        "staged": 1,
+        "quarantine": 0,
+    }
+
+
+# --- early help: the family's episode is shared ------------------------------------------
+
+
+def test_a_family_episode_stays_until_every_member_has_expired(warehouse, sources):
+    con, load = warehouse
+    people = [
+        {"eh_person_id": p, "family_id": "F1", "forename": "T", "surname": "F", "updated_at": u}
+        for p, u in (("A", "2010-01-01T00:00:00"), ("B", "2018-03-01T00:00:00"))
+    ]
+    episode = {"eh_episode_id": "X1", "family_id": "F1", "start_date": "2009-05-01"}
+    load("council_eh", "2026-11-20", {"people": people, "episodes": [{**episode}]})
+    eh = {"council_eh": sources["council_eh"]}
+    # A's last event is the family episode's start (2009-05-01) or their update (2010-01-01).
+    assert retention.plan(con, eh, D("2016-12-31")).destroyed == 0
+    first = retention.plan(con, eh, D("2017-01-01"))
+    assert first.expired_records == ("council_eh|people|A",)
+    assert destroyed(first, "council_eh", "episodes") == {"raw": 0, "staged": 0, "quarantine": 0}
+    retention.apply(con, first)
+    assert retention.plan(con, eh, D("2025-02-28")).destroyed == 0
+    last = retention.plan(con, eh, D("2025-03-01"))
+    assert destroyed(last, "council_eh", "episodes") == {"raw": 1, "staged": 1, "quarantine": 0}
+    assert last.expired_records == ("council_eh|people|B",)
+
+
+# --- the record of destruction, the command line, a whole county -------------------------
+
+
+def test_apply_records_counts_per_source_table_and_layer_without_identifiers(warehouse, sources):
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    plan = retention.plan(con, {"school": sources["school"]}, D("2026-11-20"))
+    done = retention.apply(con, plan)
+    recorded = retention.runs(con)
+    assert set(recorded["run_id"]) == {done.run_id}
+    assert recorded.height == 12  # 4 tables x 3 layers, zero counts included
+    pupils = recorded.filter(pl.col("table_name") == "pupils", pl.col("layer") == "staged")
+    assert pupils.select("as_of", "rule", "rows_destroyed").row(0) == (
+        D("2026-11-20"),
+        "until_age 25",
+        1,
+    )
+    text = " ".join(str(v) for row in recorded.iter_rows() for v in row)
+    assert "A900000000001" not in text and "Pupil" not in text
+    assert sum(done.destroyed.values()) == plan.destroyed == 8
+
+
+def test_apply_refuses_a_plan_the_warehouse_has_moved_on_from(warehouse, sources):
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    plan = retention.plan(con, {"school": sources["school"]}, D("2026-11-20"))
+    load("school", "2026-11-02", school_tables(SCHOOL))
+    before = snapshot(con)
+    with pytest.raises(retention.RetentionError, match="changed since retention was planned"):
+        retention.apply(con, plan)
+    assert snapshot(con) == before
+
+
+def sdv(data, *args: str):
+    return CliRunner().invoke(app, ["retention", *args, "--data-dir", str(data)])
+
+
+def test_cli_dry_run_reports_and_changes_nothing_then_applies_and_audits(warehouse, tmp_path):
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    before = snapshot(con)
+    con.close()
+    data = tmp_path / "data"
+
+    dry = sdv(data, "--dry-run", "--as-of", "2026-11-20")
+    assert dry.exit_code == 0, dry.output
+    assert "would go" in dry.output and "Nothing changed" in dry.output
+    assert "8 rows and 2 person-level records would go" in dry.output
+    check = connect(data / "warehouse.duckdb")
+    assert snapshot(check) == before
+    check.close()
+
+    default_day = sdv(data, "--dry-run")  # as of the newest extract: nothing has expired
+    assert "as of 2026-11-01: 0 rows" in default_day.output
+
+    real = sdv(data, "--as-of", "2026-11-20", "--by", "dpo1")
+    assert real.exit_code == 0, real.output
+    assert "destroyed 8 rows" in real.output
+    check = connect(data / "warehouse.duckdb")
+    assert keys(check, "school", "pupils", "upn")["staged"] == ["A900000000002"]
+    check.close()
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    ensure_schema(engine)
+    events = [e for e in audit.events(engine, limit=50) if e.action == "retention"]
+    assert len(events) == 1
+    assert events[0].user_id == "dpo1" and events[0].person_ids == ()
+    assert events[0].detail["per_source"]["school"] == {"destroy": 8, "undetermined": 0}
+
+
+def test_cli_explains_bad_input(tmp_path):
+    bad = sdv(tmp_path, "--as-of", "20/11/2026")
+    assert bad.exit_code != 0 and "is not a date (YYYY-MM-DD)" in bad.output
+    missing = sdv(tmp_path / "nowhere", "--dry-run")
+    assert missing.exit_code == 1 and "no warehouse" in missing.output
+
+
+def test_a_county_run_is_idempotent_and_covers_every_relation(published_county, tmp_path):
+    county = published_county.copy(tmp_path / "county")
+    from warehouse.sources import load_sources
+
+    con = connect(county.warehouse)
+    try:
+        sources = load_sources()
+        plan = retention.plan(con, sources)
+        assert plan.as_of == D("2026-11-20")
+        assert plan.counts.height == 42
+        done = retention.apply(con, plan)
+        assert sum(done.destroyed.values()) == plan.destroyed
+        assert retention.plan(con, sources).destroyed == 0
+        after = dict(
+            con.execute(
+                "select source, sum(rows_destroyed) from meta.retention_runs group by 1"
+            ).fetchall()
+        )
+        assert after == {s: v["destroy"] for s, v in plan.per_source().items()}
+    finally:
+        con.close()
+
+
+def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp_path, sources):
+    import dagster as dg
+
+    from assets.resources import OperationalStore, Warehouse
+    from assets.retention import build_retention_asset
+
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    con.close()
+    data = tmp_path / "data"
+    result = dg.materialize(
+        [build_retention_asset(sources)],
+        resources={
+            "warehouse": Warehouse(path=str(data / "warehouse.duckdb")),
+            "operational": OperationalStore(url=f"sqlite:///{data / 'operational.db'}"),
+        },
+        run_config={"ops": {"retention": {"config": {"as_of": "2026-11-20"}}}},
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("retention")[0].metadata
+    assert meta["rows_destroyed"].value == 8
+    assert meta["per_source"].value == {"school": {"destroy": 8, "undetermined": 0}}
+    check = connect(data / "warehouse.duckdb")
+    assert keys(check, "school", "pupils", "upn")["raw"] == ["A900000000002"]
+    check.close()

@@ -1,0 +1,461 @@
+"""Retention: destroy what each source's data-sharing agreement says must no longer be kept.
+
+Every source's agreement sets a retention rule (``agreement.retention``), optionally
+overridden per table (``agreement.table_retention``), and each table says which columns
+date its rows (``event_dates``, ``event_terms``) and, for a person table, which holds the
+date of birth (``dob_column``). :func:`plan` works out, as of one date, exactly which rows
+of ``raw`` (every delivery ever loaded), ``staged`` and ``quarantine`` have expired;
+:func:`apply` destroys them in one transaction and records how many per source, table and
+layer in ``meta.retention_runs`` (counts only: the proof of destruction must not itself
+hold what was destroyed). ``current`` is a view over ``staged`` and follows.
+
+Semantics (the agreement is about *records*, so clocks are per person-level record):
+
+* **Whose rows.** Each row is about the person-level records ``warehouse.subjects`` maps it
+  to: a person row is about its own record; an episode about its child; an early help
+  episode about every member of the family; a police incident about everyone involved.
+* **years_after_last_event N.** A record's clock is the last dated event about it in that
+  source, across all layers and deliveries: every ``event_dates`` value (timestamps by
+  their date) and ``event_terms`` value (``2026-AUT`` is 31 Dec 2026, ``-SPR`` 30 Apr,
+  ``-SUM`` 31 Aug: the term's end at the latest, so never early) of every row about it. An
+  involvement has no date of its own: its person is dated through the incident, which is
+  about everyone involved. A row expires on last event + N years.
+* **until_age A.** A row expires on the A-th birthday of the record(s) it is about. Date of
+  birth comes from ``dob_column``; if deliveries disagree the latest date is used (the
+  youngest the source has ever said the person is: never early). A person table without a
+  date of birth (a school contact) follows the records it is about (the pupil): a pupil's
+  contact is kept exactly as long as the pupil.
+* **A row about several records** (a shared incident, a family's episode, a relationship)
+  expires only when every record it is about has expired under the row's table's rule.
+* **No orphans.** A person-level row is kept while any kept row of that source names its
+  record directly (an episode kept to the 75th birthday keeps its child's ``people`` row;
+  a kept relationship keeps both people); it goes with the last of them. A row that
+  reaches the person only through something shared (a family's episode, an incident)
+  does not hold the person row: once the person's own rows (their involvement) go, the
+  shared row is no longer about them at all, so holding would make a second run on the
+  same date destroy more than the first. Runs are idempotent. The records whose person
+  rows are all destroyed are :attr:`RetentionPlan.expired_records`, for the linked layer
+  and snapshots to follow.
+* **Boundaries.** Destroyed ON the expiry date (``expiry <= as_of``), kept the day before.
+  Adding years to 29 February gives 1 March in a common year (the anniversary has not
+  passed on 28 February): a leap-day birthday or event is kept one day longer, never less.
+* **Undetermined.** A row whose expiry cannot be read from its dates is never destroyed
+  silently: it is counted in ``undetermined``. Under years_after_last_event a record with
+  no dated event falls back to the newest extract date of any row about it (the last day
+  the source is known to have held it), so it goes N years after the source stops
+  delivering it. Under until_age a record with no date of birth is kept (no date is safe
+  to assume) until the source supplies one or someone decides. A row that reaches no
+  record at all is dated by its own events the same way.
+
+As of: the newest loaded extract date unless given (:func:`default_as_of`), so a run is
+reproducible from the warehouse alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from warehouse.sources import RetentionRule, RetentionUntilAge, Source, Table
+from warehouse.store import table_exists
+from warehouse.subjects import Relation, key_sql, relations, row_subjects
+
+RUNS_DDL = """
+CREATE SCHEMA IF NOT EXISTS meta;
+CREATE TABLE IF NOT EXISTS meta.retention_runs (
+    run_id VARCHAR NOT NULL,
+    as_of DATE NOT NULL,
+    source VARCHAR NOT NULL,
+    table_name VARCHAR NOT NULL,
+    layer VARCHAR NOT NULL,            -- raw | staged | quarantine
+    rule VARCHAR NOT NULL,             -- e.g. "until_age 25", "years_after_last_event 6"
+    rows_destroyed BIGINT NOT NULL,
+    rows_undetermined BIGINT NOT NULL,
+    recorded_at TIMESTAMP NOT NULL
+);
+"""
+COUNT_SCHEMA = {
+    "source": pl.String,
+    "table": pl.String,
+    "layer": pl.String,
+    "rule": pl.String,
+    "rows": pl.Int64,
+    "destroy": pl.Int64,
+    "undetermined": pl.Int64,
+}
+_TERM_ENDS = {"AUT": "12-31", "SPR": "04-30", "SUM": "08-31"}
+_ORPHAN = "~row|"  # pseudo record for a row that reaches no person-level record
+
+
+class RetentionError(ValueError):
+    """Retention cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What retention would destroy as of ``as_of``: rowids per relation, counts per
+    source/table/layer (``COUNT_SCHEMA``), and the person-level records that go entirely."""
+
+    as_of: date
+    targets: dict[Relation, tuple[int, ...]]
+    counts: pl.DataFrame
+    expired_records: tuple[str, ...]
+    rows_seen: dict[Relation, int] = field(default_factory=dict)
+
+    @property
+    def destroyed(self) -> int:
+        return int(self.counts["destroy"].sum())
+
+    def per_source(self) -> dict[str, dict[str, int]]:
+        """``{source: {"destroy": n, "undetermined": n}}`` (for metadata and the audit)."""
+        totals = self.counts.group_by("source").agg(pl.col("destroy", "undetermined").sum())
+        return {
+            row["source"]: {"destroy": row["destroy"], "undetermined": row["undetermined"]}
+            for row in totals.sort("source").to_dicts()
+        }
+
+
+@dataclass(frozen=True)
+class RetentionRun:
+    run_id: str
+    plan: RetentionPlan
+    destroyed: dict[str, int]  # relation name -> rows deleted
+
+
+def anniversary(day: pl.Expr, years: int) -> pl.Expr:
+    """``day`` + ``years`` years; 29 February lands on 1 March in a common year."""
+    shifted = day.dt.offset_by(f"{years}y")
+    leap = (day.dt.month() == 2) & (day.dt.day() == 29) & (shifted.dt.day() == 28)
+    return pl.when(leap).then(shifted.dt.offset_by("1d")).otherwise(shifted)
+
+
+def rule_text(rule: RetentionRule) -> str:
+    value = rule.age if isinstance(rule, RetentionUntilAge) else rule.years
+    return f"{rule.rule} {value}"
+
+
+def default_as_of(con: duckdb.DuckDBPyConnection) -> date:
+    """The newest loaded extract date: retention's "today", deterministic from the data."""
+    if table_exists(con, "meta", "deliveries"):
+        row = con.execute(
+            "select max(extract_date) from meta.deliveries where status = 'loaded'"
+        ).fetchall()
+        if row and row[0][0] is not None:
+            return row[0][0]
+    raise RetentionError("no delivery has been loaded yet: give --as-of or load a delivery")
+
+
+def _as_date(frame: pl.DataFrame, column: str, source: Source) -> pl.Expr:
+    """A dating column as a Date, whatever the layer stores (typed in staged, text in raw
+    and quarantine, read with the source's own formats; unreadable values are null)."""
+    dtype = frame.schema[column]
+    if dtype == pl.Date:
+        return pl.col(column)
+    if isinstance(dtype, pl.Datetime):
+        return pl.col(column).dt.date()
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    dates = [text.str.to_date(f, strict=False) for f in source.date_formats]
+    stamps = [
+        text.str.to_datetime(f, strict=False, time_unit="us").dt.date()
+        for f in source.timestamp_formats
+    ]
+    return pl.coalesce([*dates, *stamps])
+
+
+def _term_end(column: str) -> pl.Expr:
+    parts = pl.col(column).cast(pl.String).str.strip_chars().str.to_uppercase()
+    year = parts.str.extract(r"^(\d{4})-(?:AUT|SPR|SUM)$", 1)
+    season = parts.str.extract(r"^\d{4}-(AUT|SPR|SUM)$", 1)
+    month_day = season.replace_strict(_TERM_ENDS, default=None, return_dtype=pl.String)
+    return pl.concat_str([year, pl.lit("-"), month_day]).str.to_date("%Y-%m-%d", strict=False)
+
+
+def _rows(con: duckdb.DuckDBPyConnection, source: Source, rel: Relation) -> pl.DataFrame:
+    """One relation's rows: ``_rowid, _self`` (a person row's own record), ``_event`` (its
+    last dated event), ``_dob`` and ``_extract_date``."""
+    spec: Table = source.tables[rel.table]
+    columns = [*spec.event_dates, *spec.event_terms]
+    if spec.dob_column:
+        columns.append(spec.dob_column)
+    selected = "".join(f', t."{c}"' for c in dict.fromkeys(columns))
+    self_sql = (
+        f"'{source.name}|{rel.table}|' || {key_sql(spec.local_key, 't')}"
+        if spec.person_level
+        else "null"
+    )
+    frame = con.sql(
+        f"select t.rowid as _rowid, cast(t._extract_date as date) as _extract_date, "
+        f"cast({self_sql} as varchar) as _self{selected} from {rel.name} t"
+    ).pl()
+    events = [_as_date(frame, c, source) for c in spec.event_dates]
+    events += [_term_end(c) for c in spec.event_terms]
+    return frame.select(
+        pl.col("_rowid").cast(pl.Int64),
+        pl.col("_self").cast(pl.String),
+        (pl.max_horizontal(events) if events else pl.lit(None, dtype=pl.Date)).alias("_event"),
+        (_as_date(frame, spec.dob_column, source) if spec.dob_column else pl.lit(None))
+        .cast(pl.Date)
+        .alias("_dob"),
+        pl.col("_extract_date").cast(pl.Date),
+    ).with_columns(layer=pl.lit(rel.schema), table=pl.lit(rel.table))
+
+
+def _source_rows(
+    con: duckdb.DuckDBPyConnection, source: Source, rels: list[Relation]
+) -> pl.DataFrame:
+    """Every row of the source in every layer, once per record it is about (``record_id``);
+    a row about no record is about a pseudo record of its own."""
+    frames = []
+    for rel in rels:
+        own = _rows(con, source, rel)
+        about = row_subjects(con, source, rel)
+        joined = own.join(about, on="_rowid", how="left").with_columns(
+            record_id=pl.coalesce(
+                "record_id",
+                pl.format(f"{_ORPHAN}{rel.schema}|{rel.table}|{{}}", pl.col("_rowid")),
+            ),
+            direct=pl.col("direct").fill_null(True),
+        )
+        frames.append(joined)
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def _record_clocks(rows: pl.DataFrame, source: Source) -> pl.DataFrame:
+    """Per record: last event, newest extract date delivering anything about it, and the
+    date of birth (own, else that of the records its own rows are about)."""
+    clocks = rows.group_by("record_id").agg(
+        pl.col("_event").max().alias("last_event"),
+        pl.col("_extract_date").max().alias("last_delivered"),
+    )
+    own_dob = (
+        rows.filter(pl.col("_self") == pl.col("record_id"))
+        .group_by("record_id")
+        .agg(pl.col("_dob").max().alias("own_dob"))
+    )
+    without_dob = [
+        f"{source.name}|{name}|"
+        for name, t in source.tables.items()
+        if t.person_level and t.dob_column is None
+    ]
+    followed = (
+        rows.filter(
+            pl.col("_self").is_not_null()
+            & (pl.col("_self") != pl.col("record_id"))
+            & pl.any_horizontal(
+                [pl.col("_self").str.starts_with(p) for p in without_dob] or [pl.lit(False)]
+            )
+        )
+        .join(own_dob, on="record_id")
+        .group_by("_self")
+        .agg(pl.col("own_dob").max().alias("followed_dob"))
+        .rename({"_self": "record_id"})
+    )
+    return (
+        clocks.join(own_dob, on="record_id", how="left")
+        .join(followed, on="record_id", how="left")
+        .with_columns(dob=pl.coalesce("own_dob", "followed_dob"))
+        .drop("own_dob", "followed_dob")
+    )
+
+
+def _row_expiry(rows: pl.DataFrame, clocks: pl.DataFrame, source: Source) -> pl.DataFrame:
+    """Per row (layer, table, _rowid): ``expiry`` (null = undetermined and kept) and
+    ``undetermined``, the latest expiry of every record it is about."""
+    joined = rows.join(clocks, on="record_id", how="left")
+    parts = []
+    for table in source.tables:
+        rule = source.agreement.table_retention.get(table, source.agreement.retention)
+        mine = joined.filter(pl.col("table") == table)
+        if isinstance(rule, RetentionUntilAge):
+            mine = mine.with_columns(
+                expiry=anniversary(pl.col("dob"), rule.age), unknown=pl.col("dob").is_null()
+            )
+        else:
+            clock = pl.coalesce("last_event", "last_delivered")
+            mine = mine.with_columns(
+                expiry=anniversary(clock, rule.years), unknown=pl.col("last_event").is_null()
+            )
+        parts.append(mine.with_columns(rule=pl.lit(rule_text(rule))))
+    return (
+        pl.concat(parts)
+        .group_by("layer", "table", "_rowid")
+        .agg(
+            pl.when(pl.col("expiry").is_null().any())
+            .then(None)
+            .otherwise(pl.col("expiry").max())
+            .alias("expiry"),
+            pl.col("unknown").any().alias("undetermined"),
+            pl.col("_self").first(),
+            pl.col("rule").first(),
+        )
+    )
+
+
+def _hold_person_rows(decided: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """Keep a person row while any kept row of the source names its record directly;
+    repeat, as a kept person row (a contact) may itself name another record (the pupil)."""
+    about = rows.filter("direct").select("layer", "table", "_rowid", "record_id")
+    while True:
+        kept = decided.filter(~pl.col("destroy")).join(about, on=["layer", "table", "_rowid"])
+        held = pl.col("destroy") & pl.col("_self").is_in(kept["record_id"].unique().implode())
+        if decided.filter(held).is_empty():
+            return decided
+        decided = decided.with_columns(destroy=pl.when(held).then(False).otherwise("destroy"))
+
+
+def _plan_source(
+    con: duckdb.DuckDBPyConnection, source: Source, rels: list[Relation], as_of: date
+) -> tuple[pl.DataFrame, list[str]]:
+    rows = _source_rows(con, source, rels)
+    clocks = _record_clocks(rows, source)
+    decided = _row_expiry(rows, clocks, source).with_columns(
+        destroy=pl.col("expiry").is_not_null() & (pl.col("expiry") <= as_of)
+    )
+    decided = _hold_person_rows(decided, rows)
+    people = decided.filter(pl.col("_self").is_not_null())
+    gone = set(people.filter(pl.col("destroy"))["_self"].to_list())
+    gone -= set(people.filter(~pl.col("destroy"))["_self"].to_list())
+    return decided, sorted(gone)
+
+
+def plan(
+    con: duckdb.DuckDBPyConnection, sources: Mapping[str, Source], as_of: date | None = None
+) -> RetentionPlan:
+    """What has expired as of ``as_of`` (default :func:`default_as_of`) in every ingest
+    layer; reads only, so a dry run is just this."""
+    as_of = as_of or default_as_of(con)
+    targets: dict[Relation, tuple[int, ...]] = {}
+    seen: dict[Relation, int] = {}
+    counts: list[dict[str, Any]] = []
+    expired: list[str] = []
+    for source in sources.values():
+        rels = list(relations(con, {source.name: source}))
+        if not rels:
+            continue
+        decided, gone = _plan_source(con, source, rels, as_of)
+        expired += gone
+        for rel in rels:
+            mine = decided.filter((pl.col("layer") == rel.schema) & (pl.col("table") == rel.table))
+            ids = tuple(sorted(mine.filter(pl.col("destroy"))["_rowid"].to_list()))
+            if ids:
+                targets[rel] = ids
+            seen[rel] = mine.height
+            rule = source.agreement.table_retention.get(rel.table, source.agreement.retention)
+            counts.append(
+                {
+                    "source": rel.source,
+                    "table": rel.table,
+                    "layer": rel.schema,
+                    "rule": rule_text(rule),
+                    "rows": mine.height,
+                    "destroy": len(ids),
+                    "undetermined": int(mine["undetermined"].sum()),
+                }
+            )
+    frame = pl.DataFrame(counts, schema=COUNT_SCHEMA).sort("source", "table", "layer")
+    return RetentionPlan(as_of, targets, frame, tuple(expired), seen)
+
+
+def _row_count(con: duckdb.DuckDBPyConnection, rel: Relation) -> int:
+    return con.execute(f"select count(*) from {rel.name}").fetchall()[0][0]
+
+
+def _delete_rows(
+    con: duckdb.DuckDBPyConnection, targets: Mapping[Relation, Collection[int]]
+) -> dict[str, int]:
+    """Delete rows by rowid; returns rows deleted per relation name. Same contract as
+    ``warehouse.purge.purge_ingest``, which replaces this at merge (it also rewrites the
+    file so deleted bytes do not survive in free blocks)."""
+    deleted: dict[str, int] = {}
+    for rel, rowids in targets.items():
+        if not rowids:
+            continue
+        frame = pl.DataFrame({"_rowid": sorted(rowids)}, schema={"_rowid": pl.Int64})
+        con.register("_retention_rowids", frame)
+        try:
+            con.execute(
+                f"delete from {rel.name} where rowid in (select _rowid from _retention_rowids)"
+            )
+        finally:
+            con.unregister("_retention_rowids")
+        deleted[rel.name] = len(rowids)
+    return deleted
+
+
+def apply(con: duckdb.DuckDBPyConnection, plan: RetentionPlan) -> RetentionRun:
+    """Destroy what ``plan`` found and record counts per source/table/layer, all in one
+    transaction. The plan must come from this warehouse with nothing written since (the
+    nightly asset holds the single-writer pool); a changed table aborts the run."""
+    run_id = uuid.uuid4().hex
+    now = datetime.now(UTC).replace(tzinfo=None)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(RUNS_DDL)
+        for rel, expected in plan.rows_seen.items():
+            if _row_count(con, rel) != expected:
+                raise RetentionError(
+                    f"{rel.name} changed since retention was planned: plan again and re-run"
+                )
+        destroyed = _delete_rows(con, plan.targets)
+        for rel in plan.targets:
+            if destroyed.get(rel.name, 0) != len(plan.targets[rel]):
+                raise RetentionError(f"{rel.name}: not every planned row was destroyed")
+        for row in plan.counts.iter_rows(named=True):
+            con.execute(
+                "insert into meta.retention_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    plan.as_of,
+                    row["source"],
+                    row["table"],
+                    row["layer"],
+                    row["rule"],
+                    row["destroy"],
+                    row["undetermined"],
+                    now,
+                ],
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("CHECKPOINT")
+    return RetentionRun(run_id, plan, destroyed)
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    sources: Mapping[str, Source],
+    as_of: date | None = None,
+    *,
+    dry_run: bool = False,
+) -> tuple[RetentionPlan, RetentionRun | None]:
+    """Plan, and unless ``dry_run`` apply: what the CLI and the nightly asset call."""
+    found = plan(con, sources, as_of)
+    return found, None if dry_run else apply(con, found)
+
+
+def audit_detail(done: RetentionRun) -> dict[str, Any]:
+    """Counts only for the audit trail: no record ids (they carry UPNs and local keys)."""
+    return {
+        "run_id": done.run_id,
+        "as_of": done.plan.as_of.isoformat(),
+        "per_source": done.plan.per_source(),
+        "records_expired": len(done.plan.expired_records),
+    }
+
+
+def runs(con: duckdb.DuckDBPyConnection, run_ids: Iterable[str] | None = None) -> pl.DataFrame:
+    """Recorded retention runs (all, or those named), newest first."""
+    if not table_exists(con, "meta", "retention_runs"):
+        return pl.DataFrame()
+    frame = con.sql("select * from meta.retention_runs order by recorded_at desc, run_id").pl()
+    if run_ids is not None:
+        frame = frame.filter(pl.col("run_id").is_in(list(run_ids)))
+    return frame
