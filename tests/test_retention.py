@@ -256,6 +256,51 @@ def test_a_leap_day_event_expires_on_1_march(warehouse, sources):
     )
 
 
+# --- health: a child's record to 25, an adult's 8 years after the last encounter ---------
+
+
+def patient(patient_id: str, dob: str) -> dict:
+    return {
+        "local_patient_id": patient_id,
+        "given_name": "Test",
+        "family_name": "Patient",
+        "birth_date": dob,
+    }
+
+
+def test_health_keeps_a_record_until_the_later_of_25th_birthday_and_8_years(warehouse, sources):
+    con, load = warehouse
+    tables = {
+        # A: 25 on 2030-01-10, last seen 2010: the birthday is later.
+        # B: an adult seen on 2026-05-05: kept to 2034-05-05 though long past 25.
+        "patients": [patient("A", "2005-01-10"), patient("B", "1980-06-01")],
+        "encounters": [
+            {
+                "encounter_id": "E1",
+                "local_patient_id": "A",
+                "encounter_type": "ed_attendance",
+                "encounter_date": "2010-03-03",
+            },
+            {
+                "encounter_id": "E2",
+                "local_patient_id": "B",
+                "encounter_type": "ed_attendance",
+                "encounter_date": "2026-05-05",
+            },
+        ],
+    }
+    load("health", "2026-11-20", tables)
+    health = {"health": sources["health"]}
+    assert retention.plan(con, health, D("2026-11-20")).expired_records == ()
+    assert retention.plan(con, health, D("2030-01-09")).expired_records == ()
+    assert retention.plan(con, health, D("2030-01-10")).expired_records == ("health|patients|A",)
+    assert retention.plan(con, health, D("2034-05-04")).expired_records == ("health|patients|A",)
+    assert retention.plan(con, health, D("2034-05-05")).expired_records == (
+        "health|patients|A",
+        "health|patients|B",
+    )
+
+
 # --- social care: episodes to the 75th birthday keep the person row ----------------------
 
 

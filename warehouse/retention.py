@@ -36,6 +36,9 @@ Semantics (the agreement is about *records*, so clocks are per person-level reco
   same date destroy more than the first. Runs are idempotent. The records whose person
   rows are all destroyed are :attr:`RetentionPlan.expired_records`, for the linked layer
   and snapshots to follow.
+* **later_of.** Kept until the last of its rules runs out (health: a child's record to the
+  25th birthday, an adult's 8 years after the last encounter); undetermined while any of
+  them is.
 * **Boundaries.** Destroyed ON the expiry date (``expiry <= as_of``), kept the day before.
   Adding years to 29 February gives 1 March in a common year (the anniversary has not
   passed on 28 February): a leap-day birthday or event is kept one day longer, never less.
@@ -62,7 +65,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.sources import RetentionRule, RetentionUntilAge, Source, Table
+from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
 from warehouse.store import table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
@@ -136,8 +139,29 @@ def anniversary(day: pl.Expr, years: int) -> pl.Expr:
 
 
 def rule_text(rule: RetentionRule) -> str:
+    if isinstance(rule, RetentionLaterOf):
+        return f"later_of({', '.join(rule_text(r) for r in rule.rules)})"
     value = rule.age if isinstance(rule, RetentionUntilAge) else rule.years
     return f"{rule.rule} {value}"
+
+
+def _rule_expiry(rule: RetentionRule) -> tuple[pl.Expr, pl.Expr]:
+    """(expiry, unknown) of one rule over a frame with ``dob``, ``last_event`` and
+    ``last_delivered``: a later_of rule expires with the last of its rules, and is
+    undetermined (kept) when any of them is."""
+    if isinstance(rule, RetentionUntilAge):
+        return anniversary(pl.col("dob"), rule.age), pl.col("dob").is_null()
+    if isinstance(rule, RetentionLaterOf):
+        parts = [_rule_expiry(r) for r in rule.rules]
+        expiries = [e for e, _ in parts]
+        expiry = (
+            pl.when(pl.any_horizontal(e.is_null() for e in expiries))
+            .then(None)
+            .otherwise(pl.max_horizontal(expiries))
+        )
+        return expiry, pl.any_horizontal(u for _, u in parts)
+    clock = pl.coalesce("last_event", "last_delivered")
+    return anniversary(clock, rule.years), pl.col("last_event").is_null()
 
 
 def default_as_of(con: duckdb.DuckDBPyConnection) -> date:
@@ -272,15 +296,8 @@ def _row_expiry(rows: pl.DataFrame, clocks: pl.DataFrame, source: Source) -> pl.
     for table in source.tables:
         rule = source.agreement.table_retention.get(table, source.agreement.retention)
         mine = joined.filter(pl.col("table") == table)
-        if isinstance(rule, RetentionUntilAge):
-            mine = mine.with_columns(
-                expiry=anniversary(pl.col("dob"), rule.age), unknown=pl.col("dob").is_null()
-            )
-        else:
-            clock = pl.coalesce("last_event", "last_delivered")
-            mine = mine.with_columns(
-                expiry=anniversary(clock, rule.years), unknown=pl.col("last_event").is_null()
-            )
+        expiry, unknown = _rule_expiry(rule)
+        mine = mine.with_columns(expiry=expiry, unknown=unknown)
         parts.append(mine.with_columns(rule=pl.lit(rule_text(rule))))
     return (
         pl.concat(parts)

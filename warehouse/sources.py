@@ -79,8 +79,25 @@ class RetentionUntilAge(_Strict):
     age: int = Field(gt=0, le=150)
 
 
-RetentionRule = Annotated[
+SimpleRetentionRule = Annotated[
     RetentionYearsAfterLastEvent | RetentionUntilAge, Field(discriminator="rule")
+]
+
+
+class RetentionLaterOf(_Strict):
+    """Kept until the last of several rules has run out: the NHS keeps a child's record to
+    the 25th birthday, or 8 years after the last treatment where that is later."""
+
+    rule: Literal["later_of"]
+    rules: list[SimpleRetentionRule] = Field(min_length=2)
+
+    def uses(self, kind: str) -> bool:
+        return any(r.rule == kind for r in self.rules)
+
+
+RetentionRule = Annotated[
+    RetentionYearsAfterLastEvent | RetentionUntilAge | RetentionLaterOf,
+    Field(discriminator="rule"),
 ]
 
 
@@ -272,7 +289,10 @@ class Source(_Strict):
         (its own, or that of the person tables it is about, one step on)."""
         for name in self.tables:
             rule = self.agreement.table_retention.get(name, self.agreement.retention)
-            if rule.rule == "until_age" and not self._has_birth_date(name):
+            ages = rule.rule == "until_age" or (
+                isinstance(rule, RetentionLaterOf) and rule.uses("until_age")
+            )
+            if ages and not self._has_birth_date(name):
                 raise ValueError(
                     f"table {name!r} is kept until_age but no person table it is about "
                     "has a dob_column"
