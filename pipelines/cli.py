@@ -23,6 +23,7 @@ from rich.table import Table
 
 from pipelines.audit_cli import audit_app
 from pipelines.family_view_cli import published_or_exit, register
+from pipelines.rectify_cli import register as register_rectify
 from pipelines.review_cli import review_app
 from pipelines.rights_cli import register as register_rights
 from pipelines.serve_cli import serve, token_app
@@ -42,6 +43,7 @@ app.command("serve")(serve)
 app.add_typer(token_app, name="token")
 register(app)
 register_rights(app)
+register_rectify(app)
 
 
 @dataclass(frozen=True)
