@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.ingest import WRITER_POOL
 from assets.linkage import HOUSEHOLD_MEMBERS, PERSON_RECORDS
-from assets.resources import FamilyViewSettings, Warehouse
+from assets.resources import FamilyViewSettings, OperationalStore, Warehouse
 from matching.config import LinkageConfig
 from warehouse.curated_config import CuratedConfig
 from warehouse.family_view import build_snapshot, check_snapshot
@@ -54,12 +54,15 @@ def build_family_view_assets(
         "but not yet visible to readers.",
     )
     def family_view_snapshot(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, family_view: FamilyViewSettings
+        context: dg.AssetExecutionContext,
+        warehouse: Warehouse,
+        family_view: FamilyViewSettings,
+        operational: OperationalStore,
     ):
         store = _store(family_view)
         key = load_key(Path(family_view.data_dir))
         with warehouse.get_connection() as con:
-            built = build_snapshot(con, store, linkage, curated, sources, key)
+            built = build_snapshot(con, store, linkage, curated, sources, key, operational.engine())
             checks = check_snapshot(built, con)
         context.log.info("built %s (as of %s)", built.snapshot.name, built.as_of)
         yield dg.MaterializeResult(
@@ -69,6 +72,7 @@ def build_family_view_assets(
                 "as_of": built.as_of.isoformat(),
                 "rows": dg.MetadataValue.json(built.rows),
                 "unlinked_rows": dg.MetadataValue.json(built.unlinked),
+                "rectifications_lapsed": built.lapsed,
                 "checks_passed": all(c.passed for c in checks),
             }
         )

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from pipelines.audit_cli import audit_app
 from pipelines.family_view_cli import published_or_exit, register
+from pipelines.rectify_cli import register as register_rectify
 from pipelines.retention_cli import register as register_retention
 from pipelines.review_cli import review_app
 from pipelines.rights_cli import register as register_rights
@@ -46,6 +47,7 @@ register(app)
 register_rights(app)
 register_sar(app)
 register_retention(app)
+register_rectify(app)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,11 @@ def published_or_exit(settings: Settings, trigger: str) -> None:
     )
     if built.get("unlinked_rows"):
         out.print(f"Rows whose person is not linked (not shown): {built['unlinked_rows']}")
+    if built.get("rectifications_lapsed"):
+        out.print(
+            f"Rectifications a source overtook (now lapsed, see sdv rectifications): "
+            f"{built['rectifications_lapsed']}"
+        )
 
 
 def publish(data_dir: DataDir = None) -> None:

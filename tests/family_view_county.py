@@ -69,6 +69,7 @@ class FamilyViewCounty:
                 load_curated_config(),
                 load_sources(),
                 PSEUDONYM_KEY,
+                self.engine(),
             )
             checks = check_snapshot(built, con)
         finally:

@@ -27,6 +27,7 @@ import polars as pl
 from matching.config import LinkageConfig
 from matching.identifiers import is_valid_upn, nhs_number_expr, nhs_valid_expr, postcode_expr
 from matching.standardise import nickname_table
+from warehouse import corrections
 from warehouse.curated_config import CuratedConfig, Query
 from warehouse.curated_schema import TABLES
 from warehouse.person_rows import read_person_rows
@@ -48,6 +49,8 @@ class CuratedBuild:
     # Rows of events/involvements/attributes whose person the linkage does not know, per
     # "<section>:<agency or table>": reported by the publish checks, never silently lost.
     unlinked: dict[str, int] = field(default_factory=dict)
+    # Rectifications a source has overtaken tonight: the caller records them as lapsed.
+    lapsed: list[corrections.Lapsed] = field(default_factory=list)
 
 
 def as_of_date(con: duckdb.DuckDBPyConnection) -> date:
@@ -839,8 +842,10 @@ def build(
     linkage: LinkageConfig,
     config: CuratedConfig,
     sources: dict[str, Source],
+    rectifications: pl.DataFrame | None = None,
 ) -> CuratedBuild:
-    """Every curated table from the warehouse behind ``con`` (read only)."""
+    """Every curated table from the warehouse behind ``con`` (read only), with the active
+    ``rectifications`` (see :mod:`warehouse.corrections`) applied to the golden records."""
     as_of = as_of_date(con)
     links = _record_links(con)
     unlinked: dict[str, int] = {}
@@ -848,6 +853,13 @@ def build(
     members = con.sql("select * from linked.household_members").pl()
     attributes = _attributes(con, config, links, unlinked)
     person = build_person(rows, attributes, members, config, as_of)
+    person_records = links.select(
+        "person_id",
+        pl.concat_str(["source", "source_table", "local_key"], separator="|").alias("record_id"),
+    ).sort("person_id", "record_id")
+    person, lapsed = corrections.apply(
+        person, person_records, rectifications, as_of, config.child_summary.adult_age
+    )
     household, household_members = build_households(members, person)
     relationships = con.sql(
         "select person_id, related_person_id, relationship, evidence "
@@ -868,13 +880,11 @@ def build(
         "involvement": involvement,
         "timeline": timeline,
         "child_summary": child_summary,
-        "person_names": build_person_names(rows),
-        "person_records": links.select(
-            "person_id",
-            pl.concat_str(["source", "source_table", "local_key"], separator="|").alias(
-                "record_id"
-            ),
-        ).sort("person_id", "record_id"),
+        # The golden name too: a rectified name is searchable from the night it shows.
+        "person_names": build_person_names(
+            pl.concat([rows, person.select("person_id", *_NAME_FIELDS)], how="diagonal_relaxed")
+        ),
+        "person_records": person_records,
         "person_organisations": build_organisations(con, config, links, unlinked),
         "source_deliveries": build_source_deliveries(deliveries, sources),
         **build_aggregates(child_summary, person, involvement, config.aggregates.min_count),
@@ -886,4 +896,5 @@ def build(
         as_of=as_of,
         tables={name: conform(name, frame) for name, frame in tables.items()},
         unlinked=unlinked,
+        lapsed=lapsed,
     )

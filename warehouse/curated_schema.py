@@ -125,7 +125,8 @@ TABLES: dict[str, CuratedTable] = {
                     "field_sources",
                     "VARCHAR",
                     "attribute",
-                    "JSON: the source table each golden field came from (provenance).",
+                    "JSON: the source table each golden field came from (provenance), or "
+                    '"rectification" where a recorded correction overrides the sources.',
                 ),
             ),
         ),

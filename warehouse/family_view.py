@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from sqlalchemy.engine import Engine
 
 from matching.config import LinkageConfig
-from warehouse import curate
+from warehouse import curate, rectification
 from warehouse.curated_config import CuratedConfig
 from warehouse.curated_schema import DIRECT_IDENTIFIERS, TABLES
+from warehouse.operational import ensure_schema
 from warehouse.pseudonymise import FORBIDDEN_KINDS, analyst_comments, analyst_tables
 from warehouse.publish import (
     Published,
@@ -37,6 +39,7 @@ class BuiltSnapshot:
     as_of: date
     rows: dict[str, int]
     unlinked: dict[str, int] = field(default_factory=dict)
+    lapsed: int = 0  # rectifications a source overtook tonight (recorded as lapsed)
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,20 @@ def build_snapshot(
     config: CuratedConfig,
     sources: dict[str, Source],
     key: bytes,
+    operational: Engine | None = None,
 ) -> BuiltSnapshot:
-    """Write tonight's curated snapshot and analysts' file (not yet visible to readers)."""
-    built = curate.build(con, linkage, config, sources)
+    """Write tonight's curated snapshot and analysts' file (not yet visible to readers).
+
+    With the ``operational`` store, its active rectifications are applied and those a
+    source has overtaken are recorded there as lapsed.
+    """
+    active = None
+    if operational is not None:
+        ensure_schema(operational)
+        active = rectification.for_build(operational)
+    built = curate.build(con, linkage, config, sources, active)
+    if operational is not None:
+        rectification.record_lapsed(operational, [(x.id, x.reason) for x in built.lapsed])
     snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
     info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
     write_tables(snapshot_path, built.tables, info, curated_comments())
@@ -68,6 +82,7 @@ def build_snapshot(
         as_of=built.as_of,
         rows={name: frame.height for name, frame in built.tables.items()},
         unlinked=built.unlinked,
+        lapsed=len(built.lapsed),
     )
 
 

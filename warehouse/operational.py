@@ -19,7 +19,12 @@ from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
 
-_TABLE_MODULES = ("warehouse.review", "warehouse.audit", "warehouse.restriction")
+_TABLE_MODULES = (
+    "warehouse.review",
+    "warehouse.audit",
+    "warehouse.restriction",
+    "warehouse.rectification",
+)
 
 
 class UTCDateTime(sa.types.TypeDecorator):
