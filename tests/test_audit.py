@@ -393,6 +393,32 @@ def test_concurrent_appends_from_eight_threads_never_fork_the_chain(engine, tmp_
     assert len(person_history(engine, ["P0"])) == 8 * 9
 
 
+def test_appends_waiting_on_a_commit_share_the_next_one(engine):
+    """Group commit: while one commit is in progress, waiting appends queue and the next
+    commit carries all of them (one fsync for many API requests), each still answered
+    with its own record only once it is stored."""
+    from warehouse import audit
+
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+    committer = audit._committer(engine)
+    returned: list[AuditRecord] = []
+    with committer.commit:  # a commit in progress
+        threads = [
+            threading.Thread(target=lambda n=n: returned.append(append(engine, read(f"P{n}"))))
+            for n in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        while len(committer.pending) < 8:
+            threading.Event().wait(0.005)
+        assert returned == []  # nobody is answered before their event is stored
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(returned) == 8 and len(commits) == 1
+    assert_unforked(engine, 8, returned)
+
+
 _WORKER = """
 import sys
 from warehouse.audit import AuditEvent, append

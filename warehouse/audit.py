@@ -334,69 +334,125 @@ def _lock_head(conn: Connection) -> tuple[int, str]:
     return row.seq, row.hash
 
 
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+@dataclass
+class _Pending:
+    """One event waiting for a group commit, and what became of it."""
+
+    event: AuditEvent
+    at: datetime | None
+    record: AuditRecord | None = None
+    error: BaseException | None = None
 
 
-def _process_lock(engine: Engine) -> threading.Lock:
+@dataclass
+class _Committer:
+    """Per-process group commit for one audit store.
+
+    Every waiting thread's event goes into ``pending``; whichever thread next holds
+    ``commit`` appends all of them in one transaction and hands each its record. Under a
+    busy API one commit (one fsync) then carries many events instead of one each, and an
+    event is still on disk before the request that caused it is answered. Threads of one
+    process queue here rather than in the database: SQLite's busy handler makes waiting
+    writers sleep in growing steps (up to 100 ms). Other processes still serialise on the
+    head lock.
+    """
+
+    commit: threading.Lock = field(default_factory=threading.Lock)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    pending: list[_Pending] = field(default_factory=list)
+
+
+_COMMITTERS: dict[str, _Committer] = {}
+_COMMITTERS_GUARD = threading.Lock()
+
+
+def _committer(engine: Engine) -> _Committer:
     key = engine.url.render_as_string(hide_password=False)
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
+    with _COMMITTERS_GUARD:
+        return _COMMITTERS.setdefault(key, _Committer())
 
 
 def append(engine: Engine, event: AuditEvent, at: datetime | None = None) -> AuditRecord:
-    """Append ``event`` to the chain and return it as stored.
+    """Append ``event`` to the chain and return it as stored (committed).
 
     ``at`` is when the read happened, if the caller knows better than now (timezone-aware);
     by default the time is taken once the chain is locked, so seq order is time order.
+    Concurrent appends from one process share a transaction (:class:`_Committer`).
     """
     if not isinstance(event, AuditEvent):
         raise AuditError(f"expected an AuditEvent, not {type(event).__name__}")
     if at is not None and at.tzinfo is None:
         raise AuditError(f"naive datetime {at!r}: audit times must be timezone-aware")
-    # Threads of one process queue here rather than in the database: SQLite's busy handler
-    # makes waiting writers sleep in growing steps (up to 100 ms), which under a busy API
-    # turns a 1 ms append into a long tail. Other processes still serialise on the head lock.
-    with _process_lock(engine), engine.begin() as conn:
+    mine = _Pending(event, at)
+    committer = _committer(engine)
+    with committer.guard:
+        committer.pending.append(mine)
+    with committer.commit:
+        if mine.record is None and mine.error is None:
+            with committer.guard:
+                batch, committer.pending = committer.pending, []
+            try:
+                records = _append_batch(engine, batch)
+            except BaseException as exc:
+                for pending in batch:
+                    pending.error = exc
+                raise
+            for pending, record in zip(batch, records, strict=True):
+                pending.record = record
+    if mine.error is not None:
+        raise mine.error
+    assert mine.record is not None
+    return mine.record
+
+
+def _append_batch(engine: Engine, batch: Sequence[_Pending]) -> list[AuditRecord]:
+    """Append the events of ``batch`` in order, in one transaction."""
+    records: list[AuditRecord] = []
+    with engine.begin() as conn:
         prev_seq, prev_hash = _lock_head(conn)
-        fields = {
-            "seq": prev_seq + 1,
-            "event_id": str(uuid.uuid4()),
-            "occurred_at": (at or datetime.now(UTC)).astimezone(UTC),
-            "user_id": event.user_id,
-            "role": event.role,
-            "organisation": event.organisation,
-            "purpose": event.purpose,
-            "lawful_basis": event.lawful_basis,
-            "action": event.action,
-            "outcome": event.outcome,
-            "tables": tuple(event.tables),
-            "columns": tuple(event.columns),
-            "person_ids": tuple(event.person_ids),
-            "detail": None if event.detail is None else json.loads(_canonical(event.detail)),
-        }
-        record = AuditRecord(**fields, prev_hash=prev_hash, hash=_hash(prev_hash, fields))
-        stored = {
-            **fields,
-            "tables": _canonical(list(record.tables)),
-            "columns": _canonical(list(record.columns)),
-            "person_ids": _canonical(list(record.person_ids)),
-            "detail": None if record.detail is None else _canonical(record.detail),
-            "prev_hash": prev_hash,
-            "hash": record.hash,
-        }
-        conn.execute(audit_events.insert().values(**stored))
-        if record.person_ids:
-            conn.execute(
-                audit_event_persons.insert(),
-                [{"seq": record.seq, "person_id": pid} for pid in record.person_ids],
+        events, persons = [], []
+        for pending in batch:
+            event = pending.event
+            fields = {
+                "seq": prev_seq + 1,
+                "event_id": str(uuid.uuid4()),
+                "occurred_at": (pending.at or datetime.now(UTC)).astimezone(UTC),
+                "user_id": event.user_id,
+                "role": event.role,
+                "organisation": event.organisation,
+                "purpose": event.purpose,
+                "lawful_basis": event.lawful_basis,
+                "action": event.action,
+                "outcome": event.outcome,
+                "tables": tuple(event.tables),
+                "columns": tuple(event.columns),
+                "person_ids": tuple(event.person_ids),
+                "detail": None if event.detail is None else json.loads(_canonical(event.detail)),
+            }
+            record = AuditRecord(**fields, prev_hash=prev_hash, hash=_hash(prev_hash, fields))
+            events.append(
+                {
+                    **fields,
+                    "tables": _canonical(list(record.tables)),
+                    "columns": _canonical(list(record.columns)),
+                    "person_ids": _canonical(list(record.person_ids)),
+                    "detail": None if record.detail is None else _canonical(record.detail),
+                    "prev_hash": prev_hash,
+                    "hash": record.hash,
+                }
             )
+            persons.extend({"seq": record.seq, "person_id": p} for p in record.person_ids)
+            records.append(record)
+            prev_seq, prev_hash = record.seq, record.hash
+        conn.execute(audit_events.insert(), events)
+        if persons:
+            conn.execute(audit_event_persons.insert(), persons)
         conn.execute(
             audit_chain_head.update()
             .where(audit_chain_head.c.id == 1)
-            .values(seq=record.seq, hash=record.hash)
+            .values(seq=prev_seq, hash=prev_hash)
         )
-    return record
+    return records
 
 
 def record_no_share(

@@ -78,6 +78,9 @@ def curated_comments() -> Comments:
     }
 
 
+INDEXED_COLUMNS = frozenset({"person_id", "household_id"})
+
+
 def write_tables(
     path: Path, tables: dict[str, pl.DataFrame], info: dict[str, Any], comments: Comments
 ) -> None:
@@ -95,6 +98,10 @@ def write_tables(
             con.register("_frame", frame.to_arrow())
             con.execute(f'create table "{name}" as select * from _frame')
             con.unregister("_frame")
+            # The API reads one person (or household) at a time: an index turns each of
+            # those reads from a scan of the table into a lookup.
+            for column in INDEXED_COLUMNS.intersection(frame.columns):
+                con.execute(f'create index "ix_{name}_{column}" on "{name}" ("{column}")')
             description, columns = comments.get(name, ("", {}))
             con.execute(f"comment on table \"{name}\" is '{_comment(description)}'")
             for column, text in columns.items():
