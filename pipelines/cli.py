@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.audit_cli import audit_app
+from pipelines.erase_cli import register as register_erase
 from pipelines.family_view_cli import published_or_exit, register
 from pipelines.review_cli import review_app
 from pipelines.rights_cli import register as register_rights
@@ -42,6 +43,7 @@ app.command("serve")(serve)
 app.add_typer(token_app, name="token")
 register(app)
 register_rights(app)
+register_erase(app)
 
 
 @dataclass(frozen=True)

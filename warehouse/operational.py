@@ -19,7 +19,12 @@ from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
 
-_TABLE_MODULES = ("warehouse.review", "warehouse.audit", "warehouse.restriction")
+_TABLE_MODULES = (
+    "warehouse.review",
+    "warehouse.audit",
+    "warehouse.restriction",
+    "warehouse.erasure",
+)
 
 
 class UTCDateTime(sa.types.TypeDecorator):
