@@ -13,15 +13,19 @@ nightly schedule, each source's freshness.
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import dagster as dg
 from duckdb import DuckDBPyConnection
 
-from assets.resources import LandingZone, Warehouse
-from warehouse import quality
+from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
+from warehouse import erasure, quality
 from warehouse.landing import Delivery, DeliveryError
+from warehouse.pseudonymise import load_key
 from warehouse.sources import Source
+from warehouse.staging import ERASED
 from warehouse.store import LoadResult, load_delivery
+from warehouse.tombstone import Tombstones
 
 WRITER_POOL = "duckdb_writer"
 
@@ -185,7 +189,10 @@ def _results(
             passed=not any(nulls.values()),
             metadata={"empty_required": dg.MetadataValue.json(nulls)},
         )
-        rate = load.quarantined / load.rows if load.rows else 0.0
+        # Erased records held back are an upheld request, not a quality problem of the
+        # extract: they are reported, but do not count towards the quarantine rate.
+        erased = load.reasons.get(ERASED, 0)
+        rate = (load.quarantined - erased) / load.rows if load.rows else 0.0
         yield dg.AssetCheckResult(
             asset_key=quarantine_key(source.name, load.table),
             check_name="quarantine_rate",
@@ -194,6 +201,7 @@ def _results(
             metadata={
                 "rate": rate,
                 "threshold": cfg.max_quarantine_rate,
+                "erased": erased,
                 "reasons": dg.MetadataValue.json(load.reasons),
             },
         )
@@ -216,6 +224,22 @@ def _results(
             )
 
 
+def _tombstones(operational: OperationalStore, family_view: FamilyViewSettings) -> Tombstones:
+    """Erased records (keyed hashes) a delivery must not bring back; the key is read only
+    when there is something to check."""
+    engine = operational.engine()
+    try:
+        if not erasure.any_tombstones(engine):
+            return Tombstones.of((), b"")
+        key = load_key(Path(family_view.data_dir))
+        try:
+            return erasure.tombstones(engine, key)
+        except erasure.ErasureError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    finally:
+        engine.dispose()
+
+
 def build_ingest_assets(source: Source) -> dg.AssetsDefinition:
     """The raw/staged/quarantine assets (and their checks) for one configured source."""
 
@@ -229,13 +253,18 @@ def build_ingest_assets(source: Source) -> dg.AssetsDefinition:
         description=source.description or None,
     )
     def _ingest(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingZone
+        context: dg.AssetExecutionContext,
+        warehouse: Warehouse,
+        landing: LandingZone,
+        operational: OperationalStore,
+        family_view: FamilyViewSettings,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         day = date.fromisoformat(context.partition_key)
         delivery = Delivery(source.name, day, landing.root / source.name / context.partition_key)
+        tombstones = _tombstones(operational, family_view)
         with warehouse.get_connection() as con:
             try:
-                result = load_delivery(con, delivery, source)
+                result = load_delivery(con, delivery, source, tombstones)
             except DeliveryError as exc:
                 raise dg.Failure(
                     description=f"Delivery rejected, nothing loaded: {exc}",

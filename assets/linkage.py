@@ -35,7 +35,7 @@ from matching.households import households, relationships
 from matching.link import changed_records, fingerprints, merge_scores, resolve, run_id_for
 from matching.rules import breaches
 from matching.standardise import standardise
-from warehouse import linked, operational, review
+from warehouse import erasure, linked, operational, review
 from warehouse.person_rows import read_person_rows, read_relationships
 
 PERSON_RECORDS = dg.AssetKey(["linked", "person_records"])
@@ -115,7 +115,7 @@ def run_linkage(
         previous_registry=linked.previous_registry(con),
         run_id=run_id,
         constraints=review.constraints(engine),
-        used_ids=linked.issued_ids(con),
+        used_ids=linked.issued_ids(con) | erasure.erased_person_ids(engine),
     )
     timings["cluster"] = time.perf_counter() - clock
 

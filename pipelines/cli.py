@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.audit_cli import audit_app
+from pipelines.erase_cli import register as register_erase
 from pipelines.family_view_cli import published_or_exit, register
 from pipelines.rectify_cli import register as register_rectify
 from pipelines.retention_cli import register as register_retention
@@ -48,6 +49,7 @@ register_rights(app)
 register_sar(app)
 register_retention(app)
 register_rectify(app)
+register_erase(app)
 
 
 @dataclass(frozen=True)

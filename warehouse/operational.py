@@ -24,6 +24,7 @@ _TABLE_MODULES = (
     "warehouse.audit",
     "warehouse.restriction",
     "warehouse.rectification",
+    "warehouse.erasure",
 )
 
 

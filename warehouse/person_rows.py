@@ -4,7 +4,8 @@ Linkage must resolve *every* delivered person-level row, including the few that 
 quarantined (a missing forename or an unparseable date of birth does not stop a row from
 describing a real person, and a missed link hides a child's risk). Quarantined rows of the
 current delivery are therefore read too, as text, flagged ``from_quarantine``; a duplicate
-local key is the one reason not salvaged, because the key's other row is already staged.
+local key is not salvaged, because the key's other row is already staged, and an ``erased``
+row (a redelivered record an upheld erasure removed) never is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import polars as pl
 from matching.config import LinkageConfig, PersonTable
 from warehouse.store import relation_name, table_exists
 
-_SALVAGE_EXCLUDED = ("duplicate_key",)
+_SALVAGE_EXCLUDED = ("duplicate_key", "erased")
 _AGE_REFERENCE = ("local_key", "first_seen", "last_seen")
 
 

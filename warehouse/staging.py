@@ -9,7 +9,8 @@ Every raw record ends up in exactly one of two places:
 * **quarantine** — the record as delivered plus ``_reason_code`` and a readable ``_reason``,
   when it breaks a rule that makes it unusable: a required column is empty, a typed column
   cannot be parsed, the record has the wrong number of fields, or it repeats the local key
-  of an earlier record in the same file.
+  of an earlier record in the same file; or it reaches a record that was erased (a
+  tombstone, :mod:`warehouse.tombstone`), reason ``erased``, whatever else is wrong with it.
 
 The functions are pure (frame in, frames out) so tests drive them without a warehouse.
 """
@@ -23,6 +24,7 @@ import polars as pl
 from matching.identifiers import nhs_number_expr, nhs_valid_expr, postcode_expr, upn_valid_expr
 from warehouse.reader import ROW_NUMBER, SHAPE_ERROR, RawTable
 from warehouse.sources import ColumnType, IdentifierKind, Source
+from warehouse.tombstone import Tombstones
 
 # Reason codes, stable for tests, checks and dashboards.
 MISSING_REQUIRED = "missing_required"
@@ -39,6 +41,8 @@ REASON_CODES = (
     WRONG_FIELD_COUNT,
     DUPLICATE_KEY,
 )
+# Not a broken rule but an upheld erasure: a redelivered record that must not come back.
+ERASED = "erased"
 
 _PROBLEM = "_problem"
 
@@ -136,8 +140,12 @@ def _identifier(name: str, kind: IdentifierKind) -> list[pl.Expr]:
     raise AssertionError(f"unhandled identifier kind {kind}")
 
 
-def stage_table(raw: RawTable, source: Source) -> StagedTable:
-    """Split a raw table into typed staged rows and quarantined rows (module docstring)."""
+def stage_table(raw: RawTable, source: Source, tombstones: Tombstones | None = None) -> StagedTable:
+    """Split a raw table into typed staged rows and quarantined rows (module docstring).
+
+    Rows reaching an erased record directly (``tombstones``) are quarantined as ``erased``
+    and nothing else: the one reason linkage never salvages a row for.
+    """
     table = source.tables[raw.table]
     typed_exprs: list[pl.Expr] = []
     problems: list[pl.Expr] = [
@@ -160,6 +168,8 @@ def stage_table(raw: RawTable, source: Source) -> StagedTable:
     frame = raw.frame.with_columns(pl.concat_list(problems).list.drop_nulls().alias(_PROBLEM))
     if table.local_key:
         frame = _flag_duplicates(frame, table.local_key)
+    if tombstones:
+        frame = _flag_erased(frame, tombstones.erased(raw.frame, source, raw.table))
 
     bad = pl.col(_PROBLEM).list.len() > 0
     quarantine = frame.filter(bad).select(
@@ -182,6 +192,22 @@ def stage_table(raw: RawTable, source: Source) -> StagedTable:
     if identifier_exprs:
         staged = staged.with_columns(identifier_exprs)
     return StagedTable(staged=staged, quarantine=quarantine)
+
+
+def _flag_erased(frame: pl.DataFrame, erased: pl.Series) -> pl.DataFrame:
+    """Replace every problem of an erased row with the erasure: it must not be used at all."""
+    message = "the record was erased (an upheld erasure request): its redelivery is held here"
+    problem = pl.struct(pl.lit(ERASED).alias("code"), pl.lit(message).alias("message"))
+    return (
+        frame.with_columns(erased.alias("_erased"))
+        .with_columns(
+            pl.when(pl.col("_erased"))
+            .then(pl.concat_list(problem))
+            .otherwise(pl.col(_PROBLEM))
+            .alias(_PROBLEM)
+        )
+        .drop("_erased")
+    )
 
 
 def _flag_duplicates(frame: pl.DataFrame, local_key: list[str]) -> pl.DataFrame:

@@ -31,6 +31,7 @@ from warehouse.landing import Delivery, DeliveryError, read_manifest
 from warehouse.reader import RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import StagedTable, stage_table
+from warehouse.tombstone import Tombstones
 
 _META_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
@@ -216,8 +217,15 @@ def _already_loaded(con: duckdb.DuckDBPyConnection, delivery_id: str) -> list[Ta
     ]
 
 
-def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: Source) -> LoadResult:
+def load_delivery(
+    con: duckdb.DuckDBPyConnection,
+    delivery: Delivery,
+    source: Source,
+    tombstones: Tombstones | None = None,
+) -> LoadResult:
     """Check, stage and write one delivery atomically; see the module docstring.
+
+    Rows reaching an erased record (``tombstones``) go to quarantine as ``erased``.
 
     Raises DeliveryError (after recording the rejection) when the delivery is unusable;
     in that case nothing of it reaches raw, staged or quarantine.
@@ -243,7 +251,7 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: So
     if previous is not None:
         return LoadResult(source.name, delivery.extract_date, delivery_id, "unchanged", previous)
 
-    staged = [stage_table(raw, source) for raw in raws]
+    staged = [stage_table(raw, source, tombstones) for raw in raws]
     loads = [_table_load(r, s, source) for r, s in zip(raws, staged, strict=True)]
     loaded_at = _now()
     meta = {

@@ -1,0 +1,77 @@
+"""Subject rights on the command line: ``sdv erase`` (UK GDPR Art. 17, where upheld).
+
+``sdv erase PERSON_ID --reason TEXT --upheld-by WHO`` destroys the person's records in the
+warehouse, every kept snapshot and the analysts' file, tombstones them so a later delivery
+is quarantined instead of bringing them back, and prints what was removed per file and
+table. It cannot be undone, so it asks first unless ``--yes`` is given.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.cli_support import reported, settings_for
+
+out = Console(soft_wrap=True)
+
+
+def erase(
+    ctx: typer.Context,
+    person_id: Annotated[str, typer.Argument(help="The person's id in the published view.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: the request and its grounds.")],
+    upheld_by: Annotated[
+        str, typer.Option("--upheld-by", help="Who decided the request is upheld (e.g. the DPO).")
+    ],
+    by: Annotated[str | None, typer.Option("--by", help="Who records it (default $USER).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Erase a person from every layer and snapshot, for good (an upheld Art. 17 request)."""
+    from warehouse import erasure
+    from warehouse.curated_config import load_curated_config
+    from warehouse.pseudonymise import load_key
+    from warehouse.publish import SnapshotStore
+    from warehouse.purge import PurgeError
+    from warehouse.sources import load_sources
+
+    settings = settings_for(ctx, data_dir)
+    if not yes:
+        typer.confirm(
+            f"Erase {person_id} from the warehouse, every snapshot and the analysts' file? "
+            "This cannot be undone",
+            abort=True,
+        )
+    keep = load_curated_config(settings.curated_config).publishing.keep
+    with reported((erasure.ErasureError, PurgeError), (sa.exc.OperationalError,), "the stores"):
+        report = erasure.erase(
+            person_id=person_id,
+            reason=reason,
+            upheld_by=upheld_by,
+            recorded_by=by or getpass.getuser(),
+            warehouse=settings.warehouse,
+            store=SnapshotStore(settings.published_dir, keep=keep),
+            engine=settings.operational_engine(),
+            sources=load_sources(settings.config_dir),
+            key=load_key(settings.data_dir),
+        )
+    table = Table("file", "table", "rows removed or changed")
+    table.columns[0].overflow = "fold"
+    for name, count in sorted(report.counts.items()):
+        file, _, relation = name.partition(":")
+        table.add_row(file, relation, str(count))
+    out.print(table)
+    out.print(
+        f"Erased {person_id}: {report.records} source records destroyed and tombstoned "
+        f"(erasure #{report.erasure_id}); a redelivery of them goes to quarantine."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(erase)

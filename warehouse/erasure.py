@@ -1,0 +1,350 @@
+"""Erasure where upheld (UK GDPR Art. 17): the person's records destroyed everywhere, for good.
+
+:func:`erase` is the whole request, in this order:
+
+1. resolve the person's records (``source|table|local_key``) from the current snapshot's
+   ``person_records`` and ``linked.person_records`` (ids may have moved since publishing);
+2. record the erasure (who upheld it, who recorded it, why) and a **tombstone** per record:
+   HMAC-SHA256 under the partnership key (:mod:`warehouse.tombstone`), never the id itself,
+   so a later delivery of the record is quarantined as ``erased`` rather than silently
+   bringing it back (written first: a crash half way leaves nothing that can return);
+3. purge the warehouse (ingest layers and ``linked``, one transaction, file rewritten so no
+   deleted byte survives) while holding DuckDB's single writer lock, which also keeps
+   loads, linkage and publishing out until the published files are done;
+4. purge every published snapshot and analysts' file (:func:`warehouse.purge.purge_published`);
+5. operational store: review queue items and decisions naming the records are deleted (the
+   record ids are the identifiers, and the record JSON holds names); a reviewer's split
+   loses the records; a restriction naming them keeps who, when and why but no longer the
+   record ids, and is lifted when nothing of it remains (there is nothing left to restrict);
+6. one audit event (purpose ``subject_rights``, action ``erase``) with the reason and the
+   counts: the minimal fact of it. Earlier audit events naming the person id stay: the
+   chain is tamper-evident by design and they hold ids, never data.
+
+The person id stays in two places on purpose: this erasure's row (accountability: who
+upheld what, when) and the audit; linkage reads erased ids as issued so none is reused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from warehouse import audit, purge, review
+from warehouse.operational import UTCDateTime, ensure_schema, metadata
+from warehouse.publish import PublishError, SnapshotStore
+from warehouse.restriction import restrictions
+from warehouse.sources import Source
+from warehouse.store import table_exists
+from warehouse.tombstone import Tombstones, key_id, record_hash
+
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("person_id", sa.String, nullable=False),  # as named in the request
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("upheld_by", sa.String, nullable=False),
+    sa.Column("recorded_by", sa.String, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("counts", sa.Text),  # JSON: rows removed per "<file>:<table>"
+    sa.CheckConstraint(
+        "reason <> '' AND upheld_by <> '' AND recorded_by <> ''", name="ck_erasure_accountable"
+    ),
+)
+
+erasure_tombstones = sa.Table(
+    "erasure_tombstones",
+    metadata,
+    sa.Column("record_hash", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(16), nullable=False),
+    sa.Column("erasure_id", sa.Integer, sa.ForeignKey("erasures.id"), nullable=False),
+)
+
+
+class ErasureError(ValueError):
+    """An erasure that cannot be carried out; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    erasure_id: int
+    person_id: str
+    records: int  # records destroyed (the person's, and rows of others naming them)
+    counts: dict[str, int]
+
+
+# --- tombstones ----------------------------------------------------------------------------
+
+
+def tombstones(engine: Engine, key: bytes) -> Tombstones:
+    """Every tombstone, for staging; refuses if any was made under another key, because
+    such a tombstone can no longer stop its record coming back."""
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(erasure_tombstones.c.record_hash, erasure_tombstones.c.key_id)
+        )
+        found = rows.all()
+    wrong = {k for _, k in found if k != key_id(key)}
+    if wrong:
+        raise ErasureError(
+            f"{sum(1 for _, k in found if k in wrong)} erasure tombstone(s) were made under "
+            "another pseudonymisation key: loading now could bring erased records back. "
+            "Restore the key the erasures were made with (secrets/pseudonym.key or "
+            "SDV_PSEUDONYM_KEY)."
+        )
+    return Tombstones.of((h for h, _ in found), key)
+
+
+def any_tombstones(engine: Engine) -> bool:
+    """Whether any record was ever erased (so loads need the key to check deliveries)."""
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        return (
+            conn.execute(sa.select(erasure_tombstones.c.record_hash).limit(1)).first() is not None
+        )
+
+
+def erased_person_ids(engine: Engine) -> set[str]:
+    """Person ids named by erasures: issued once, never to be issued again."""
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        return {r for (r,) in conn.execute(sa.select(erasures.c.person_id).distinct())}
+
+
+def _record(
+    engine: Engine,
+    person_id: str,
+    reason: str,
+    upheld_by: str,
+    recorded_by: str,
+    record_ids: Iterable[str],
+    key: bytes,
+) -> int:
+    with engine.begin() as conn:
+        erasure_id = conn.execute(
+            erasures.insert().values(
+                person_id=person_id,
+                reason=reason,
+                upheld_by=upheld_by,
+                recorded_by=recorded_by,
+                recorded_at=datetime.now(UTC),
+            )
+        ).inserted_primary_key[0]
+        hashes = {record_hash(r, key) for r in record_ids}
+        known = {
+            h
+            for (h,) in conn.execute(
+                sa.select(erasure_tombstones.c.record_hash).where(
+                    erasure_tombstones.c.record_hash.in_(sorted(hashes))
+                )
+            )
+        }
+        fresh = [
+            {"record_hash": h, "key_id": key_id(key), "erasure_id": erasure_id}
+            for h in sorted(hashes - known)
+        ]
+        if fresh:
+            conn.execute(erasure_tombstones.insert(), fresh)
+    return int(erasure_id)
+
+
+# --- finding the person's records ---------------------------------------------------------
+
+
+def _published_records(store: SnapshotStore, person_id: str) -> set[str]:
+    try:
+        with store.reader() as con:
+            rows = con.sql(
+                "select record_id from person_records where person_id = ?", params=[person_id]
+            ).fetchall()
+    except PublishError:
+        return set()
+    return {r for (r,) in rows}
+
+
+def _linked_records(con: duckdb.DuckDBPyConnection, person_id: str) -> set[str]:
+    if not table_exists(con, "linked", "person_records"):
+        return set()
+    rows = con.execute(
+        "select record_id from linked.person_records where person_id = ?", [person_id]
+    ).fetchall()
+    return {r for (r,) in rows}
+
+
+def _people_losing_everything(
+    con: duckdb.DuckDBPyConnection, person_id: str, purged: set[str]
+) -> set[str]:
+    """The named person and anyone in ``linked`` none of whose records survive."""
+    people = {person_id}
+    if table_exists(con, "linked", "person_records"):
+        rows = con.execute(
+            "select person_id, list(record_id) from linked.person_records group by person_id"
+        ).fetchall()
+        people |= {p for p, records in rows if set(records) <= purged}
+    return people
+
+
+def _writer(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    if not Path(warehouse).exists():
+        raise ErasureError(f"no warehouse at {warehouse}: nothing has been loaded there")
+    try:
+        return duckdb.connect(str(warehouse))
+    except (duckdb.IOException, duckdb.ConnectionException) as err:
+        raise ErasureError(
+            f"the warehouse {warehouse} is in use by another process (a load, linkage or "
+            f"publish running?): try again when it has finished ({err})"
+        ) from err
+
+
+# --- the operational store ------------------------------------------------------------------
+
+
+def _names_any(record_ids: set[str], *values: str) -> bool:
+    return any(v in record_ids for v in values)
+
+
+def purge_operational(
+    conn: Connection, record_ids: set[str], person_ids: set[str], erased_by: str
+) -> dict[str, int]:
+    """Review items, decisions and splits naming the records go; restrictions keep only
+    their accountability (module docstring). Rows changed per ``operational:<table>``."""
+    counts: dict[str, int] = {}
+    pairs = review.review_pairs
+    decisions = review.review_decisions
+    ids = sorted(record_ids)
+    named = sa.or_(decisions.c.record_id_l.in_(ids), decisions.c.record_id_r.in_(ids))
+    counts["review_decisions"] = conn.execute(decisions.delete().where(named)).rowcount
+    pair_named = sa.or_(pairs.c.record_id_l.in_(ids), pairs.c.record_id_r.in_(ids))
+    pair_ids = [p for (p,) in conn.execute(sa.select(pairs.c.pair_id).where(pair_named))]
+    if pair_ids:  # a decision on the pair keyed the other way round still names it
+        counts["review_decisions"] += conn.execute(
+            decisions.delete().where(decisions.c.pair_id.in_(pair_ids))
+        ).rowcount
+    counts["review_pairs"] = conn.execute(pairs.delete().where(pair_named)).rowcount
+    split_records = review.person_split_records
+    counts["person_split_records"] = conn.execute(
+        split_records.delete().where(split_records.c.record_id.in_(ids))
+    ).rowcount
+    splits = review.person_splits
+    emptied = sa.or_(
+        splits.c.person_id.in_(sorted(person_ids)),
+        ~sa.exists().where(split_records.c.split_id == splits.c.id),
+    )
+    doomed = [s for (s,) in conn.execute(sa.select(splits.c.id).where(emptied))]
+    if doomed:
+        conn.execute(split_records.delete().where(split_records.c.split_id.in_(doomed)))
+        counts["person_splits"] = conn.execute(
+            splits.delete().where(splits.c.id.in_(doomed))
+        ).rowcount
+    counts["restrictions"] = _strip_restrictions(conn, record_ids, erased_by)
+    return {f"operational:{t}": n for t, n in counts.items() if n}
+
+
+def _strip_restrictions(conn: Connection, record_ids: set[str], erased_by: str) -> int:
+    changed = 0
+    for row in conn.execute(sa.select(restrictions)).all():
+        records = json.loads(row.record_ids)
+        left = [r for r in records if r not in record_ids]
+        if len(left) == len(records):
+            continue
+        values: dict = {"record_ids": json.dumps(left)}
+        if not left and row.lifted_at is None:
+            values |= {
+                "lifted_at": datetime.now(UTC),
+                "lifted_by": erased_by,
+                "lift_reason": "the restricted records were erased",
+            }
+        conn.execute(restrictions.update().where(restrictions.c.id == row.id).values(**values))
+        changed += 1
+    return changed
+
+
+# --- the request ----------------------------------------------------------------------------
+
+
+def _accountable(**values: str) -> None:
+    missing = [name.replace("_", " ") for name, value in values.items() if not value.strip()]
+    if missing:
+        raise ErasureError(f"an erasure needs {', '.join(missing)}: say who and why")
+
+
+def erase(
+    *,
+    person_id: str,
+    reason: str,
+    upheld_by: str,
+    recorded_by: str,
+    warehouse: Path,
+    store: SnapshotStore,
+    engine: Engine,
+    sources: Mapping[str, Source],
+    key: bytes,
+) -> ErasureReport:
+    """Erase the person ``person_id`` everywhere (module docstring); returns the counts.
+
+    ``key`` is the partnership's pseudonymisation key (``load_key(data_dir)``): it makes the
+    tombstones and finds the person in the analysts' files.
+    """
+    _accountable(person_id=person_id, reason=reason, upheld_by=upheld_by, recorded_by=recorded_by)
+    ensure_schema(engine)
+    con = _writer(warehouse)
+    try:
+        record_ids = _published_records(store, person_id) | _linked_records(con, person_id)
+        if not record_ids:
+            raise ErasureError(f"no records found for person {person_id}")
+        targets = purge.erasure_targets(con, sources, record_ids)
+        purged = record_ids | purge.target_records(con, sources, targets)
+        people = _people_losing_everything(con, person_id, purged)
+        erasure_id = _record(engine, person_id, reason, upheld_by, recorded_by, purged, key)
+        counts = _purge_warehouse(con, Path(warehouse), targets, purged, people)
+        counts |= purge.purge_published(store.root, purged, key)
+    finally:
+        con.close()
+    with engine.begin() as conn:
+        counts |= purge_operational(conn, purged, people, recorded_by)
+        conn.execute(
+            erasures.update()
+            .where(erasures.c.id == erasure_id)
+            .values(completed_at=datetime.now(UTC), counts=json.dumps(counts, sort_keys=True))
+        )
+    audit.append(
+        engine,
+        audit.AuditEvent(
+            user_id=recorded_by,
+            role="dpo",
+            purpose="subject_rights",
+            action="erase",
+            outcome="allowed",
+            person_ids=[person_id],
+            detail={"reason": reason, "counts": counts},
+        ),
+    )
+    return ErasureReport(erasure_id, person_id, len(purged), counts)
+
+
+def _purge_warehouse(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    targets: Mapping[purge.Relation, list[int]],
+    records: set[str],
+    people: set[str],
+) -> dict[str, int]:
+    con.execute("begin transaction")
+    try:
+        counts = purge.purge_ingest(con, targets)
+        counts |= purge.purge_linked(con, records, people)
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    purge.rewrite_database(con, path)
+    return counts
