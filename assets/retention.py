@@ -8,14 +8,16 @@ linked layer nor the Family View is built from expired rows. What it decides and
 """
 
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 
 from assets.ingest import WRITER_POOL, quarantine_key, raw_key, staged_key
-from assets.resources import OperationalStore, Warehouse
+from assets.resources import FamilyViewSettings, OperationalStore, Warehouse
 from warehouse import audit
 from warehouse import retention as rules
 from warehouse.operational import ensure_schema
+from warehouse.pseudonymise import load_key
 from warehouse.sources import Source
 
 RETENTION = dg.AssetKey(["retention"])
@@ -35,22 +37,27 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
         group_name="retention",
         deps=[key(s.name, t) for s in sources.values() for t in s.tables for key in layers],
         pool=WRITER_POOL,
-        description="Destroy rows whose source's retention period has ended, in raw, staged "
-        "and quarantine; counts per source/table/layer kept in meta.retention_runs.",
+        description="Destroy rows whose source's retention period has ended, in raw, staged, "
+        "quarantine, the linked layer and every kept snapshot; counts per source/table/layer "
+        "kept in meta.retention_runs.",
     )
     def retention(
         context: dg.AssetExecutionContext,
         config: RetentionConfig,
         warehouse: Warehouse,
         operational: OperationalStore,
+        family_view: FamilyViewSettings,
     ) -> dg.MaterializeResult:
         as_of = date.fromisoformat(config.as_of) if config.as_of else None
         with warehouse.get_connection() as con:
             try:
-                _, done = rules.run(con, sources, as_of)
+                _, done = rules.run(con, sources, as_of, path=Path(warehouse.path))
             except rules.RetentionError as exc:
                 raise dg.Failure(str(exc)) from exc
         assert done is not None
+        published = rules.purge_published(
+            Path(family_view.published_dir), done, load_key(Path(family_view.data_dir))
+        )
         engine = operational.engine()
         ensure_schema(engine)
         audit.append(
@@ -61,7 +68,7 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 purpose="retention",
                 action="retention",
                 outcome="allowed",
-                detail=rules.audit_detail(done),
+                detail={**rules.audit_detail(done), "published_rows": sum(published.values())},
             ),
         )
         context.log.info(
@@ -75,6 +82,7 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 "records_expired": len(done.plan.expired_records),
                 "per_source": dg.MetadataValue.json(done.plan.per_source()),
                 "undetermined_rows": int(done.plan.counts["undetermined"].sum()),
+                "snapshot_rows_destroyed": dg.MetadataValue.json(published),
             }
         )
 

@@ -67,6 +67,7 @@ def retention(
 
     from warehouse import audit
     from warehouse import retention as rules
+    from warehouse.pseudonymise import load_key
     from warehouse.sources import ConfigError, load_sources
     from warehouse.store import connect
 
@@ -78,9 +79,14 @@ def retention(
             raise rules.RetentionError(f"no warehouse at {settings.warehouse}: load first")
         con = connect(settings.warehouse)
         try:
-            found, done = rules.run(con, sources, day, dry_run=dry_run)
+            found, done = rules.run(con, sources, day, dry_run=dry_run, path=settings.warehouse)
         finally:
             con.close()
+        published = (
+            {}
+            if done is None
+            else rules.purge_published(settings.published_dir, done, load_key(settings.data_dir))
+        )
     out.print(_table(found.counts, dry_run))
     undetermined = int(found.counts["undetermined"].sum())
     if undetermined:
@@ -102,12 +108,13 @@ def retention(
             purpose="retention",
             action="retention",
             outcome="allowed",
-            detail=rules.audit_detail(done),
+            detail={**rules.audit_detail(done), "published_rows": sum(published.values())},
         ),
     )
     out.print(
         f"Retention as of {found.as_of}: destroyed {found.destroyed:,} rows; "
-        f"{len(found.expired_records):,} person-level records expired (run {done.run_id})."
+        f"{len(found.expired_records):,} person-level records expired (run {done.run_id}); "
+        f"{sum(published.values()):,} rows removed from kept snapshots."
     )
 
 

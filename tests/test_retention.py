@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import police_person
@@ -469,7 +470,8 @@ def test_a_county_run_is_idempotent_and_covers_every_relation(published_county, 
         assert plan.as_of == D("2026-11-20")
         assert plan.counts.height == 42
         done = retention.apply(con, plan)
-        assert sum(done.destroyed.values()) == plan.destroyed
+        ingest = {k: v for k, v in done.destroyed.items() if ":linked." not in k}
+        assert sum(ingest.values()) == plan.destroyed
         assert retention.plan(con, sources).destroyed == 0
         after = dict(
             con.execute(
@@ -484,7 +486,7 @@ def test_a_county_run_is_idempotent_and_covers_every_relation(published_county, 
 def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp_path, sources):
     import dagster as dg
 
-    from assets.resources import OperationalStore, Warehouse
+    from assets.resources import FamilyViewSettings, OperationalStore, Warehouse
     from assets.retention import build_retention_asset
 
     con, load = warehouse
@@ -496,6 +498,9 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
         resources={
             "warehouse": Warehouse(path=str(data / "warehouse.duckdb")),
             "operational": OperationalStore(url=f"sqlite:///{data / 'operational.db'}"),
+            "family_view": FamilyViewSettings(
+                published_dir=str(data / "published"), data_dir=str(data)
+            ),
         },
         run_config={"ops": {"retention": {"config": {"as_of": "2026-11-20"}}}},
     )
@@ -506,3 +511,88 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     check = connect(data / "warehouse.duckdb")
     assert keys(check, "school", "pupils", "upn")["raw"] == ["A900000000002"]
     check.close()
+
+
+def values(con, sql: str) -> set:
+    return {r for (r,) in con.execute(sql).fetchall()}
+
+
+def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
+    published_county, tmp_path
+):
+    """Police records six years after the person's last incident: gone from raw, staged,
+    quarantine, linked, every kept snapshot and the analysts' file, and from the files'
+    bytes; incidents still in their period stay everywhere."""
+    from warehouse.sources import load_sources
+
+    county = published_county.copy(tmp_path / "county")
+    county.publish()  # two kept snapshots: both must be purged
+    as_of = D("2031-06-01")
+    con = connect(county.warehouse, read_only=True)
+    try:
+        police = {"police": load_sources()["police"]}
+        plan = retention.plan(con, police, as_of)
+        refs = {
+            rel.schema: {
+                r
+                for (r,) in con.execute(
+                    f"select incident_ref from {rel.name} where rowid in "
+                    f"(select unnest(?::bigint[]))",
+                    [sorted(rowids)],
+                ).fetchall()
+            }
+            for rel, rowids in plan.targets.items()
+            if rel.table == "incidents"
+        }
+        kept = values(con, "select incident_ref from staged.police__incidents") - refs["staged"]
+    finally:
+        con.close()
+    gone = set().union(*refs.values())
+    assert plan.expired_records and gone and kept, "the county needs expired and kept incidents"
+
+    result = CliRunner().invoke(
+        app, ["retention", "--as-of", "2031-06-01", "--data-dir", str(county.data)]
+    )
+    assert result.exit_code == 0, result.output
+
+    con = connect(county.warehouse, read_only=True)
+    try:
+        for layer in INGEST_SCHEMAS:
+            left = {
+                r
+                for (r,) in con.execute(
+                    f"select incident_ref from {layer}.police__incidents"
+                ).fetchall()
+            }
+            assert not left & gone, layer
+        assert kept <= {
+            r
+            for (r,) in con.execute("select incident_ref from staged.police__incidents").fetchall()
+        }
+        linked = {
+            r for (r,) in con.execute("select record_id from linked.person_records").fetchall()
+        }
+        assert not linked & set(plan.expired_records)
+    finally:
+        con.close()
+    snapshots = sorted(county.published.rglob("family-view-*.duckdb"))
+    assert len(snapshots) == 2
+    for path in snapshots:
+        snap = duckdb.connect(str(path), read_only=True)
+        try:
+            events = {
+                r
+                for (r,) in snap.execute(
+                    "select source_key from timeline where source = 'police'"
+                ).fetchall()
+            }
+            records = {
+                r for (r,) in snap.execute("select record_id from person_records").fetchall()
+            }
+        finally:
+            snap.close()
+        assert not events & gone and kept & events, path.name
+        assert not records & set(plan.expired_records), path.name
+    for path in [county.warehouse, *snapshots]:
+        data = path.read_bytes()
+        assert not [r for r in sorted(gone) if r.encode() in data], path.name

@@ -39,9 +39,9 @@ from warehouse.policy import Grant, Policy, Role
 from warehouse.publish import SnapshotStore, open_snapshot
 
 MAX_PAGE = 500
-# Purpose under which every subject-rights action (SAR, rectification, restriction, erasure,
-# retention) is written to the audit; the DPO reads them back through rights_actions.
-RIGHTS_PURPOSE = "subject_rights"
+# Purposes under which subject-rights actions (SAR, rectification, restriction, erasure)
+# and retention runs are written to the audit; the DPO reads them back (rights_actions).
+RIGHTS_PURPOSES = ("subject_rights", "retention")
 # Audit actions of reads (this layer's and the API's own): a DPO reading a person for a
 # request is not itself a subject-rights action, so the log leaves these out.
 READ_ACTIONS = frozenset(
@@ -576,7 +576,7 @@ class AccessLayer:
                 raise AccessDenied(f"role {user.role} may not read the subject-rights log")
             records, total = audit.purpose_events(
                 self.audit_engine,
-                RIGHTS_PURPOSE,
+                RIGHTS_PURPOSES,
                 person_ids=[person_id] if person_id else (),
                 action=action,
                 exclude_actions=READ_ACTIONS,

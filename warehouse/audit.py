@@ -539,7 +539,7 @@ def events(
 
 def purpose_events(
     engine: Engine,
-    purpose: str,
+    purposes: Iterable[str],
     *,
     person_ids: Iterable[str] = (),
     action: str | None = None,
@@ -547,9 +547,10 @@ def purpose_events(
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[AuditRecord], int]:
-    """Events recorded for ``purpose`` (e.g. every subject-rights action), newest first,
-    optionally only those touching ``person_ids`` or of one ``action``; with the total."""
-    query = sa.select(audit_events).where(audit_events.c.purpose == purpose)
+    """Events recorded for any of ``purposes`` (e.g. subject rights and retention), newest
+    first, optionally only those touching ``person_ids`` or of one ``action``; with the
+    total."""
+    query = sa.select(audit_events).where(audit_events.c.purpose.in_(sorted(set(purposes))))
     excluded = sorted(set(exclude_actions))
     if excluded:
         query = query.where(audit_events.c.action.not_in(excluded))

@@ -57,14 +57,16 @@ reproducible from the warehouse alone.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
 
+from warehouse import purge
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
 from warehouse.store import table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
@@ -128,7 +130,7 @@ class RetentionPlan:
 class RetentionRun:
     run_id: str
     plan: RetentionPlan
-    destroyed: dict[str, int]  # relation name -> rows deleted
+    destroyed: dict[str, int]  # "<file>:<schema.table>" -> rows deleted (ingest and linked)
 
 
 def anniversary(day: pl.Expr, years: int) -> pl.Expr:
@@ -383,32 +385,18 @@ def _row_count(con: duckdb.DuckDBPyConnection, rel: Relation) -> int:
     return con.execute(f"select count(*) from {rel.name}").fetchall()[0][0]
 
 
-def _delete_rows(
-    con: duckdb.DuckDBPyConnection, targets: Mapping[Relation, Collection[int]]
-) -> dict[str, int]:
-    """Delete rows by rowid; returns rows deleted per relation name. Same contract as
-    ``warehouse.purge.purge_ingest``, which replaces this at merge (it also rewrites the
-    file so deleted bytes do not survive in free blocks)."""
-    deleted: dict[str, int] = {}
-    for rel, rowids in targets.items():
-        if not rowids:
-            continue
-        frame = pl.DataFrame({"_rowid": sorted(rowids)}, schema={"_rowid": pl.Int64})
-        con.register("_retention_rowids", frame)
-        try:
-            con.execute(
-                f"delete from {rel.name} where rowid in (select _rowid from _retention_rowids)"
-            )
-        finally:
-            con.unregister("_retention_rowids")
-        deleted[rel.name] = len(rowids)
-    return deleted
+def apply(
+    con: duckdb.DuckDBPyConnection, plan: RetentionPlan, path: Path | None = None
+) -> RetentionRun:
+    """Destroy what ``plan`` found in the ingest layers and the linked layer, and record
+    counts per source/table/layer, all in one transaction. The plan must come from this
+    warehouse with nothing written since (the nightly asset holds the single-writer pool);
+    a changed table aborts the run.
 
-
-def apply(con: duckdb.DuckDBPyConnection, plan: RetentionPlan) -> RetentionRun:
-    """Destroy what ``plan`` found and record counts per source/table/layer, all in one
-    transaction. The plan must come from this warehouse with nothing written since (the
-    nightly asset holds the single-writer pool); a changed table aborts the run."""
+    With ``path`` (the warehouse file behind ``con``), the file is then rewritten so no
+    destroyed value survives in a free block (:func:`warehouse.purge.rewrite_database`):
+    close ``con`` straight afterwards. Kept snapshots are the caller's next step
+    (:func:`purge_published`)."""
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC).replace(tzinfo=None)
     con.execute("BEGIN TRANSACTION")
@@ -419,10 +407,15 @@ def apply(con: duckdb.DuckDBPyConnection, plan: RetentionPlan) -> RetentionRun:
                 raise RetentionError(
                     f"{rel.name} changed since retention was planned: plan again and re-run"
                 )
-        destroyed = _delete_rows(con, plan.targets)
-        for rel in plan.targets:
-            if destroyed.get(rel.name, 0) != len(plan.targets[rel]):
-                raise RetentionError(f"{rel.name}: not every planned row was destroyed")
+        destroyed = purge.purge_ingest(con, plan.targets)
+        planned = sum(len(rowids) for rowids in plan.targets.values())
+        if sum(destroyed.values()) != planned:
+            raise RetentionError(
+                f"destroyed {sum(destroyed.values())} rows of the {planned} planned: nothing kept"
+            )
+        # Linkage's own copies of expired records (scores, fingerprints, record links); the
+        # people themselves are retired by the next linkage run, which keeps their ids.
+        destroyed |= purge.purge_linked(con, plan.expired_records, ())
         for row in plan.counts.iter_rows(named=True):
             con.execute(
                 "insert into meta.retention_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -442,8 +435,19 @@ def apply(con: duckdb.DuckDBPyConnection, plan: RetentionPlan) -> RetentionRun:
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    con.execute("CHECKPOINT")
+    if path is not None and plan.destroyed:
+        purge.rewrite_database(con, path)
+    else:
+        con.execute("CHECKPOINT")
     return RetentionRun(run_id, plan, destroyed)
+
+
+def purge_published(published_dir: Path, done: RetentionRun, key: bytes) -> dict[str, int]:
+    """Remove the run's expired records from every kept snapshot and the analysts' file
+    (tonight's publish then rebuilds the current view without them)."""
+    if not done.plan.expired_records or not published_dir.exists():
+        return {}
+    return purge.purge_published(published_dir, done.plan.expired_records, key)
 
 
 def run(
@@ -452,10 +456,11 @@ def run(
     as_of: date | None = None,
     *,
     dry_run: bool = False,
+    path: Path | None = None,
 ) -> tuple[RetentionPlan, RetentionRun | None]:
     """Plan, and unless ``dry_run`` apply: what the CLI and the nightly asset call."""
     found = plan(con, sources, as_of)
-    return found, None if dry_run else apply(con, found)
+    return found, None if dry_run else apply(con, found, path)
 
 
 def audit_detail(done: RetentionRun) -> dict[str, Any]:
