@@ -88,3 +88,43 @@ def test_dpo_reads_who_did_what_when_and_why_and_no_one_else_can(county, tmp_pat
         ("sw", "denied")
     ] * 2
     assert audit.verify(county.engine()).ok
+
+
+def test_a_restricted_person_is_hidden_from_api_search_and_household_views(county, tmp_path):
+    with county.store().reader() as con:
+        child, forename, surname, sibling = con.sql(
+            """
+            select c.person_id, p.forename, p.surname, m2.person_id
+            from child_summary c join person p using (person_id)
+            join household_members m1 on m1.person_id = c.person_id
+            join household_members m2 on m2.household_id = m1.household_id
+                 and m2.person_id <> c.person_id
+            order by 1 limit 1
+            """
+        ).fetchall()[0]
+    client, tokens = _client(county, tmp_path)
+    sw = {"Authorization": f"Bearer {tokens['sw']}"}
+    dpo = {"Authorization": f"Bearer {tokens['dpo']}"}
+
+    def found(headers) -> set[str]:
+        response = client.get(
+            "/people/search", headers=headers, params={"name": f"{forename} {surname}"}
+        )
+        assert response.status_code == 200, response.text
+        return {item["person_id"] for item in response.json()["items"]}
+
+    def members(headers) -> set[str]:
+        response = client.get(f"/people/{sibling}/household", headers=headers)
+        assert response.status_code == 200, response.text
+        return {m["person_id"] for m in response.json()["members"]}
+
+    assert child in found(sw) and child in members(sw)
+    result = CliRunner().invoke(
+        app, ["restrict", child, "--reason", "objection", "--data-dir", str(county.data)]
+    )
+    assert result.exit_code == 0, result.output
+    assert child not in found(sw) and child not in members(sw)
+    assert sibling in members(sw)
+    assert client.get(f"/people/{child}", headers=sw).status_code == 404
+    assert client.get(f"/children/{child}", headers=sw).status_code == 404
+    assert child in found(dpo) and child in members(dpo)
