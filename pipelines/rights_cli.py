@@ -56,17 +56,12 @@ def restrict(
     except restriction.RestrictionError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc
-    audit.append(
+    audit.record_rights_action(
         engine,
-        audit.AuditEvent(
-            user_id=who,
-            role="dpo",
-            purpose="subject_rights",
-            action="lift_restriction" if lift else "restrict",
-            outcome="allowed",
-            person_ids=[person_id],
-            detail={"reason": reason, "records": len(records)},
-        ),
+        by=who,
+        action="lift_restriction" if lift else "restrict",
+        person_ids=[person_id],
+        detail={"reason": reason, "records": len(records)},
     )
     state = "lifted for" if lift else "now restricted:"
     out.print(f"Processing {state} {person_id} ({len(records)} source records).")

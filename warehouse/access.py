@@ -41,7 +41,7 @@ from warehouse.publish import SnapshotStore, open_snapshot
 MAX_PAGE = 500
 # Purposes under which subject-rights actions (SAR, rectification, restriction, erasure)
 # and retention runs are written to the audit; the DPO reads them back (rights_actions).
-RIGHTS_PURPOSES = ("subject_rights", "retention")
+RIGHTS_PURPOSES = (audit.RIGHTS_PURPOSE, "retention")
 # Audit actions of reads (this layer's and the API's own): a DPO reading a person for a
 # request is not itself a subject-rights action, so the log leaves these out.
 READ_ACTIONS = frozenset(
@@ -278,17 +278,11 @@ class AccessLayer:
         user: User,
         grant: Grant,
         where: Sequence[tuple[str, Sequence[Any]]] = (),
-        order: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
     ) -> list[dict[str, Any]]:
+        """Every row of the grant's table matching ``where`` (one person's, one household's):
+        paged reads go through :meth:`_page`."""
         clauses, params = self._clauses(role, user, grant, where)
         sql = f'select {_quoted(grant.columns)} from "{grant.table}" t where {clauses}'
-        if order:
-            sql += f" order by {order}"
-        if limit is not None:
-            sql += " limit ? offset ?"
-            params += [limit, offset]
         rows = cursor.execute(sql, params).fetchall()
         return [dict(zip(grant.columns, row, strict=True)) for row in rows]
 
@@ -444,13 +438,11 @@ class AccessLayer:
             if not own:
                 raise NotFound(f"no person {person_id} within your access")
             household_id = own[0]["household_id"]
-            members = self._select(
-                cursor,
-                role,
-                user,
-                members_grant,
-                [("t.household_id = ?", [household_id])],
-                order="t.person_id",
+            members = sorted(
+                self._select(
+                    cursor, role, user, members_grant, [("t.household_id = ?", [household_id])]
+                ),
+                key=lambda m: m["person_id"],
             )
             trail.saw(members_grant, members)
             result: dict[str, Any] = {"household": None, "members": members}

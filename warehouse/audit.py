@@ -455,6 +455,36 @@ def _append_batch(engine: Engine, batch: Sequence[_Pending]) -> list[AuditRecord
     return records
 
 
+RIGHTS_PURPOSE = "subject_rights"
+
+
+def record_rights_action(
+    engine: Engine,
+    *,
+    by: str,
+    action: str,
+    person_ids: Iterable[str],
+    detail: Mapping[str, Any],
+    tables: Iterable[str] = (),
+) -> AuditRecord:
+    """Record a subject-rights action (restrict, rectify, erase, a subject access export)
+    taken by the DPO's office: who, on whom, why (``detail["reason"]``), counts only. The
+    DPO reads these back through the API's rights log."""
+    return append(
+        engine,
+        AuditEvent(
+            user_id=by,
+            role="dpo",
+            purpose=RIGHTS_PURPOSE,
+            action=action,
+            outcome="allowed",
+            person_ids=tuple(person_ids),
+            tables=tuple(tables),
+            detail=detail,
+        ),
+    )
+
+
 def record_no_share(
     engine: Engine,
     *,

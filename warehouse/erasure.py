@@ -316,17 +316,12 @@ def erase(
             .where(erasures.c.id == erasure_id)
             .values(completed_at=datetime.now(UTC), counts=json.dumps(counts, sort_keys=True))
         )
-    audit.append(
+    audit.record_rights_action(
         engine,
-        audit.AuditEvent(
-            user_id=recorded_by,
-            role="dpo",
-            purpose="subject_rights",
-            action="erase",
-            outcome="allowed",
-            person_ids=[person_id],
-            detail={"reason": reason, "counts": counts},
-        ),
+        by=recorded_by,
+        action="erase",
+        person_ids=[person_id],
+        detail={"reason": reason, "counts": counts},
     )
     return ErasureReport(erasure_id, person_id, len(purged), counts)
 

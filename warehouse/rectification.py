@@ -271,17 +271,12 @@ def rectify(
                 recorded_at=now,
             )
         ).inserted_primary_key[0]
-    audit.append(
+    audit.record_rights_action(
         engine,
-        audit.AuditEvent(
-            user_id=recorded_by,
-            role="dpo",
-            purpose="subject_rights",
-            action="rectify",
-            outcome="allowed",
-            person_ids=[person_id],
-            detail={"field": field, "reason": reason.strip(), "rectification": new_id},
-        ),
+        by=recorded_by,
+        action="rectify",
+        person_ids=[person_id],
+        detail={"field": field, "reason": reason.strip(), "rectification": new_id},
     )
     return Rectification(
         new_id, person_id, tuple(records), field, current, new_value, source_value,

@@ -659,18 +659,13 @@ def export_subject_access(
     )
     write_export(sar, out_dir)
     try:
-        audit.append(
+        audit.record_rights_action(
             engine,
-            audit.AuditEvent(
-                user_id=by,
-                role="dpo",
-                purpose="subject_rights",
-                action="subject_access_export",
-                outcome="allowed",
-                person_ids=[sar.subject.person_id],
-                tables=sorted({f"{b.layer}.{b.source}__{b.table}" for b in sar.blocks}),
-                detail={"reason": reason, "counts": sar.counts()},
-            ),
+            by=by,
+            action="subject_access_export",
+            person_ids=[sar.subject.person_id],
+            tables=sorted({f"{b.layer}.{b.source}__{b.table}" for b in sar.blocks}),
+            detail={"reason": reason, "counts": sar.counts()},
         )
     except Exception:
         _remove(out_dir, existed)
