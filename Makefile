@@ -19,9 +19,10 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-# Install exactly what uv.lock pins (fails if the lockfile is stale).
+# Install exactly what uv.lock pins (fails if the lockfile is stale), with the `spark`
+# extra (pyspark) so linkage on Spark is tested too; Spark also needs Java 17+.
 $(STAMP): $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra spark
 	@touch $(STAMP)
 
 setup: $(STAMP)

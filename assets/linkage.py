@@ -98,10 +98,10 @@ def run_linkage(
     incremental = not full and cached is not None and linked.last_model_version(con) == version
     changed = changed_records(prints, linked.read_table(con, "record_fingerprints"))
     if incremental:
-        fresh = splink_model.predict(records, model_path, changed=changed)
+        fresh = splink_model.predict(records, model_path, changed=changed, options=config.model)
         pairs = merge_scores(cached, fresh, records, changed)
     else:
-        pairs = splink_model.predict(records, model_path)
+        pairs = splink_model.predict(records, model_path, options=config.model)
     timings["predict"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -227,6 +227,7 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
         meta: dict[str, Any] = {
             "run_id": run["run_id"],
             "model_version": run["model_version"],
+            "scoring_backend": config.model.backend,
             "records": run["records"],
             "persons": run["persons"],
             "changed_records": run["changed_records"],

@@ -71,6 +71,46 @@ class Training(_Strict):
     seed: int = 42
 
 
+class SparkOptions(_Strict):
+    """How the Spark session for Splink is built when ``model.backend`` is ``spark``.
+
+    Defaults suit local mode on one machine; on a cluster ``master`` names the cluster
+    (``spark://host:7077``, ``k8s://https://...``, ``yarn``) and ``conf`` carries anything
+    else the cluster needs (executor memory and cores, object-store credentials provider).
+    """
+
+    master: str = "local[2]"
+    app_name: str = "sdv-linkage"
+    # Small by default: Spark's 200 suits terabytes, not a county's few hundred thousand
+    # candidate pairs, where most partitions would be empty tasks.
+    shuffle_partitions: int = Field(8, ge=1)
+    driver_memory: str = Field("2g", pattern=r"^[0-9]+[kmgt]?$")
+    # How Splink cuts Spark's lineage between its steps: ``persist`` caches in executor
+    # memory (right for local mode); ``parquet`` and ``checkpoint`` write to
+    # ``checkpoint_dir``, which on a cluster must be storage every executor can reach.
+    break_lineage: Literal["persist", "parquet", "checkpoint"] = "persist"
+    checkpoint_dir: str | None = None
+    conf: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _checkpoint_dir(self) -> SparkOptions:
+        if self.break_lineage != "persist" and not self.checkpoint_dir:
+            raise ValueError(f"break_lineage '{self.break_lineage}' needs a checkpoint_dir")
+        return self
+
+
+class ModelOptions(_Strict):
+    """Where the saved model scores candidate pairs.
+
+    Training always runs on DuckDB (it samples, so one machine suffices); prediction runs on
+    ``backend``. Either backend reads the same saved model file, so switching backend is a
+    configuration change, not a retraining.
+    """
+
+    backend: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkOptions = SparkOptions()
+
+
 class PersonTable(_Strict):
     source: str
     table: str
@@ -108,6 +148,7 @@ class RelationshipTable(_Strict):
 class LinkageConfig(_Strict):
     thresholds: Thresholds = Thresholds()
     training: Training = Training()
+    model: ModelOptions = ModelOptions()
     sex_values: dict[str, Literal["M", "F"]] = {}
     tables: list[PersonTable] = Field(min_length=1)
     relationship_tables: list[RelationshipTable] = []

@@ -1,4 +1,5 @@
-"""The Splink 5 model: comparisons, blocking, training and prediction (DuckDB backend).
+"""The Splink 5 model: comparisons, blocking, training and prediction (DuckDB backend;
+prediction on Spark is ``matching.spark``).
 
 One ``dedupe_only`` model runs over the standardised rows of every person-level table at
 once, because the same person appears within a source (duplicates) as well as across them.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +39,7 @@ import duckdb
 import polars as pl
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
-from matching.config import LinkageConfig
+from matching.config import LinkageConfig, ModelOptions
 
 # Columns Splink needs from the standardised frame (list columns included).
 MODEL_COLUMNS = [
@@ -341,10 +343,49 @@ def train(records: pl.DataFrame, config: LinkageConfig, out_dir: Path) -> Traine
 _PAIR_COLUMNS = ["unique_id_l", "unique_id_r", "match_weight", "match_probability"]
 
 
-def _pairs(result: Any) -> pl.DataFrame:
-    frame = result.as_duckdbpyrelation().pl()
+def pairs_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """Splink's prediction output cut to what linkage keeps: ids, score, comparison levels."""
     gammas = [c for c in frame.columns if c.startswith("gamma_")]
     return frame.select(_PAIR_COLUMNS + gammas)
+
+
+def _pairs(result: Any) -> pl.DataFrame:
+    return pairs_frame(result.as_duckdbpyrelation().pl())
+
+
+def score(
+    linker: Linker,
+    frame: pl.DataFrame,
+    register: Callable[[pl.DataFrame, str], Any],
+    to_pairs: Callable[[Any], pl.DataFrame],
+    *,
+    changed: set[str] | None,
+    threshold: float,
+) -> pl.DataFrame:
+    """Score with a linker on any Splink backend; see ``predict``.
+
+    ``register`` puts a frame into the linker's database under a name and ``to_pairs``
+    brings a result back as Polars, the only two steps that differ between backends, so
+    DuckDB and Spark choose the same pairs the same way.
+    """
+    if changed is None:
+        return to_pairs(linker.inference.predict(threshold_match_probability=threshold))
+    for column in _TF_COLUMNS:
+        linker.table_management.compute_tf_table(column)
+    is_changed = pl.col("unique_id").is_in(sorted(changed))
+    parts = []
+    if frame.filter(is_changed).height:
+        new = register(frame.filter(is_changed), "changed")
+        old = register(frame.filter(~is_changed), "unchanged")
+        between = linker.inference.predict_between(new, old, threshold_match_probability=threshold)
+        within = linker.inference.predict_within(new, threshold_match_probability=threshold)
+        parts = [to_pairs(between), to_pairs(within)]
+    if not parts:
+        return pl.DataFrame(schema={c: pl.Float64 for c in _PAIR_COLUMNS})
+    pairs = pl.concat(parts, how="diagonal_relaxed")
+    lo = pl.min_horizontal("unique_id_l", "unique_id_r")
+    hi = pl.max_horizontal("unique_id_l", "unique_id_r")
+    return pairs.with_columns(lo.alias("unique_id_l"), hi.alias("unique_id_r"))
 
 
 def predict(
@@ -353,39 +394,34 @@ def predict(
     *,
     changed: set[str] | None = None,
     threshold: float = 0.01,
+    options: ModelOptions | None = None,
 ) -> pl.DataFrame:
     """Score candidate pairs with a saved model; one row per pair, ``unique_id_l < _r``.
 
     With ``changed`` (unique ids of new or changed records) only pairs touching those
     records are scored: changed against unchanged (``predict_between``) and changed among
     themselves (``predict_within``). Term frequencies always come from the full set.
+
+    ``options.backend`` ``spark`` scores on Splink's Spark backend (``matching.spark``)
+    with the same model file; otherwise on an in-memory DuckDB.
     """
+    if options is not None and options.backend == "spark":
+        # Imported here: pyspark is an optional extra and the DuckDB path must not need it.
+        from matching import spark
+
+        return spark.predict(
+            records, model_path, options.spark, changed=changed, threshold=threshold
+        )
     frame = model_frame(records)
     model = json.loads(Path(model_path).read_text(encoding="utf-8"))
     con = duckdb.connect()
     try:
         linker = _linker(con, frame, model, quiet=True)
-        if changed is None:
-            result = linker.inference.predict(threshold_match_probability=threshold)
-            return _pairs(result)
-        for column in _TF_COLUMNS:
-            linker.table_management.compute_tf_table(column)
-        is_changed = pl.col("unique_id").is_in(sorted(changed))
         db_api = linker._db_api
-        new = db_api.register(frame.filter(is_changed).to_arrow(), table_name="changed")
-        old = db_api.register(frame.filter(~is_changed).to_arrow(), table_name="unchanged")
-        parts = []
-        if frame.filter(is_changed).height:
-            between = linker.inference.predict_between(
-                new, old, threshold_match_probability=threshold
-            )
-            within = linker.inference.predict_within(new, threshold_match_probability=threshold)
-            parts = [_pairs(between), _pairs(within)]
-        if not parts:
-            return pl.DataFrame(schema={c: pl.Float64 for c in _PAIR_COLUMNS})
-        pairs = pl.concat(parts, how="diagonal_relaxed")
-        lo = pl.min_horizontal("unique_id_l", "unique_id_r")
-        hi = pl.max_horizontal("unique_id_l", "unique_id_r")
-        return pairs.with_columns(lo.alias("unique_id_l"), hi.alias("unique_id_r"))
+
+        def register(part: pl.DataFrame, name: str) -> Any:
+            return db_api.register(part.to_arrow(), table_name=name)
+
+        return score(linker, frame, register, _pairs, changed=changed, threshold=threshold)
     finally:
         con.close()

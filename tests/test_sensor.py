@@ -26,10 +26,13 @@ def evaluate(tmp_path, landing):
     instance = dg.DagsterInstance.ephemeral()
 
     def _evaluate(cursor=None) -> dg.SensorResult:
-        context = dg.build_sensor_context(
+        # Contexts are exited: one left open keeps the Dagster instance it opened installed
+        # as the process's current one, and a later `sdv load` in the same process then
+        # fails on that instance once it is garbage collected.
+        with dg.build_sensor_context(
             instance=instance, cursor=cursor, resources={"landing": LandingZone(path=str(landing))}
-        )
-        return sensor(context)
+        ) as context:
+            return sensor(context)
 
     return _evaluate
 
@@ -122,7 +125,8 @@ def test_nightly_schedule_loads_the_newest_complete_delivery(tmp_path, landing, 
     with dg.instance_for_test() as instance:  # schedules need a persistent instance
 
         def evaluate():
-            return schedule(dg.build_schedule_context(instance=instance, resources=resources))
+            with dg.build_schedule_context(instance=instance, resources=resources) as context:
+                return schedule(context)
 
         assert isinstance(evaluate(), dg.SkipReason)
         write_delivery(landing, sources["police"], "2026-11-19", police_tables())
