@@ -448,6 +448,8 @@ for args in (["load", "--landing", landing, "--data-dir", data], ["publish", "--
     if code:
         sys.exit(code)
 """
+# The day after the shared county's extract date: a real new delivery for `sdv load`, which
+# judges "the future" by the clock (the suite already assumes a clock past 2026-11-20).
 TONIGHT = "2026-11-21"
 KILL_SEED = 6
 
