@@ -138,10 +138,12 @@ def _results(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     for load in result.tables:
         cfg = source.tables[load.table]
+        current = result.current_extract_date
         common = {
             "delivery_id": result.delivery_id,
             "status": result.status,
             "extract_date": result.extract_date.isoformat(),
+            "current_extract_date": current.isoformat() if current else "",
         }
         yield dg.MaterializeResult(
             asset_key=raw_key(source.name, load.table),
@@ -271,8 +273,11 @@ def build_ingest_assets(source: Source) -> dg.AssetsDefinition:
                     metadata={"file": exc.path, "reason": exc.reason},
                     allow_retries=False,
                 ) from exc
+            late = (
+                "" if result.is_current else f" (older than current {result.current_extract_date})"
+            )
             context.log.info(
-                f"{source.name} {day}: {result.status}; {result.rows} rows, "
+                f"{source.name} {day}: {result.status}{late}; {result.rows} rows, "
                 f"{result.staged} staged, {result.quarantined} quarantined"
             )
             yield from _results(source, result, con)

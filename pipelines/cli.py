@@ -8,16 +8,19 @@ both for a 5,000-household county and prints what was loaded and quarantined.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,6 +35,9 @@ from pipelines.sar_cli import register as register_sar
 from pipelines.serve_cli import serve, token_app
 from pipelines.settings import PROJECT_ROOT, Settings
 from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 app = typer.Typer(
     add_completion=False,
@@ -82,6 +88,57 @@ def _prepare_instance(settings: Settings) -> None:
     settings.export()
 
 
+def _process_tags() -> dict[str, str]:
+    """Tags naming the process that runs a job in-process, so that a later ``sdv`` can tell
+    a run whose process died (killed, crashed, machine restarted) from one still going."""
+    return {"sdv/host": socket.gethostname(), "sdv/pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def release_dead_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the in-process runs whose process is gone, and free their pool slots.
+
+    ``sdv`` runs jobs in-process, with no daemon watching. A run killed while its step held
+    the ``duckdb_writer`` pool slot keeps that slot claimed, and every later writer (the
+    next ``sdv load`` or ``sdv publish``) would wait for it forever. Only runs started on
+    this host by a process that no longer exists are touched; a live one is left alone.
+    Returns the ids of the runs released.
+    """
+    from dagster import DagsterRunStatus, RunsFilter
+
+    host = socket.gethostname()
+    unfinished = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    released = []
+    for record in instance.get_run_records(
+        filters=RunsFilter(statuses=unfinished, tags={"sdv/host": host})
+    ):
+        run = record.dagster_run
+        pid = int(run.tags.get("sdv/pid", "0"))
+        if pid <= 0 or pid == os.getpid() or _alive(pid):
+            continue
+        instance.report_run_failed(
+            run,
+            message=f"The process running this run (pid {pid} on {host}) ended before it "
+            "finished (killed or crashed); marked failed by a later sdv command. Nothing it "
+            "wrote is half-done: each delivery and each snapshot is written whole or not at "
+            "all.",
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
+
+
 def _failure_message(result: object) -> str:
     for event in getattr(result, "all_events", []):
         if event.event_type_value == "STEP_FAILURE":
@@ -93,6 +150,35 @@ def _failure_message(result: object) -> str:
                 error = error.cause  # Dagster wraps the user's exception: report the root
             return error.message.strip() if error else "step failed"
     return "run failed"
+
+
+def _load_message(result: object) -> str:
+    """What a successful ingest run did: ``loaded``, or why ``current`` did not change.
+
+    Read from the raw assets' materialization metadata (``status``, ``extract_date``,
+    ``current_extract_date``), which the ingest asset writes for every table.
+    """
+    for event in getattr(result, "all_events", []):
+        if event.event_type_value != "ASSET_MATERIALIZATION":
+            continue
+        meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+        if "status" not in meta:
+            continue
+        if meta["status"] == "unchanged":
+            return "unchanged: already loaded, nothing written"
+        current = meta.get("current_extract_date")
+        if current and current != meta.get("extract_date"):
+            return f"loaded, but older than the current delivery {current}, which stays current"
+        return "loaded"
+    return "loaded"
+
+
+def _report_released(run_ids: list[str]) -> None:
+    if run_ids:
+        console.print(
+            f"[yellow]Marked failed {len(run_ids)} earlier run(s) whose process had died: "
+            f"{', '.join(run_ids)}[/yellow]"
+        )
 
 
 def run_load(settings: Settings) -> list[DeliveryOutcome]:
@@ -109,6 +195,7 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
     sources = load_sources(settings.config_dir)
     defs = build_defs(settings)
     instance = DagsterInstance.get()
+    _report_released(release_dead_runs(instance))
     work = [(d.source, d.partition_key) for d in discover(settings.landing, sources)]
     today = date.today().isoformat()
     work += [(name, today) for name, s in sources.items() if s.reads_database]
@@ -127,10 +214,10 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
                 partition_key=key,
                 instance=instance,
                 raise_on_error=False,
-                tags={"sdv/source": source, "sdv/trigger": "sdv load"},
+                tags={"sdv/source": source, "sdv/trigger": "sdv load", **_process_tags()},
                 run_config=_QUIET,
             )
-            message = "loaded" if result.success else _failure_message(result)
+            message = _load_message(result) if result.success else _failure_message(result)
             outcomes.append(DeliveryOutcome(source, key, result.success, message))
             progress.advance(task)
     return outcomes
@@ -159,8 +246,15 @@ def print_summary(settings: Settings, outcomes: list[DeliveryOutcome]) -> None:
     for outcome in outcomes:
         if not outcome.ok:
             out.print(
-                f"[red]REJECTED[/red] {outcome.source} {outcome.extract_date}: {outcome.message}"
+                f"[red]REJECTED[/red] {outcome.source} {outcome.extract_date}: "
+                f"{escape(outcome.message)}"
             )
+        elif outcome.message != "loaded" and not outcome.message.startswith("unchanged"):
+            out.print(f"{outcome.source} {outcome.extract_date}: {escape(outcome.message)}")
+    unchanged = [o for o in outcomes if o.ok and o.message.startswith("unchanged")]
+    if unchanged:
+        names = ", ".join(f"{o.source} {o.extract_date}" for o in unchanged)
+        out.print(f"Unchanged (already loaded, nothing written): {names}")
     out.print(f"Warehouse: [b]{settings.warehouse}[/b]")
     out.print(f"Dagster instance: {settings.dagster_home}  (browse with: make dev)")
 
@@ -270,10 +364,12 @@ def run_job(settings: Settings, job_name: str, trigger: str) -> tuple[bool, str,
 
     _prepare_instance(settings)
     defs = build_defs(settings)
+    instance = DagsterInstance.get()
+    _report_released(release_dead_runs(instance))
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=DagsterInstance.get(),
+        instance=instance,
         raise_on_error=False,
-        tags={"sdv/trigger": trigger},
+        tags={"sdv/trigger": trigger, **_process_tags()},
         run_config=_QUIET,
     )
     metadata: dict = {}

@@ -2,8 +2,9 @@
 
 The delivery sensor reacts to files as they land; the nightly schedule is the dependable
 beat a partnership plans around. For a file source it loads the newest complete delivery
-(a no-op if the sensor already did); for a database source it reads the tables as of
-tonight, under tonight's date.
+(a no-op if the sensor already did), passing over any dated after tonight: the sensor has
+already had those rejected, and picking one every night would starve the real newest one;
+for a database source it reads the tables as of tonight, under tonight's date.
 """
 
 import dagster as dg
@@ -28,11 +29,14 @@ def build_nightly_schedule(source: Source, job: JobTarget) -> dg.ScheduleDefinit
         description=f"Nightly load of {source.name}'s newest delivery.",
     )
     def _nightly(context: dg.ScheduleEvaluationContext, landing: LandingZone):
+        tonight = context.scheduled_execution_time.date()
         if source.reads_database:
-            key = context.scheduled_execution_time.date().isoformat()
+            key = tonight.isoformat()
         else:
             complete = [
-                d for d in discover(landing.root, {source.name: source}) if is_complete(d, source)
+                d
+                for d in discover(landing.root, {source.name: source})
+                if d.extract_date <= tonight and is_complete(d, source)
             ]
             if not complete:
                 return dg.SkipReason(f"no complete delivery for {source.name} in {landing.path}")

@@ -3,6 +3,8 @@
 import json
 import os
 import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
@@ -118,6 +120,9 @@ def test_folders_that_are_not_dates_are_ignored(evaluate, landing, sources):
     assert requested(evaluate()) == [("ingest_police_job", "2026-11-20")]
 
 
+TONIGHT = datetime(2026, 11, 21, 1, 30, tzinfo=ZoneInfo("Europe/London"))
+
+
 def test_nightly_schedule_loads_the_newest_complete_delivery(tmp_path, landing, sources):
     settings = Settings(tmp_path, landing, tmp_path / "w.duckdb", DEFAULT_CONFIG_DIR)
     schedule = next(s for s in build_defs(settings).schedules if s.name == "nightly_police")
@@ -125,7 +130,9 @@ def test_nightly_schedule_loads_the_newest_complete_delivery(tmp_path, landing, 
     with dg.instance_for_test() as instance:  # schedules need a persistent instance
 
         def evaluate():
-            with dg.build_schedule_context(instance=instance, resources=resources) as context:
+            with dg.build_schedule_context(
+                instance=instance, resources=resources, scheduled_execution_time=TONIGHT
+            ) as context:
                 return schedule(context)
 
         assert isinstance(evaluate(), dg.SkipReason)
@@ -133,6 +140,7 @@ def test_nightly_schedule_loads_the_newest_complete_delivery(tmp_path, landing, 
         write_delivery(landing, sources["police"], "2026-11-20", police_tables())
         unfinished = write_delivery(landing, sources["police"], "2026-11-21", police_tables())
         (unfinished / "persons.csv").unlink()
+        write_delivery(landing, sources["police"], "2999-01-01", police_tables())  # mistyped
         request = evaluate()
         assert request.partition_key == "2026-11-20"
         assert instance.has_dynamic_partition("police_deliveries", "2026-11-20")

@@ -11,7 +11,8 @@ Two questions are answered here, without touching the warehouse:
   source's ``settle_seconds``.
 * *Is it consistent?* Before anything is loaded the manifest is checked against the files
   (row counts and sha256). A mismatch rejects the whole delivery with an error naming the
-  file and what differs.
+  file and what differs. A delivery dated after today is rejected too
+  (:func:`check_not_future`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,25 @@ def discover(landing: Path, sources: dict[str, Source]) -> list[Delivery]:
                 continue
             found.append(Delivery(name, day, folder))
     return sorted(found, key=lambda d: (d.extract_date, d.source))
+
+
+def check_not_future(delivery: Delivery, today: date | None = None) -> None:
+    """Reject a delivery whose extract date (its folder name) is after today.
+
+    "Today" is the loading machine's local date: agencies date extracts by their own
+    (UK) calendar, so the loader runs on that calendar too. A manifest cannot vouch for a
+    future date, since :func:`read_manifest` already requires its date to equal the
+    folder's. A future date is a mistyped folder or a wrong clock at the agency, and it is
+    harmful: ``current`` is the newest delivery, so a delivery dated 2062 would stay current
+    over every real one until then.
+    """
+    today = date.today() if today is None else today
+    if delivery.extract_date > today:
+        raise DeliveryError(
+            delivery.folder,
+            f"extract date {delivery.extract_date} is in the future (today is {today}): a "
+            "mistyped folder name or a wrong clock at the agency; nothing loaded",
+        )
 
 
 def read_manifest(delivery: Delivery) -> Manifest | None:

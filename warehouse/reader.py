@@ -2,9 +2,11 @@
 
 The raw frame keeps every record exactly as delivered (as text, empty = null), with its
 1-based record number and any *shape* problem (wrong number of fields) noted so staging can
-quarantine it. Problems that make the whole file untrustworthy — undecodable bytes, a
-missing or duplicated header, an unknown column, a manifest mismatch — raise
-:class:`DeliveryError` naming the file, the line where we can, and the reason.
+quarantine it. Problems that make the whole file untrustworthy — binary data, undecodable
+bytes, an empty file, a missing or duplicated header column, an unknown column, another
+delimiter than the source's, the header row repeated further down, a field longer than
+``MAX_FIELD_CHARS``, a manifest mismatch — raise :class:`DeliveryError` naming the file, the
+line where we can, and the reason.
 
 We parse with the standard library's ``csv`` module rather than a fast bulk reader because
 we need record-level control: a record with a missing field must be quarantined with its
@@ -34,6 +36,9 @@ SHAPE_ERROR = "_shape_error"
 MAX_FIELD_CHARS = 1 << 20  # 1 MiB: a longer field is a broken file, not a long address
 
 _ENCODINGS = {"utf-8": "utf-8", "windows-1252": "cp1252", "latin-1": "latin-1"}
+_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_EXTRA_PREVIEW = 200  # characters of surplus fields kept in a wrong-shape reason
+_EXTRA_FIELDS = 20  # surplus fields looked at for that preview
 
 
 @dataclass(frozen=True)
@@ -102,35 +107,98 @@ def _frame(
     return frame
 
 
+def _check_delimiter(header: Sequence[str], table: Table, delimiter: str, path: Path) -> None:
+    """A one-column header where the spec has many means the file uses another delimiter.
+
+    Without this the reason would be an "unexpected column" named after the whole header
+    line, which sends the reader looking at renames instead of at the export's settings.
+    """
+    if len(header) != 1 or len(table.columns) == 1:
+        return
+    for other, name in _DELIMITERS.items():
+        if other != delimiter and other in header[0]:
+            raise DeliveryError(
+                path,
+                f"header is a single column {header[0][:60]!r}: the file looks "
+                f"{name}-separated but the source expects {_DELIMITERS.get(delimiter, delimiter)}"
+                f"-separated; fix the export or the source's 'delimiter' setting",
+            )
+
+
+def _shape_error(fields: list[str], width: int) -> str:
+    """Why a record has the wrong shape, keeping (a preview of) any fields beyond the
+    header's width: they are dropped from the record's columns, so the reason carries them
+    and nothing the agency sent disappears without trace."""
+    error = f"record has {len(fields)} fields, the header has {width}"
+    if len(fields) > width:
+        # A preview, built from a few fields cut short: a line of millions of fields must
+        # not be copied whole into its reason.
+        shown = [f[:_EXTRA_PREVIEW] for f in fields[width : width + _EXTRA_FIELDS]]
+        extra = repr(shown)
+        if len(fields) - width > len(shown) or len(extra) > _EXTRA_PREVIEW:
+            extra = extra[:_EXTRA_PREVIEW] + "..."
+        error += f"; extra fields {extra}"
+    return error
+
+
+def _cells(fields: Sequence[str]) -> list[str]:
+    """Fields as compared with the header: trimmed, and without the BOM a second file's
+    header carries when two exports are joined."""
+    return [f.strip().removeprefix("\ufeff") for f in fields]
+
+
 def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.DataFrame:
     """Parse delivered CSV bytes into a raw frame (see module docstring)."""
     table = source.tables[table_name]
+    # Before decoding: none of the supported encodings has NUL bytes in text, so a NUL
+    # means binary data (or a UTF-16 export), which deserves that reason rather than a
+    # decoding error at some arbitrary byte.
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise DeliveryError(
+            path,
+            f"line {line}: not valid CSV: contains a NUL byte (binary data, or a UTF-16 "
+            "export?); expected CSV text",
+        )
     text = _decode(data, source.encoding, path)
     if not text.strip():
         raise DeliveryError(path, "file is empty: expected a header row")
-    nul = text.find("\x00")
-    if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        raise DeliveryError(path, f"line {line}: not valid CSV: contains a NUL byte (binary data?)")
     csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=source.delimiter, strict=True)
     try:
         header = next(reader)
+        _check_delimiter(header, table, source.delimiter, path)
         columns = _map_header(header, table, path)
         width = len(columns)
+        header_again = _cells(header)
         records: list[list[str | None]] = []
         errors: list[str | None] = []
         for fields in reader:
             if not fields:
                 continue  # a blank line carries no data
+            if len(fields) == width and _cells(fields) == header_again:
+                # Two exports joined together: what follows may repeat or contradict what
+                # came before, so no record of this file can be trusted as a snapshot.
+                raise DeliveryError(
+                    path,
+                    f"line {reader.line_num}: repeats the header row (two files joined "
+                    "together?); deliver one header per file",
+                )
             error = None
             if len(fields) != width:
-                error = f"record has {len(fields)} fields, the header has {width}"
+                error = _shape_error(fields, width)
                 fields = (fields + [""] * width)[:width]
             records.append([v if v != "" else None for v in fields])
             errors.append(error)
     except csv.Error as exc:
-        raise DeliveryError(path, f"line {reader.line_num}: not valid CSV: {exc}") from exc
+        reason = str(exc)
+        if reason.startswith("field larger than field limit"):
+            reason = (
+                f"a field is longer than {MAX_FIELD_CHARS:,} characters (an unclosed quote, "
+                "or not this table's data)"
+            )
+        raise DeliveryError(path, f"line {reader.line_num}: not valid CSV: {reason}") from exc
     return _frame(columns, records, errors, table.columns)
 
 

@@ -11,9 +11,14 @@ Schemas:
   delivery: a newer delivery supersedes an older one, an older one arriving late does not.
 * ``meta.deliveries`` — one row per delivery attempt: loaded, replaced or rejected.
 
-A delivery is written in one transaction: all its tables or none. Loading a delivery
-that is already loaded (same files, same checksums) is a no-op, so re-running a night's
-job changes nothing.
+A delivery is written in one transaction: all its tables or none, so a load killed at any
+point leaves either the whole delivery or none of it (DuckDB replays or discards its WAL
+when the file is next opened). Loading a delivery that is already loaded (same files,
+same checksums) is a no-op reported as ``unchanged``, so re-running a night's job changes
+nothing. A delivery older than the source's current one (arriving late) is loaded into
+raw, staged and quarantine for its own date but does not replace ``current``; its
+:class:`LoadResult` says so (``is_current`` false). A delivery dated after today is
+rejected (:func:`warehouse.landing.check_not_future`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from warehouse.landing import Delivery, DeliveryError, read_manifest
+from warehouse.landing import Delivery, DeliveryError, check_not_future, read_manifest
 from warehouse.reader import RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import StagedTable, stage_table
@@ -102,6 +107,14 @@ class LoadResult:
     delivery_id: str
     status: str  # "loaded" or "unchanged"
     tables: list[TableLoad]
+    # The source's current extract date after this load: later than ``extract_date`` when
+    # this delivery arrived after a newer one and so did not replace ``current``.
+    current_extract_date: date | None = None
+
+    @property
+    def is_current(self) -> bool:
+        """Whether ``current`` now shows this delivery (false for a late, older one)."""
+        return self.current_extract_date == self.extract_date
 
     @property
     def rows(self) -> int:
@@ -217,26 +230,49 @@ def _already_loaded(con: duckdb.DuckDBPyConnection, delivery_id: str) -> list[Ta
     ]
 
 
+def _current_date(con: duckdb.DuckDBPyConnection, source: str) -> date | None:
+    rows = con.execute(
+        "SELECT max(extract_date) FROM meta.deliveries WHERE source = ? AND status = 'loaded'",
+        [source],
+    ).fetchall()
+    return rows[0][0]
+
+
 def load_delivery(
     con: duckdb.DuckDBPyConnection,
     delivery: Delivery,
     source: Source,
     tombstones: Tombstones | None = None,
+    *,
+    today: date | None = None,
 ) -> LoadResult:
     """Check, stage and write one delivery atomically; see the module docstring.
 
     Rows reaching an erased record (``tombstones``) go to quarantine as ``erased``.
 
     Raises DeliveryError (after recording the rejection) when the delivery is unusable;
-    in that case nothing of it reaches raw, staged or quarantine.
+    in that case nothing of it reaches raw, staged or quarantine. ``today`` (default: the
+    local date) is what a future-dated delivery is judged against.
     """
+    try:
+        check_not_future(delivery, today)
+    except DeliveryError as exc:
+        record_rejection(con, delivery, exc)
+        raise
     checked: str | None = None
     checksums = file_checksums(delivery, source)
     if checksums is not None:  # the same bytes were checked and loaded before: skip parsing
         checked = _delivery_id(source.name, delivery.extract_date, checksums)
         previous = _already_loaded(con, checked)
         if previous is not None:
-            return LoadResult(source.name, delivery.extract_date, checked, "unchanged", previous)
+            return LoadResult(
+                source.name,
+                delivery.extract_date,
+                checked,
+                "unchanged",
+                previous,
+                _current_date(con, source.name),
+            )
     try:
         manifest = read_manifest(delivery)
         raws = read_delivery(delivery, source, manifest)
@@ -249,7 +285,14 @@ def load_delivery(
     # Database tables (no checksums up front) are only identifiable once read.
     previous = None if delivery_id == checked else _already_loaded(con, delivery_id)
     if previous is not None:
-        return LoadResult(source.name, delivery.extract_date, delivery_id, "unchanged", previous)
+        return LoadResult(
+            source.name,
+            delivery.extract_date,
+            delivery_id,
+            "unchanged",
+            previous,
+            _current_date(con, source.name),
+        )
 
     staged = [stage_table(raw, source, tombstones) for raw in raws]
     loads = [_table_load(r, s, source) for r, s in zip(raws, staged, strict=True)]
@@ -301,7 +344,14 @@ def load_delivery(
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return LoadResult(source.name, delivery.extract_date, delivery_id, "loaded", loads)
+    return LoadResult(
+        source.name,
+        delivery.extract_date,
+        delivery_id,
+        "loaded",
+        loads,
+        _current_date(con, source.name),
+    )
 
 
 def current_summary(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
