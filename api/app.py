@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.users import ApiUser, ApiUsers
 from warehouse import audit
-from warehouse.access import MAX_PAGE, AccessError, AccessLayer, NotFound, Page, User
+from warehouse.access import MAX_OFFSET, MAX_PAGE, AccessError, AccessLayer, NotFound, Page, User
 from warehouse.curated_schema import TABLES
 
 API_VERSION = "1.0"
@@ -373,7 +373,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         who: Authorised,
         person_id: PersonId,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """The person's events your role may see, newest first, a page at a time."""
         audited(request)
@@ -432,7 +432,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
             ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """Subject-rights actions (who, when, why), newest first: the DPO's record."""
         audited(request)

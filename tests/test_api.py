@@ -25,7 +25,7 @@ from api.users import (
 )
 from matching.standardise import nickname_table
 from warehouse import audit
-from warehouse.access import AccessLayer
+from warehouse.access import MAX_OFFSET, AccessError, AccessLayer, User
 from warehouse.curated_schema import TABLES
 from warehouse.policy import load_policy
 
@@ -88,7 +88,12 @@ def _scope_of_school(con, urn: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def api(published_county, tmp_path_factory) -> Api:
-    with published_county.store().reader() as con:
+    return _api_over(published_county, tmp_path_factory.mktemp("api"))
+
+
+def _api_over(county, directory: Path) -> Api:
+    """A client of the API over ``county``, with one user (and token) per role."""
+    with county.store().reader() as con:
         school_a, school_b = _schools(con)
     people = [
         ("sw", "social_worker", None, "safeguarding"),
@@ -107,11 +112,11 @@ def api(published_county, tmp_path_factory) -> Api:
         entries.append(
             user_entry(user_id, role, digest, organisation=organisation, default_purpose=purpose)
         )
-    path = tmp_path_factory.mktemp("api") / "api_users.yaml"
+    path = directory / "api_users.yaml"
     path.write_text(yaml.safe_dump({"users": entries}, sort_keys=False), encoding="utf-8")
     users = load_api_users(path, load_policy())
-    engine = published_county.engine()
-    access = AccessLayer(published_county.store(), load_policy(), engine)
+    engine = county.engine()
+    access = AccessLayer(county.store(), load_policy(), engine)
     return Api(TestClient(create_app(access, users)), tokens, engine, school_a, school_b)
 
 
@@ -422,6 +427,38 @@ def test_roles_without_a_grant_are_403(api: Api, snapshot):
     assert "purpose 'research'" in wrong_purpose.json()["detail"]
     stated = api.get(f"/children/{pid}", "sw", headers={"X-Purpose": "child_protection"})
     assert stated.status_code == 200
+
+
+def test_huge_offsets_are_refused_not_a_server_error(snapshot, published_county, tmp_path):
+    # Found by fuzzing (tests/test_api_fuzz.py): an offset past 64 bits reached DuckDB or
+    # SQLite and failed there, a 500. The API now bounds it (422), the access layer too (400).
+    # On a copy: reads of the rights log are audited, and other tests count those.
+    county = published_county.copy(tmp_path / "county")
+    api = _api_over(county, tmp_path)
+    pid = _child(snapshot)["person_id"]
+    for path, user in ((f"/people/{pid}/timeline", "sw"), ("/rights/actions", "dpo")):
+        for offset in (MAX_OFFSET + 1, 2**63, 10**30):
+            before = _latest_seq(api.engine)
+            response = api.get(path, user, params={"offset": offset})
+            assert response.status_code == 422, (path, offset, response.text)
+            [event] = audit.events(api.engine, after_seq=before)
+            assert event.detail["reason"] == "invalid request: query.offset"
+        last = api.get(path, user, params={"offset": MAX_OFFSET})
+        assert last.status_code == 200 and last.json()["items"] == [], last.text
+
+    access = AccessLayer(county.store(), load_policy(), api.engine)
+    calls = [
+        lambda: access.timeline(User("sw", "social_worker"), "safeguarding", pid, offset=2**63),
+        lambda: access.rights_actions(User("dpo", "dpo"), "subject_rights", offset=2**63),
+        lambda: access.read(User("sw", "social_worker"), "safeguarding", "person", offset=-1),
+    ]
+    for call in calls:
+        before = _latest_seq(api.engine)
+        with pytest.raises(AccessError, match="offset must be between") as refused:
+            call()
+        assert refused.value.status == 400
+        [event] = audit.events(api.engine, after_seq=before)
+        assert event.outcome == "denied" and "offset" in event.detail["reason"]
 
 
 def test_unknown_people_are_404(api: Api):

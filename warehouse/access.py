@@ -42,6 +42,9 @@ MAX_PAGE = 500
 # Purposes under which subject-rights actions (SAR, rectification, restriction, erasure)
 # and retention runs are written to the audit; the DPO reads them back (rights_actions).
 RIGHTS_PURPOSES = (audit.RIGHTS_PURPOSE, "retention")
+# Far beyond any real page, and within the 64-bit offsets DuckDB and SQLite take (a Python
+# int is unbounded: an offset of 2**63 used to fail in the database, a 500 from the API).
+MAX_OFFSET = 1_000_000_000
 # Audit actions of reads (this layer's and the API's own): a DPO reading a person for a
 # request is not itself a subject-rights action, so the log leaves these out.
 READ_ACTIONS = frozenset(
@@ -62,6 +65,11 @@ class AccessDenied(AccessError):
 
 class NotFound(AccessError):
     status = 404
+
+
+def _check_offset(offset: int) -> None:
+    if not 0 <= offset <= MAX_OFFSET:
+        raise AccessError(f"offset must be between 0 and {MAX_OFFSET}")
 
 
 @dataclass(frozen=True)
@@ -373,6 +381,7 @@ class AccessLayer:
         limit = max(1, min(limit, MAX_PAGE))
         detail = {"table": table, "person_id": person_id, "limit": limit, "offset": offset}
         with self._request(user, purpose, "read", detail) as (role, trail, cursor):
+            _check_offset(offset)
             grant = self._grant(user, table)
             where: list[tuple[str, Sequence[Any]]] = []
             person_column = TABLES[grant.table].person_column
@@ -475,6 +484,7 @@ class AccessLayer:
         limit = max(1, min(limit, MAX_PAGE))
         detail = {"person_id": person_id, "limit": limit, "offset": offset}
         with self._request(user, purpose, table, detail) as (role, trail, cursor):
+            _check_offset(offset)
             grant = self._grant(user, table)
             self._require_person(cursor, role, user, grant, person_id)
             where = [("t.person_id = ?", [person_id])]
@@ -566,6 +576,7 @@ class AccessLayer:
         with self._request(user, purpose, "rights_log", detail) as (role, trail, _cursor):
             if not role.reads_rights_log:
                 raise AccessDenied(f"role {user.role} may not read the subject-rights log")
+            _check_offset(offset)
             records, total = audit.purpose_events(
                 self.audit_engine,
                 RIGHTS_PURPOSES,
