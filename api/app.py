@@ -261,7 +261,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
     app.add_middleware(AuditEveryCall, engine=engine, users=users)
     bearer = HTTPBearer(auto_error=False, description="A token minted by `sdv token new`.")
 
-    def caller(
+    async def caller(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         x_purpose: Annotated[
@@ -272,10 +272,21 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
             ),
         ] = None,
     ) -> Caller:
+        # Async: a token check is a hash and a lookup, not worth a hop to the thread pool
+        # (the endpoints, which read DuckDB and write the audit, run there).
         api_user = users.authenticate(credentials.credentials if credentials else None)
         if api_user is None:
             request.state.sdv_audited = True
-            record_api_event(engine, request.url.path, ANONYMOUS, "none", "denied", NO_TOKEN, 401)
+            await run_in_threadpool(
+                record_api_event,
+                engine,
+                request.url.path,
+                ANONYMOUS,
+                "none",
+                "denied",
+                NO_TOKEN,
+                401,
+            )
             raise HTTPException(
                 status_code=401,
                 detail="a valid bearer token is required: Authorization: Bearer <token>",
