@@ -459,7 +459,7 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
 
     sizes = sorted(report["sizes"], key=lambda s: s["households"])
     x = [s["households"] for s in sizes]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
     for axis, night in zip(axes, NIGHTS, strict=True):
         for stage in STAGES:
             y = [max(s[night]["stages"][stage]["wall_seconds"], 0.01) for s in sizes]
@@ -476,7 +476,7 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
         )
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("wall seconds")
-    axes[1].legend(loc="upper left", fontsize=8)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle("Nightly load: wall time per stage against county size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
