@@ -2,18 +2,23 @@
 #   make demo   set up, generate a 5,000-household synthetic county, load it nightly-style
 #               (make demo HOUSEHOLDS=20000 for a larger county)
 #   make test   set up and run the whole test suite
+#   make bench  time the nightly load at 5,000, 20,000 and 100,000 households into bench/
+#               (make bench SIZES=5000 for one size)
 PYTHON ?= python3
 HOUSEHOLDS ?= 5000
+SIZES ?= 5000,20000,100000
+BENCH_OUT ?= bench
 UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 STAMP := $(VENV)/.synced
+BENCH_STAMP := $(VENV)/.synced-bench
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(shell command -v $(PYTHON))
 export UV_NO_PROGRESS := 1
 
-.PHONY: setup demo test lint format dev check-defs clean
+.PHONY: setup demo test lint format dev check-defs clean bench
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,8 +32,16 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 
 setup: $(STAMP)
 
+# The benchmark's chart needs matplotlib (the "bench" dependency group), nothing else does.
+$(BENCH_STAMP): $(STAMP)
+	$(UV) sync --frozen --group bench
+	@touch $(BENCH_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/sdv demo --data-dir data --households $(HOUSEHOLDS)
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/python -m benchmarks.pipeline --sizes $(SIZES) --out $(BENCH_OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest

@@ -22,6 +22,7 @@ from warehouse.family_view import build_snapshot, check_snapshot
 from warehouse.pseudonymise import load_key
 from warehouse.publish import SnapshotStore
 from warehouse.sources import Source
+from warehouse.stages import StageClock
 
 SNAPSHOT = dg.AssetKey(["curated", "family_view_snapshot"])
 PUBLISHED = dg.AssetKey(["curated", "published_family_view"])
@@ -61,9 +62,11 @@ def build_family_view_assets(
     ):
         store = _store(family_view)
         key = load_key(Path(family_view.data_dir))
+        clock = StageClock()
         with warehouse.get_connection() as con:
             built = build_snapshot(con, store, linkage, curated, sources, key, operational.engine())
-            checks = check_snapshot(built, con)
+            with clock.stage("checks"):
+                checks = check_snapshot(built, con)
         context.log.info("built %s (as of %s)", built.snapshot.name, built.as_of)
         yield dg.MaterializeResult(
             metadata={
@@ -74,6 +77,12 @@ def build_family_view_assets(
                 "unlinked_rows": dg.MetadataValue.json(built.unlinked),
                 "rectifications_lapsed": built.lapsed,
                 "checks_passed": all(c.passed for c in checks),
+                "stage_seconds": dg.MetadataValue.json(
+                    {**built.stage_seconds, **clock.rounded_seconds()}
+                ),
+                "stage_peak_rss_mib": dg.MetadataValue.json(
+                    {**built.stage_peak_mib, **clock.peak_mib}
+                ),
             }
         )
         for check in checks:

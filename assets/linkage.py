@@ -15,7 +15,6 @@ the result back: no cluster breaks a hard rule, every person-level row has a per
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ from matching.rules import breaches
 from matching.standardise import standardise
 from warehouse import erasure, linked, operational, review
 from warehouse.person_rows import read_person_rows, read_relationships
+from warehouse.stages import StageClock
 
 PERSON_RECORDS = dg.AssetKey(["linked", "person_records"])
 HOUSEHOLD_MEMBERS = dg.AssetKey(["linked", "household_members"])
@@ -76,53 +76,48 @@ def run_linkage(
     truth_dir: Path | None = None,
 ) -> LinkageRun:
     """One night's linkage from the warehouse's current deliveries (see module docstring)."""
-    timings: dict[str, float] = {}
+    clock = StageClock()
     started = datetime.now(UTC).replace(tzinfo=None)
-    clock = time.perf_counter()
-    records = _standardised(con, config)
-    timings["standardise"] = time.perf_counter() - clock
+    with clock.stage("standardise"):
+        records = _standardised(con, config)
 
     trained = None
     model_path = newest_model(model_dir)
     if model_path is None:
-        clock = time.perf_counter()
-        trained = splink_model.train(records, config, model_dir)
+        with clock.stage("train"):
+            trained = splink_model.train(records, config, model_dir)
         model_path = trained.path
-        timings["train"] = time.perf_counter() - clock
     version = _model_version(model_path)
     model = json.loads(model_path.read_text(encoding="utf-8"))
 
-    clock = time.perf_counter()
-    prints = fingerprints(records)
-    cached = linked.read_table(con, "scored_pairs")
-    incremental = not full and cached is not None and linked.last_model_version(con) == version
-    changed = changed_records(prints, linked.read_table(con, "record_fingerprints"))
-    if incremental:
-        fresh = splink_model.predict(records, model_path, changed=changed, options=config.model)
-        pairs = merge_scores(cached, fresh, records, changed)
-    else:
-        pairs = splink_model.predict(records, model_path, options=config.model)
-    timings["predict"] = time.perf_counter() - clock
+    with clock.stage("predict"):
+        prints = fingerprints(records)
+        cached = linked.read_table(con, "scored_pairs")
+        incremental = not full and cached is not None and linked.last_model_version(con) == version
+        changed = changed_records(prints, linked.read_table(con, "record_fingerprints"))
+        if incremental:
+            fresh = splink_model.predict(records, model_path, changed=changed, options=config.model)
+            pairs = merge_scores(cached, fresh, records, changed)
+        else:
+            pairs = splink_model.predict(records, model_path, options=config.model)
 
-    clock = time.perf_counter()
-    operational.ensure_schema(engine)
-    run_id = run_id_for(prints, version, started)
-    result = resolve(
-        records,
-        pairs,
-        config,
-        model,
-        previous_registry=linked.previous_registry(con),
-        run_id=run_id,
-        constraints=review.constraints(engine),
-        used_ids=linked.issued_ids(con) | erasure.erased_person_ids(engine),
-    )
-    timings["cluster"] = time.perf_counter() - clock
+    with clock.stage("cluster"):
+        operational.ensure_schema(engine)
+        run_id = run_id_for(prints, version, started)
+        result = resolve(
+            records,
+            pairs,
+            config,
+            model,
+            previous_registry=linked.previous_registry(con),
+            run_id=run_id,
+            constraints=review.constraints(engine),
+            used_ids=linked.issued_ids(con) | erasure.erased_person_ids(engine),
+        )
 
-    clock = time.perf_counter()
-    members = households(records, result.person_records)
-    related = relationships(result.person_records, records, read_relationships(con, config))
-    timings["households"] = time.perf_counter() - clock
+    with clock.stage("households"):
+        members = households(records, result.person_records)
+        related = relationships(result.person_records, records, read_relationships(con, config))
 
     queued = review.enqueue(engine, result.review, run_id)
     counts = result.assignment.event_counts()
@@ -138,20 +133,22 @@ def run_linkage(
         "review_pairs": queued,
         "oversized": int(result.person_records["oversized"].sum()),
         "events": counts,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "timings": clock.rounded_seconds(),
     }
-    clock = time.perf_counter()
-    linked.write_run(
-        con,
-        run=run,
-        person_records=result.person_records,
-        households=members,
-        relationships=related,
-        events=result.assignment.events,
-        scored_pairs=pairs,
-        fingerprints=prints,
-    )
-    run["timings"]["publish"] = round(time.perf_counter() - clock, 2)
+    with clock.stage("publish"):
+        linked.write_run(
+            con,
+            run=run,
+            person_records=result.person_records,
+            households=members,
+            relationships=related,
+            events=result.assignment.events,
+            scored_pairs=pairs,
+            fingerprints=prints,
+        )
+    run["timings"]["publish"] = clock.rounded_seconds()["publish"]
+    # Not in linked.runs (its columns are fixed): shown in the run's Dagster metadata.
+    run["peak_rss_mib"] = dict(clock.peak_mib)
     evaluation = None
     if truth_dir is not None:
         evaluation = evaluate(
@@ -236,6 +233,7 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
             "oversized_persons": run["oversized"],
             "events": dg.MetadataValue.json(run["events"]),
             "stage_seconds": dg.MetadataValue.json(run["timings"]),
+            "stage_peak_rss_mib": dg.MetadataValue.json(run["peak_rss_mib"]),
         }
         if outcome.trained is not None:
             meta["trained_first"] = "no saved model: trained one before linking"

@@ -30,6 +30,7 @@ from warehouse.publish import (
     write_tables,
 )
 from warehouse.sources import Source
+from warehouse.stages import StageClock
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class BuiltSnapshot:
     rows: dict[str, int]
     unlinked: dict[str, int] = field(default_factory=dict)
     lapsed: int = 0  # rectifications a source overtook tonight (recorded as lapsed)
+    # Per stage ("curate": the curated tables in memory; "write": both files on disk):
+    # seconds and peak resident MiB, so a slow or hungry night says where it went.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_peak_mib: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,18 +69,21 @@ def build_snapshot(
     With the ``operational`` store, its active rectifications are applied and those a
     source has overtaken are recorded there as lapsed.
     """
-    active = None
-    if operational is not None:
-        ensure_schema(operational)
-        active = rectification.for_build(operational)
-    built = curate.build(con, linkage, config, sources, active)
-    if operational is not None:
-        rectification.record_lapsed(operational, [(x.id, x.reason) for x in built.lapsed])
-    snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
-    info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
-    write_tables(snapshot_path, built.tables, info, curated_comments())
-    analyst = analyst_tables(built.tables, key)
-    write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
+    clock = StageClock()
+    with clock.stage("curate"):
+        active = None
+        if operational is not None:
+            ensure_schema(operational)
+            active = rectification.for_build(operational)
+        built = curate.build(con, linkage, config, sources, active)
+        if operational is not None:
+            rectification.record_lapsed(operational, [(x.id, x.reason) for x in built.lapsed])
+    with clock.stage("write"):
+        snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
+        info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
+        write_tables(snapshot_path, built.tables, info, curated_comments())
+        analyst = analyst_tables(built.tables, key)
+        write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
     return BuiltSnapshot(
         snapshot=snapshot_path,
         analyst=analyst_path,
@@ -83,6 +91,8 @@ def build_snapshot(
         rows={name: frame.height for name, frame in built.tables.items()},
         unlinked=built.unlinked,
         lapsed=len(built.lapsed),
+        stage_seconds=clock.rounded_seconds(),
+        stage_peak_mib=dict(clock.peak_mib),
     )
 
 

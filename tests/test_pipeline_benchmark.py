@@ -1,0 +1,106 @@
+"""The pipeline benchmark (``make bench``) still runs end to end, on a tiny county.
+
+The jobs run through the real code paths (``sdv load``'s ingest, the Dagster link and
+publish jobs), so this notices when a job's metadata or the plumbing the benchmark relies
+on changes under it. To stay quick the two nights run their jobs in this process (eight
+fresh interpreters importing Dagster would cost more than the jobs themselves); one job
+runs as a real child process to cover ``os.wait4`` and the peak memory it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import pipeline
+from benchmarks.pipeline import NIGHTS, STAGES, Measured, child_argv, child_main, main, run_child
+from warehouse.stages import StageClock, process_peak_mib
+
+
+def test_stage_clock_records_seconds_and_own_peak_per_stage():
+    clock = StageClock()
+    with clock.stage("big"):
+        block = bytearray(64 * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+        del block
+    with clock.stage("small"):
+        sum(range(1000))
+    assert set(clock.seconds) == {"big", "small"}
+    assert all(v >= 0 for v in clock.seconds.values())
+    if sys.platform.startswith("linux") and clock.peak_mib["big"] is not None:
+        # each stage's peak is its own: the 64 MiB block counts in "big" only
+        assert clock.peak_mib["big"] - clock.peak_mib["small"] > 48
+        assert process_peak_mib() >= clock.peak_mib["big"]
+
+
+def test_a_child_job_reports_its_own_time_and_peak_memory(tmp_path: Path):
+    measured = run_child(
+        "generate",
+        tmp_path / "logs",
+        "generate",
+        county=tmp_path / "county",
+        households=5,
+        seed=1,
+        extract_date="2026-11-20",
+    )
+    assert measured.wall_seconds > 0 and measured.cpu_seconds > 0
+    assert measured.peak_mib > 10  # an interpreter with polars loaded, at least
+    assert measured.result["extract_dates"] == ["2026-11-19", "2026-11-20"]
+    assert len(measured.load_before) == 3
+
+
+def _in_process(job: str, log_dir: Path, label: str, **options: Any) -> Measured:
+    """``run_child`` without the child process: same arguments, same result file."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result_file = log_dir / f"{label}.result.json"
+    started, cpu = time.perf_counter(), time.process_time()
+    child_main(child_argv(job, result_file, options))
+    result = json.loads(result_file.read_text())
+    return Measured(
+        job=job,
+        wall_seconds=round(time.perf_counter() - started, 3),
+        cpu_seconds=round(time.process_time() - cpu, 3),
+        peak_mib=result["process_peak_mib"] or 1.0,
+        load_before=[0.0, 0.0, 0.0],
+        load_after=[0.0, 0.0, 0.0],
+        result=result,
+    )
+
+
+def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, monkeypatch):
+    # The jobs point Dagster and the settings at their data directory through the
+    # environment: let monkeypatch put it back afterwards.
+    for name in ("SDV_DATA_DIR", "SDV_LANDING", "SDV_WAREHOUSE", "SDV_CONFIG_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "unused"))
+    monkeypatch.setenv("SDV_OPERATIONAL_URL", "")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    monkeypatch.delenv("SDV_TRUTH_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "run_child", _in_process)
+    assert main(["--sizes", "30", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "pipeline.json").read_text())
+    (size,) = report["sizes"]
+    assert size["households"] == 30
+    for night in NIGHTS:
+        stages = size[night]["stages"]
+        assert list(stages) == list(STAGES)
+        for name, stage in stages.items():
+            assert stage["wall_seconds"] > 0, (night, name)
+            assert stage["rows"] > 0 and stage["rows_per_second"] > 0, (night, name)
+            assert stage["peak_rss_mib"] > 0, (night, name)
+        assert size[night]["total_wall_seconds"] == pytest.approx(
+            sum(s["wall_seconds"] for s in stages.values()), abs=0.1
+        )
+        assert size[night]["max_peak_rss_mib"] >= max(s["peak_rss_mib"] for s in stages.values())
+    # the second night re-scores only what the second delivery changed
+    assert 0 < size["night_2"]["changed_records_scored"] < size["night_2"]["person_level_rows"]
+    assert size["train"]["wall_seconds"] > 0 and size["generate"]["wall_seconds"] > 0
+    assert size["second_night_ratio"] > 0
+    assert "second_night_under_quarter" in report["targets"]
+    assert len(report["load_average_at_start"]) == 3
+    assert not (tmp_path / "work" / "30").exists()  # data removed without --keep
+    assert "TOTAL" in capsys.readouterr().out
