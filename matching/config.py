@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from warehouse.yaml_model import load_yaml_model
 
 DEFAULT_LINKAGE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "linkage.yaml"
 
@@ -163,17 +164,4 @@ class LinkageConfig(_Strict):
 
 def load_linkage_config(path: Path = DEFAULT_LINKAGE_CONFIG) -> LinkageConfig:
     """Read and validate the linkage YAML; errors name the file and the offending key."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise LinkageConfigError(f"{path}: file not found") from err
-    except yaml.YAMLError as err:
-        raise LinkageConfigError(f"{path}: not valid YAML: {err}") from err
-    try:
-        return LinkageConfig.model_validate(data or {})
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in err.errors()
-        )
-        raise LinkageConfigError(f"{path}: {problems}") from err
+    return load_yaml_model(path, LinkageConfig, LinkageConfigError)

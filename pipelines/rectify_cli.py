@@ -34,7 +34,7 @@ def _published(settings, person_id: str, field: str) -> tuple[str | None, str | 
     import json
 
     from warehouse.curated_config import load_curated_config
-    from warehouse.publish import SnapshotStore
+    from warehouse.publish import SnapshotStore, person_record_ids
     from warehouse.rectification import RectificationError, as_text
 
     keep = load_curated_config(settings.curated_config).publishing.keep
@@ -43,12 +43,7 @@ def _published(settings, person_id: str, field: str) -> tuple[str | None, str | 
         found = con.execute(
             f'select "{field}", field_sources from person where person_id = ?', [person_id]
         ).fetchall()
-        records = [
-            r
-            for (r,) in con.execute(
-                "select record_id from person_records where person_id = ?", [person_id]
-            ).fetchall()
-        ]
+        records = person_record_ids(con, person_id)
     if not found:
         raise RectificationError(f"no person {person_id} in the published Family View")
     value, sources = found[0]

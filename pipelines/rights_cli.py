@@ -30,20 +30,14 @@ def restrict(
     """Restrict processing of a person (hidden from every role but the DPO), or --lift it."""
     from warehouse import audit, restriction
     from warehouse.curated_config import load_curated_config
-    from warehouse.publish import PublishError, SnapshotStore
+    from warehouse.publish import PublishError, SnapshotStore, person_record_ids
 
     settings = Settings.for_data_dir(data_dir)
     who = by or getpass.getuser()
     keep = load_curated_config(settings.curated_config).publishing.keep
     try:
         with SnapshotStore(settings.published_dir, keep=keep).reader() as con:
-            records = [
-                r
-                for (r,) in con.sql(
-                    "select record_id from person_records where person_id = ?",
-                    params=[person_id],
-                ).fetchall()
-            ]
+            records = person_record_ids(con, person_id)
     except PublishError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc

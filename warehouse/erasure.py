@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from warehouse import audit, purge, review
 from warehouse.operational import UTCDateTime, ensure_schema, metadata
-from warehouse.publish import PublishError, SnapshotStore
+from warehouse.publish import PublishError, SnapshotStore, person_record_ids
 from warehouse.restriction import restrictions
 from warehouse.sources import Source
 from warehouse.store import table_exists
@@ -163,12 +163,9 @@ def _record(
 def _published_records(store: SnapshotStore, person_id: str) -> set[str]:
     try:
         with store.reader() as con:
-            rows = con.sql(
-                "select record_id from person_records where person_id = ?", params=[person_id]
-            ).fetchall()
+            return set(person_record_ids(con, person_id))
     except PublishError:
         return set()
-    return {r for (r,) in rows}
 
 
 def _linked_records(con: duckdb.DuckDBPyConnection, person_id: str) -> set[str]:

@@ -124,6 +124,17 @@ def open_snapshot(path: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(path), read_only=True, config=dict(READER_CONFIG))
 
 
+def person_record_ids(con: duckdb.DuckDBPyConnection, person_id: str) -> list[str]:
+    """The source records (``source|table|local_key``) a snapshot resolves to
+    ``person_id``: what subject-rights actions hold on to, since ids change and records
+    do not."""
+    rows = con.execute(
+        "select record_id from person_records where person_id = ? order by record_id",
+        [person_id],
+    ).fetchall()
+    return [r for (r,) in rows]
+
+
 class SnapshotStore:
     """The published folder: snapshots, the pointer readers follow, and the history."""
 

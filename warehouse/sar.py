@@ -43,7 +43,7 @@ from jinja2 import Environment
 from sqlalchemy.engine import Engine
 
 from warehouse import audit, subjects
-from warehouse.publish import SnapshotStore
+from warehouse.publish import SnapshotStore, person_record_ids
 from warehouse.restriction import restrictions
 from warehouse.sources import Source
 from warehouse.store import connect, table_exists
@@ -194,12 +194,7 @@ def resolve_subject(
     subject's recipients."""
     current = store.current()
     assert current is not None  # reader() has already refused an unpublished store
-    records = sorted(
-        r
-        for (r,) in snapshot.execute(
-            "select record_id from person_records where person_id = ?", [person_id]
-        ).fetchall()
-    )
+    records = person_record_ids(snapshot, person_id)
     if not records:
         raise SarError(
             f"no person {person_id!r} in the published snapshot {current.snapshot}: "
