@@ -9,12 +9,14 @@ import csv
 import io
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 import sqlalchemy as sa
 from conftest import police_tables, sdv_load
@@ -30,6 +32,7 @@ from warehouse.policy import load_policy
 from warehouse.pseudonymise import pseudonym
 from warehouse.reader import RawTable, parse_csv
 from warehouse.restriction import restrict, restrictions
+from warehouse.serving import SUFFIX as SERVING_SUFFIX
 from warehouse.staging import ERASED, stage_table
 from warehouse.store import connect
 from warehouse.tombstone import Tombstones, record_hash
@@ -118,13 +121,37 @@ def _identity(county, person_id: str) -> Identity:
 
 
 def _files(data: Path) -> list[Path]:
-    return sorted(p for p in data.rglob("*.duckdb") if p.is_file() and not p.is_symlink())
+    """Every DuckDB file and every snapshot's serving copy (SQLite) under ``data``."""
+    found = [*data.rglob("*.duckdb"), *data.rglob(f"*{SERVING_SUFFIX}")]
+    return sorted(p for p in found if p.is_file() and not p.is_symlink())
+
+
+def _open(path: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection on ``path``; a serving copy (SQLite) is loaded into memory,
+    every value as text, so the same scan reads both kinds of file."""
+    if not path.name.endswith(SERVING_SUFFIX):
+        return duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect()
+    source = sqlite3.connect(path)
+    try:
+        names = [r for (r,) in source.execute("select name from sqlite_master where type='table'")]
+        for name in names:
+            cursor = source.execute(f'select * from "{name}"')
+            columns = [d[0] for d in cursor.description]
+            rows = [[None if v is None else str(v) for v in row] for row in cursor.fetchall()]
+            frame = pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row")
+            con.register("_serving", frame.to_arrow())
+            con.execute(f'create table "{name}" as select * from _serving')
+            con.unregister("_serving")
+    finally:
+        source.close()
+    return con
 
 
 def _hits(path: Path, who: Identity) -> list[str]:
-    """Tables of one DuckDB file holding any of the person's identifiers in any column."""
+    """Tables of one file holding any of the person's identifiers in any column."""
     found = []
-    con = duckdb.connect(str(path), read_only=True)
+    con = _open(path)
     try:
         tables = con.sql(
             "select schema_name, table_name from duckdb_tables() where not internal"
@@ -231,6 +258,8 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     before_files = _files(county.data)
     assert any(_hits(p, who) for p in before_files), "the scan must see the person before"
     assert _in_bytes(county.warehouse, who), "the byte scan must see the person before"
+    serving = [p for p in before_files if p.name.endswith(SERVING_SUFFIX)]
+    assert len(serving) == 2 and all(_hits(p, who) for p in serving), "the API's copies too"
     with county.store().reader() as con:
         other = con.sql(
             "select * from person where person_id <> ? order by person_id limit 1",
@@ -247,9 +276,18 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     assert result.exit_code == 0, result.output
     assert "warehouse.duckdb" in result.output and "raw.school__pupils" in result.output
 
-    for path in _files(county.data):
+    after_files = _files(county.data)
+    for path in after_files:
         assert _hits(path, who) == [], path
         assert _in_bytes(path, who) == set(), path
+    # Each rewritten snapshot has a rewritten serving copy; the old copies are gone.
+    serving_after = {p.name for p in after_files if p.name.endswith(SERVING_SUFFIX)}
+    assert serving_after == {
+        p.name.removesuffix(".duckdb") + SERVING_SUFFIX
+        for p in after_files
+        if p.name.startswith("family-view-") and p.suffix == ".duckdb"
+    }
+    assert not serving_after & {p.name for p in serving}
     # Everyone else is untouched: only the person's rows went.
     snapshot = county.store().current_path()
     after = _counts(snapshot)

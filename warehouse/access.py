@@ -1,15 +1,16 @@
 """The access layer: the only way a user reads the curated Family View.
 
-DuckDB has no users, grants or row-level security, so this module is where need-to-know
-is enforced. Every read:
+Neither DuckDB nor SQLite has users, grants or row-level security, so this module is where
+need-to-know is enforced. Every read:
 
 1. names a :class:`User` (id, role, organisation) and a purpose; an unknown role, or a
    purpose the role does not list, is refused;
 2. runs a fixed, parameterised query generated from the role policy: only granted columns,
    only rows in the role's scope (e.g. a school DSL's own pupils and their households),
    only granted agencies; user input only ever travels as query parameters;
-3. runs on a read-only connection to the published snapshot with external access, file
-   reads and extension loading disabled and locked;
+3. runs on a read-only connection to the published snapshot's serving copy (a row store
+   of the same tables, :mod:`warehouse.serving`), whose authoriser allows nothing but
+   reading: no attaching files, no pragmas, no writes;
 4. appends one audit event (who, role, organisation, purpose, lawful basis, tables,
    columns and person ids returned), also when access is denied or nothing is found.
 
@@ -20,7 +21,9 @@ is :class:`AccessDenied`.
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-import duckdb
 from sqlalchemy.engine import Engine
 
 from matching.standardise import nickname_table
@@ -36,7 +38,8 @@ from warehouse import audit, restriction
 from warehouse.curated_schema import TABLES
 from warehouse.name_index import NameIndex
 from warehouse.policy import Grant, Policy, Role
-from warehouse.publish import SnapshotStore, open_snapshot
+from warehouse.publish import SnapshotStore
+from warehouse.serving import ServingError, open_serving
 
 MAX_PAGE = 500
 # Purposes under which subject-rights actions (SAR, rectification, restriction, erasure)
@@ -105,42 +108,66 @@ class _Trail:
                     self.person_ids.add(row[key])
 
 
-class _Snapshots:
-    """One read-only connection per published snapshot, reopened when the pointer moves.
+_READING = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION})
 
-    Requests take a cursor (its own connection to the same database), so they run
-    concurrently; an old snapshot's connection is dropped once the pointer has moved on,
-    and open cursors keep reading the snapshot they started on.
+
+def _read_only(action: int, table: str | None, *_args: Any) -> int:
+    """SQLite authoriser: reading is all a request's SQL may do.
+
+    Preparing ``json_each`` (how id lists travel as one parameter) reports an update of
+    ``sqlite_master``'s columns; nothing can be written anyway (the file is opened
+    read-only), so that one is let through."""
+    if action in _READING or (action == sqlite3.SQLITE_UPDATE and table == "sqlite_master"):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+class _Snapshots:
+    """The current snapshot's serving copy, one read-only connection per thread.
+
+    The pointer is checked on every request; a thread whose connection reads an older
+    snapshot reopens on the new one, while a request already running keeps reading the
+    snapshot it started on (a pruned file stays readable to an open connection on POSIX).
     """
 
     def __init__(self, store: SnapshotStore) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
-        self._con: duckdb.DuckDBPyConnection | None = None
         self.name: str | None = None
         self._names: tuple[str, NameIndex] | None = None  # (snapshot, its name index)
-        self._local = threading.local()  # the snapshot this thread's latest cursor reads
+        self._local = threading.local()  # this thread's connection and the snapshot it reads
 
     def _pointer_stamp(self) -> tuple[int, int]:
         stat = os.stat(self.store.root / "CURRENT.json")
         return stat.st_mtime_ns, stat.st_ino
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
+    def cursor(self) -> sqlite3.Cursor:
         try:
             stamp = self._pointer_stamp()
         except FileNotFoundError:
             raise AccessError("nothing has been published yet") from None
         with self._lock:
-            if stamp != self._stamp or self._con is None:
+            if stamp != self._stamp:
                 current = self.store.current()
                 assert current is not None
-                self._con = open_snapshot(self.store.path(current.snapshot))
                 self._stamp, self.name = stamp, current.snapshot
-            self._local.name = self.name
-            return self._con.cursor()
+            name = self.name
+        local = self._local
+        if getattr(local, "name", None) != name:
+            if getattr(local, "con", None) is not None:
+                local.con.close()
+                local.con = None
+            try:
+                con = open_serving(self.store.path(name))
+            except ServingError as err:
+                raise AccessError(str(err)) from None
+            con.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+            con.set_authorizer(_read_only)
+            local.con, local.name = con, name
+        return local.con.cursor()
 
-    def name_index(self, cursor: duckdb.DuckDBPyConnection) -> NameIndex:
+    def name_index(self, cursor: sqlite3.Cursor) -> NameIndex:
         """The search index of the snapshot ``cursor`` (this thread's latest) reads, built
         on first use."""
         snapshot = self._local.name
@@ -152,6 +179,11 @@ class _Snapshots:
 
 def _quoted(columns: Sequence[str], alias: str = "t") -> str:
     return ", ".join(f'{alias}."{c}"' for c in columns)
+
+
+def _ordered(columns: Sequence[str]) -> str:
+    """Ascending, nulls last (DuckDB's default, which the API has always answered in)."""
+    return ", ".join(f't."{c}" nulls last' for c in columns)
 
 
 class AccessLayer:
@@ -189,7 +221,7 @@ class AccessLayer:
     @contextmanager
     def _request(
         self, user: User, purpose: str, action: str, detail: dict[str, Any]
-    ) -> Iterator[tuple[Role, _Trail, duckdb.DuckDBPyConnection]]:
+    ) -> Iterator[tuple[Role, _Trail, sqlite3.Cursor]]:
         trail = _Trail()
         outcome, lawful_basis = "allowed", None
         try:
@@ -253,8 +285,8 @@ class AccessLayer:
             return "true", []
         return (
             f"{column} not in (select person_id from person_records "
-            f"where record_id in (select unnest(?::varchar[])))",
-            [restricted],
+            f"where record_id in (select value from json_each(?)))",
+            [json.dumps(restricted)],
         )
 
     def _scope(self, role: Role, user: User, grant: Grant) -> tuple[str, list[Any]]:
@@ -281,7 +313,7 @@ class AccessLayer:
 
     def _select(
         self,
-        cursor: duckdb.DuckDBPyConnection,
+        cursor: sqlite3.Cursor,
         role: Role,
         user: User,
         grant: Grant,
@@ -296,7 +328,7 @@ class AccessLayer:
 
     def _page(
         self,
-        cursor: duckdb.DuckDBPyConnection,
+        cursor: sqlite3.Cursor,
         role: Role,
         user: User,
         grant: Grant,
@@ -305,10 +337,7 @@ class AccessLayer:
         limit: int,
         offset: int,
     ) -> Page:
-        """One page of rows and the total, in one query.
-
-        The window count also keeps DuckDB on the person_id index: a bare ``order by ...
-        limit`` over one person's rows is planned as a scan of the whole table (~10x)."""
+        """One page of rows and the total, in one query (the window count)."""
         clauses, params = self._clauses(role, user, grant, where)
         sql = (
             f'select {_quoted(grant.columns)}, count(*) over () from "{grant.table}" t '
@@ -324,7 +353,7 @@ class AccessLayer:
 
     def _count(
         self,
-        cursor: duckdb.DuckDBPyConnection,
+        cursor: sqlite3.Cursor,
         role: Role,
         user: User,
         grant: Grant,
@@ -349,7 +378,7 @@ class AccessLayer:
 
     def _require_person(
         self,
-        cursor: duckdb.DuckDBPyConnection,
+        cursor: sqlite3.Cursor,
         role: Role,
         user: User,
         grant: Grant,
@@ -390,7 +419,7 @@ class AccessLayer:
                     raise AccessError(f"{table} is not about one person")
                 where.append((f't."{person_column}" = ?', [person_id]))
             page = self._page(
-                cursor, role, user, grant, where, _quoted(grant.columns[:3]), limit, offset
+                cursor, role, user, grant, where, _ordered(grant.columns[:3]), limit, offset
             )
             trail.saw(grant, page.items)
             return page
@@ -489,9 +518,10 @@ class AccessLayer:
             self._require_person(cursor, role, user, grant, person_id)
             where = [("t.person_id = ?", [person_id])]
             order = {
-                "timeline": "t.event_date desc nulls last, t.event_id",
-                "involvement": "t.status desc, t.start_date desc nulls last, t.agency, t.service",
-            }.get(table, _quoted(grant.columns[:2]))
+                "timeline": "t.event_date desc nulls last, t.event_id nulls last",
+                "involvement": "t.status desc nulls last, t.start_date desc nulls last, "
+                "t.agency nulls last, t.service nulls last",
+            }.get(table, _ordered(grant.columns[:2]))
             page = self._page(cursor, role, user, grant, where, order, limit, offset)
             trail.saw(grant, page.items)
             trail.person_ids.add(person_id)
@@ -533,20 +563,21 @@ class AccessLayer:
             keys = list(nickname_table().get(forename, (forename,))) if forename else []
             found = self._snapshots.name_index(cursor).candidates(surname, forename, keys)
             scope, scope_params = self._scope(role, user, grant)
-            dob_clause, dob_params = "true", []
-            if dob is not None:
+            exact, exact_params, dob_clause, dob_params = "true", [], "true", []
+            if dob is not None:  # dates are ISO text in the serving copy
                 swapped = _swapped(dob)
+                exact, exact_params = "t.dob is ?", [dob.isoformat()]
                 dob_clause = "(t.dob = ? or t.dob = ? or t.dob is null)"
-                dob_params = [dob, swapped or dob]
+                dob_params = [dob.isoformat(), (swapped or dob).isoformat()]
             sql = (
-                f"select {_quoted(grant.columns)}, t.person_id, "
-                f"t.dob is not distinct from ? from person t "
-                f"where t.person_id in (select unnest(?::varchar[])) "
+                f"select {_quoted(grant.columns)}, t.person_id, {exact} from person t "
+                f"where t.person_id in (select value from json_each(?)) "
                 f"and {scope} and {dob_clause}"
             )
-            # Ranked here, not in SQL: DuckDB plans "order by ... limit" over a join as a
-            # scan of the whole person table, while this filter stays on its index.
-            rows = cursor.execute(sql, [dob, list(found), *scope_params, *dob_params]).fetchall()
+            # Ranked here: exact date of birth first, then the name score, then the id.
+            params = [*exact_params, json.dumps(list(found)), *scope_params, *dob_params]
+            rows = cursor.execute(sql, params)
+            rows = rows.fetchall()
             rows.sort(key=lambda r: (not r[-1], -found[r[-2]], r[-2]))
             width = len(grant.columns)
             items = [

@@ -7,6 +7,7 @@ readers on yesterday's snapshot. ``sdv publish`` runs the same steps.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -29,6 +30,7 @@ from warehouse.publish import (
     open_snapshot,
     write_tables,
 )
+from warehouse.serving import write_serving
 from warehouse.sources import Source
 from warehouse.stages import StageClock
 
@@ -81,9 +83,14 @@ def build_snapshot(
     with clock.stage("write"):
         snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
         info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
-        write_tables(snapshot_path, built.tables, info, curated_comments())
-        analyst = analyst_tables(built.tables, key)
-        write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
+        # The serving copy is written by a second thread meanwhile: DuckDB writes with
+        # the GIL released, so on two cores the copy costs little wall time.
+        with ThreadPoolExecutor(1, thread_name_prefix="serving") as pool:
+            copy = pool.submit(write_serving, snapshot_path, built.tables)
+            write_tables(snapshot_path, built.tables, info, curated_comments())
+            analyst = analyst_tables(built.tables, key)
+            write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
+            copy.result()
     return BuiltSnapshot(
         snapshot=snapshot_path,
         analyst=analyst_path,

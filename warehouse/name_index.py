@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
-import duckdb
 from rapidfuzz.distance import JaroWinkler
 from rapidfuzz.process import extract
 
@@ -41,7 +41,8 @@ class NameIndex:
         self._surnames = list(self._by_surname)
 
     @classmethod
-    def load(cls, con: duckdb.DuckDBPyConnection) -> NameIndex:
+    def load(cls, con: Any) -> NameIndex:
+        """From ``person_names`` through ``con`` (a DuckDB or SQLite cursor on a snapshot)."""
         rows = con.execute(
             "select person_id, forename_norm, surname_norm, forename_keys from person_names"
         ).fetchall()

@@ -30,6 +30,8 @@ import duckdb
 import polars as pl
 
 from warehouse.curated_schema import TABLES
+from warehouse.serving import SUFFIX as SERVING_SUFFIX
+from warehouse.serving import serving_path, write_serving_from
 
 POINTER = "CURRENT.json"
 HISTORY = "history.jsonl"
@@ -233,6 +235,8 @@ class SnapshotStore:
             raise PublishError("nothing published yet: nothing to roll back")
         for entry in reversed(self.history()):
             if entry.snapshot != current.snapshot and self.path(entry.snapshot).exists():
+                if not serving_path(self.path(entry.snapshot)).exists():  # published before
+                    write_serving_from(self.path(entry.snapshot))  # serving copies existed
                 back = Published(
                     snapshot=entry.snapshot,
                     analyst=entry.analyst,
@@ -268,7 +272,11 @@ class SnapshotStore:
             return removed
         for path in sorted(self.snapshots.iterdir()):
             unfinished = path.name.endswith(".building")
-            old_snapshot = path.name.startswith("family-view-") and path.name not in kept
+            # A serving copy goes with its snapshot (warehouse.serving).
+            name = path.name
+            if name.endswith(SERVING_SUFFIX):
+                name = name.removesuffix(SERVING_SUFFIX) + ".duckdb"
+            old_snapshot = name.startswith("family-view-") and name not in kept
             old_analyst = path.name.startswith("analyst-") and path.name not in keep_analyst
             if unfinished or old_snapshot or old_analyst:
                 path.unlink()

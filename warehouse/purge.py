@@ -41,6 +41,7 @@ import polars as pl
 from warehouse.curated_schema import TABLES
 from warehouse.pseudonymise import pseudonym
 from warehouse.publish import ANALYST_LINK, HISTORY, POINTER
+from warehouse.serving import serving_path, write_serving_from
 from warehouse.sources import Source
 from warehouse.store import relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
@@ -557,6 +558,7 @@ def _rename_everywhere(root: Path, renamed: dict[str, str]) -> None:
         os.replace(link, root / ANALYST_LINK)
     for old in renamed:
         (root / "snapshots" / old).unlink(missing_ok=True)
+        serving_path(root / "snapshots" / old).unlink(missing_ok=True)
 
 
 def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes) -> Counts:
@@ -599,6 +601,7 @@ def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes
             _write_copy(con, folder / renamed[path.name])
         finally:
             con.close()
+        write_serving_from(folder / renamed[path.name])  # the API's copy, rebuilt from it
         counts |= {f"{renamed[path.name]}:{t}": n for t, n in changed.items() if n}
     everyone = _Plan()
     for plan in plans.values():

@@ -1,0 +1,96 @@
+"""The serving copy the API reads: the snapshot's rows and values exactly, read-only, and
+kept, pruned, rolled back and rebuilt together with its snapshot."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from warehouse import serving
+from warehouse.access import AccessError, AccessLayer, User
+from warehouse.curated_schema import TABLES
+from warehouse.policy import load_policy
+from warehouse.publish import open_snapshot
+
+
+@pytest.fixture
+def county(published_county, tmp_path):
+    return published_county.copy(tmp_path / "county")
+
+
+def _rows(cursor, table: str, columns: list[str]) -> list[tuple]:
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    return sorted(
+        cursor.execute(f'select {quoted} from "{table}"').fetchall(),
+        key=lambda row: tuple((v is None, str(v)) for v in row),
+    )
+
+
+def test_the_serving_copy_holds_every_curated_row_with_the_values_duckdb_returns(county):
+    snapshot = county.store().current_path()
+    copy = serving.open_serving(snapshot)
+    with open_snapshot(snapshot) as con:
+        present = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+        tables = [name for name in TABLES if name in present]
+        assert {"person", "child_summary", "timeline", "household_members"} <= set(tables)
+        for name in tables:
+            columns = [c.name for c in TABLES[name].columns]
+            expected = _rows(con, name, columns)
+            assert expected or TABLES[name].aggregate, f"{name} is empty in the fixture"
+            assert _rows(copy, name, columns) == expected, name
+    copy.close()
+    # Dates, flags and lists come back as the same Python types, not text.
+    person = (
+        serving.open_serving(snapshot)
+        .execute("select dob, is_child, sources from person where dob is not null limit 1")
+        .fetchone()
+    )
+    assert [type(v).__name__ for v in person] == ["date", "bool", "list"]
+
+
+def test_requests_can_only_read(county):
+    access = AccessLayer(county.store(), load_policy(), county.engine())
+    cursor = access._snapshots.cursor()
+    assert cursor.execute("select count(*) from person").fetchone()[0] > 0
+    for sql in (
+        "attach database ':memory:' as other",
+        "pragma journal_mode = wal",
+        "create table stolen (x)",
+        "delete from person",
+        "update person set forename = 'x'",
+    ):
+        with pytest.raises(sqlite3.DatabaseError):
+            cursor.execute(sql)
+    with pytest.raises(sqlite3.DatabaseError):  # opened read-only, whatever the authoriser
+        sqlite3.connect(
+            f"{serving.serving_path(county.store().current_path()).as_uri()}?mode=ro", uri=True
+        ).execute("delete from person")
+
+
+def test_each_kept_snapshot_has_its_serving_copy_and_pruning_removes_both(county):
+    store = county.store()
+    for _ in range(store.keep + 1):
+        county.publish()
+    folder = store.snapshots
+    snapshots = sorted(p.name for p in folder.glob("family-view-*.duckdb"))
+    copies = sorted(p.name for p in folder.glob(f"*{serving.SUFFIX}"))
+    assert len(snapshots) == store.keep
+    assert copies == sorted(serving.serving_path(folder / s).name for s in snapshots)
+    assert not list(folder.glob("*.building"))
+
+
+def test_a_snapshot_without_its_serving_copy_is_refused_readably_and_rollback_rebuilds_it(
+    county,
+):
+    store = county.store()
+    county.publish()
+    previous = store.history()[-2].snapshot
+    serving.serving_path(store.path(previous)).unlink()
+    store.rollback()  # back to the snapshot whose copy is gone: rebuilt on the way
+    access = AccessLayer(store, load_policy(), county.engine())
+    user = User("dpo1", "dpo")
+    assert access.read(user, "audit", "person", limit=1).total > 0
+    serving.serving_path(store.current_path()).unlink()
+    with pytest.raises(AccessError, match="no serving copy"):
+        AccessLayer(store, load_policy(), county.engine()).read(user, "audit", "person")
