@@ -3,9 +3,11 @@
 The steps, each its own module so each can be tested alone:
 
 1. constrained clustering of the scored pairs (``matching.cluster``);
-2. school contacts linked through their child (``matching.contacts``) and records with
-   no identity of their own linked to the one person at their address who fits
-   (``matching.residents``), then clustering again with those links added;
+2. school contacts linked through their child (``matching.contacts``), records that name
+   themselves the same child's mother or father linked to each other
+   (``matching.parents``), and records with no identity of their own linked to the one
+   person at their address who fits (``matching.residents``), then clustering again with
+   those links added;
 3. stable person ids from last night's registry (``matching.registry``);
 4. the clerical review queue: pairs between the review and match thresholds that ended
    up in different persons, and pairs held back as ambiguous.
@@ -30,6 +32,7 @@ from matching.cluster import Clustering, cluster
 from matching.config import LinkageConfig
 from matching.contacts import contact_links
 from matching.model import MODEL_COLUMNS
+from matching.parents import parent_links
 from matching.registry import Assignment, assign_person_ids
 from matching.residents import resident_links
 from matching.rules import pair_vetoes
@@ -230,8 +233,11 @@ def resolve(
     run_id: str,
     constraints: pl.DataFrame | None = None,
     used_ids: set[str] | None = None,
+    relationships: pl.DataFrame | None = None,
 ) -> LinkResult:
-    """Cluster, add contact and resident links, cluster again, assign stable ids, queue review."""
+    """Cluster, add contact, parent and resident links, cluster again, assign stable ids,
+    queue review. ``relationships`` are the sources' own relationship tables
+    (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
     t = config.thresholds
     first = cluster(
         records,
@@ -241,9 +247,10 @@ def resolve(
         constraints=constraints,
     )
     contacts = contact_links(records, first.clusters)
+    parents = parent_links(records, first.clusters, relationships)
     residents = resident_links(records, first.clusters)
     with_contacts = (
-        pl.concat([pairs, contacts, residents], how="diagonal_relaxed")
+        pl.concat([pairs, contacts, parents, residents], how="diagonal_relaxed")
         .sort("match_probability", descending=True)
         .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
     )
