@@ -80,6 +80,7 @@ def run_linkage(
     started = datetime.now(UTC).replace(tzinfo=None)
     with clock.stage("standardise"):
         records = _standardised(con, config)
+        recorded = read_relationships(con, config)
 
     trained = None
     model_path = newest_model(model_dir)
@@ -113,11 +114,12 @@ def run_linkage(
             run_id=run_id,
             constraints=review.constraints(engine),
             used_ids=linked.issued_ids(con) | erasure.erased_person_ids(engine),
+            relationships=recorded,
         )
 
     with clock.stage("households"):
         members = households(records, result.person_records)
-        related = relationships(result.person_records, records, read_relationships(con, config))
+        related = relationships(result.person_records, records, recorded)
 
     queued = review.enqueue(engine, result.review, run_id)
     counts = result.assignment.event_counts()

@@ -26,28 +26,49 @@ _SEX_OF = {"mother": "F", "father": "M"}
 
 
 def _addresses(records: pl.DataFrame) -> pl.DataFrame:
-    """Each record's address as keys, ``exact`` when the postcode is there too.
+    """Each record's address as keys, ``exact`` when postcode and whole first line agree.
 
-    The postcode-less key lets a record whose postcode is missing still be found, but is
-    weaker (the same house number and street can exist in two towns), and is only used
-    when one of the two records has no postcode (``no_postcode``): two postcodes that
-    differ are two addresses.
+    Three kinds of key, each prefixed with its kind so kinds never match each other:
+
+    - ``full``: postcode and address key (flat, number or house name, street): exact;
+    - ``building``: postcode and the address key without its flat, used only when one of
+      the two records gives no flat (``no_flat``): "15 Meadow Court" on a contact form is
+      the building "Flat 1, 15 Meadow Court" stands in, and the flat was left off. Two
+      flats that are both given and differ are two homes, so this key never joins them;
+    - ``street``: the address key alone, used only when one of the two records has no
+      postcode: the same house number and street can exist in two towns,
+      and two postcodes that differ are two addresses.
     """
-    with_postcode = records.filter(
-        pl.col("postcode").is_not_null() & pl.col("address_key").is_not_null()
-    ).select(
-        "unique_id",
-        pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
-        pl.lit(True).alias("exact"),
-        pl.lit(False).alias("no_postcode"),
+    has_key = pl.col("address_key").is_not_null()
+    has_postcode = pl.col("postcode").is_not_null()
+    flat = pl.col("address_key").str.split("|").list.first()
+    building = pl.col("address_key").str.replace(r"^[^|]*", "")
+    return pl.concat(
+        [
+            records.filter(has_postcode & has_key).select(
+                "unique_id",
+                pl.concat_str([pl.lit("full"), "postcode", "address_key"], separator="#").alias(
+                    "address"
+                ),
+                pl.lit(True).alias("exact"),
+                pl.lit(False).alias("loose"),
+            ),
+            records.filter(has_postcode & has_key).select(
+                "unique_id",
+                pl.concat_str([pl.lit("building"), "postcode", building], separator="#").alias(
+                    "address"
+                ),
+                pl.lit(False).alias("exact"),
+                (flat == "").alias("loose"),
+            ),
+            records.filter(has_key).select(
+                "unique_id",
+                pl.concat_str([pl.lit("street"), "address_key"], separator="#").alias("address"),
+                pl.lit(False).alias("exact"),
+                pl.col("postcode").is_null().alias("loose"),
+            ),
+        ]
     )
-    without = records.filter(pl.col("address_key").is_not_null()).select(
-        "unique_id",
-        pl.col("address_key").alias("address"),
-        pl.lit(False).alias("exact"),
-        pl.col("postcode").is_null().alias("no_postcode"),
-    )
-    return pl.concat([with_postcode, without])
 
 
 def _candidates(
@@ -68,11 +89,11 @@ def _candidates(
         [
             of_child.join(
                 addresses.select(
-                    pl.col("cluster_id").alias("child_cluster"), "address", "exact", "no_postcode"
+                    pl.col("cluster_id").alias("child_cluster"), "address", "exact", "loose"
                 ),
                 on="child_cluster",
             ),
-            addresses.select("unique_id", "address", "exact", "no_postcode")
+            addresses.select("unique_id", "address", "exact", "loose")
             .join(contacts.select("unique_id"), on="unique_id")
             .join(of_child, on="unique_id", how="left"),
         ],
@@ -83,10 +104,13 @@ def _candidates(
             "unique_id": "candidate",
             "cluster_id": "candidate_cluster",
             "exact": "candidate_exact",
-            "no_postcode": "candidate_no_postcode",
+            "loose": "candidate_loose",
         }
     )
     own = cluster_of.select("unique_id", pl.col("cluster_id").alias("own_cluster"))
+    # A flat left off is only read into the address being searched (the contact's or the
+    # child's): a candidate whose record gives no flat may live in any flat of the building.
+    by_building = pl.col("address").str.starts_with("building#")
     is_contact = pl.col("candidate").is_in(contacts["unique_id"].implode())
     # The child is never a candidate, and neither are the contact rows already joined to
     # this contact (the same mother recorded as a brother's contact too): they are the
@@ -98,7 +122,7 @@ def _candidates(
         .join(own, on="unique_id", how="left")
         .filter(
             (pl.col("candidate") != pl.col("unique_id"))
-            & (pl.col("exact") | pl.col("no_postcode") | pl.col("candidate_no_postcode"))
+            & (pl.col("exact") | pl.col("loose") | (pl.col("candidate_loose") & ~by_building))
             & ~((pl.col("candidate_cluster") == pl.col("own_cluster")) & is_contact).fill_null(
                 False
             )

@@ -3,9 +3,12 @@
 The steps, each its own module so each can be tested alone:
 
 1. constrained clustering of the scored pairs (``matching.cluster``);
-2. school contacts linked through their child (``matching.contacts``) and records with
-   no identity of their own linked to the one person at their address who fits
-   (``matching.residents``), then clustering again with those links added;
+2. school contacts linked through their child (``matching.contacts``), records that name
+   themselves the same child's mother or father linked to each other
+   (``matching.parents``), records with no identity of their own linked to the one
+   person at their address who fits (``matching.residents``) or to their family at its
+   new address (``matching.moves``), then clustering again with those links added (twice:
+   ``LINK_ROUNDS``);
 3. stable person ids from last night's registry (``matching.registry``);
 4. the clerical review queue: pairs between the review and match thresholds that ended
    up in different persons, and pairs held back as ambiguous.
@@ -30,6 +33,8 @@ from matching.cluster import Clustering, cluster
 from matching.config import LinkageConfig
 from matching.contacts import contact_links
 from matching.model import MODEL_COLUMNS
+from matching.moves import move_links
+from matching.parents import parent_links
 from matching.registry import Assignment, assign_person_ids
 from matching.residents import resident_links
 from matching.rules import pair_vetoes
@@ -54,6 +59,10 @@ DISPLAY_COLUMNS = [
     "postcode",
     "address_key",
 ]
+
+
+# Rounds of rule links (contacts, parents, residents, moves) after the first clustering.
+LINK_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -230,8 +239,11 @@ def resolve(
     run_id: str,
     constraints: pl.DataFrame | None = None,
     used_ids: set[str] | None = None,
+    relationships: pl.DataFrame | None = None,
 ) -> LinkResult:
-    """Cluster, add contact and resident links, cluster again, assign stable ids, queue review."""
+    """Cluster, add contact, parent, resident and move links, cluster again, assign stable ids,
+    queue review. ``relationships`` are the sources' own relationship tables
+    (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
     t = config.thresholds
     first = cluster(
         records,
@@ -240,20 +252,29 @@ def resolve(
         max_cluster_size=t.max_cluster_size,
         constraints=constraints,
     )
-    contacts = contact_links(records, first.clusters)
-    residents = resident_links(records, first.clusters)
-    with_contacts = (
-        pl.concat([pairs, contacts, residents], how="diagonal_relaxed")
-        .sort("match_probability", descending=True)
-        .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
-    )
-    final = cluster(
-        records,
-        with_contacts,
-        threshold=t.match,
-        max_cluster_size=t.max_cluster_size,
-        constraints=constraints,
-    )
+    final = first
+    links = pairs
+    # Each pass reads persons: a contact joined to a person in the first round can name
+    # the person that the second round's parent or moved-household links need.
+    for _ in range(LINK_ROUNDS):
+        found = [
+            contact_links(records, final.clusters),
+            parent_links(records, final.clusters, relationships),
+            resident_links(records, final.clusters),
+            move_links(records, final.clusters),
+        ]
+        links = (
+            pl.concat([links, *found], how="diagonal_relaxed")
+            .sort("match_probability", descending=True)
+            .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
+        )
+        final = cluster(
+            records,
+            links,
+            threshold=t.match,
+            max_cluster_size=t.max_cluster_size,
+            constraints=constraints,
+        )
     assignment = assign_person_ids(
         previous_registry,
         final.clusters.select(pl.col("unique_id").alias("record_id"), "cluster_id"),

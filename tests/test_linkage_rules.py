@@ -1328,6 +1328,42 @@ def test_same_street_and_number_under_another_postcode_is_another_address() -> N
     assert contact_links(records, _own_clusters(records)).is_empty()
 
 
+def _at_flats(pupil_line: str, father_line: str) -> pl.DataFrame:
+    """Pupil X and Krzysztof at the given first lines of one postcode; the contact row
+    "Chris Kowalski, father" gives no address of its own."""
+    return std(
+        rec("school|pupils|X", forename="Zofia", surname="Kowalski", dob="2015-05-05",
+            sex="F", upn=UPN_X, address_line_1=pupil_line, postcode="TA1 2DY"),
+        rec("school|contacts|C", forename="Chris", surname="Kowalski", child_upn=UPN_X,
+            relationship="father"),
+        {**KRZYSZTOF, "address_line_1": father_line},
+    )  # fmt: skip
+
+
+def test_contact_finds_the_candidate_in_a_flat_of_the_building_the_school_gave() -> None:
+    # The school has "15 Exeter Road" for the pupil; the father's GP has "Flat 2, 15 Exeter
+    # Road": the flat was left off, it is the same building, so he is a candidate.
+    records = _at_flats("15 Exeter Road", "Flat 2, 15 Exeter Road")
+    links = contact_links(records, _own_clusters(records))
+    assert links.select("unique_id_l", "unique_id_r").rows() == [
+        ("health|patients|K", "school|contacts|C")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pupil_line", "father_line"),
+    [
+        ("Flat 3, 15 Exeter Road", "Flat 2, 15 Exeter Road"),  # two flats: two homes
+        ("Flat 3, 15 Exeter Road", "15 Exeter Road"),  # his record may mean any flat
+    ],
+)
+def test_contact_does_not_reach_another_flat_of_the_building(
+    pupil_line: str, father_line: str
+) -> None:
+    records = _at_flats(pupil_line, father_line)
+    assert contact_links(records, _own_clusters(records)).is_empty()
+
+
 def test_no_contact_link_to_someone_of_the_wrong_sex() -> None:
     records = _family()  # only the mother Anna and the pupil at the address
     assert contact_links(records, _own_clusters(records)).is_empty()
