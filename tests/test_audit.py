@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -597,3 +598,43 @@ def test_cli_lists_latest_events(cli_env):
     assert [e["seq"] for e in json.loads(result.stdout)] == [2, 3]
     result = sdv("--data-dir", str(Path(cli_env.url.database).parent / "elsewhere"))
     assert result.exit_code == 0 and "No audit events yet" in result.output
+
+
+_READY_THEN_APPEND = """
+import sys
+from warehouse.audit import AuditEvent, append
+from warehouse.operational import engine_for
+engine = engine_for(sys.argv[1])
+print("ready", flush=True)
+append(engine, AuditEvent(user_id="other-process", role="social_worker", purpose="p",
+                          action="read", outcome="allowed"))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock file is POSIX flock")
+def test_processes_take_turns_on_the_lock_file_and_a_waiter_appends_once_released(engine):
+    """Appenders in other processes (``sdv serve --workers 2``) wait on the store's lock
+    file, which wakes them as soon as it is free, rather than polling SQLite's lock."""
+    import fcntl
+
+    lock_file = Path(engine.url.database + ".audit-lock")
+    append(engine, read("P1"))
+    assert lock_file.exists()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        other = subprocess.Popen(
+            [sys.executable, "-c", _READY_THEN_APPEND, str(engine.url)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert other.stdout.readline().strip() == b"ready"
+        time.sleep(0.5)  # long enough for an unguarded append to finish
+        assert other.poll() is None and [e.user_id for e in events(engine)] == ["alice"]
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    _, stderr = other.communicate(timeout=60)
+    assert other.returncode == 0, stderr.decode()
+    assert [e.user_id for e in events(engine)] == ["alice", "other-process"]
+    assert verify(engine).ok

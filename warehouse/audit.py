@@ -51,13 +51,20 @@ import re
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+try:
+    import fcntl
+except ImportError:  # Windows: appenders meet in SQLite's busy handler instead
+    fcntl = None  # type: ignore[assignment]
 
 from warehouse.operational import UTCDateTime, metadata
 
@@ -360,6 +367,25 @@ class _Committer:
     commit: threading.Lock = field(default_factory=threading.Lock)
     guard: threading.Lock = field(default_factory=threading.Lock)
     pending: list[_Pending] = field(default_factory=list)
+    lock_file: Path | None = None  # SQLite: processes take turns on this file (flock)
+
+    @contextmanager
+    def between_processes(self) -> Iterator[None]:
+        """Hold the store's lock file while appending (SQLite on POSIX; else a no-op).
+
+        Appenders in several processes (``sdv serve --workers 2``) would otherwise meet
+        in SQLite's busy handler, which sleeps in growing steps up to 100 ms and made the
+        API's slowest answers; a process blocked in ``flock`` wakes as soon as the lock
+        is released. The database's own write lock still guards the chain."""
+        if self.lock_file is None or fcntl is None:
+            yield
+            return
+        with self.lock_file.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _COMMITTERS: dict[str, _Committer] = {}
@@ -369,7 +395,13 @@ _COMMITTERS_GUARD = threading.Lock()
 def _committer(engine: Engine) -> _Committer:
     key = engine.url.render_as_string(hide_password=False)
     with _COMMITTERS_GUARD:
-        return _COMMITTERS.setdefault(key, _Committer())
+        if key not in _COMMITTERS:
+            database = engine.url.database
+            lock_file = None
+            if engine.dialect.name == "sqlite" and database and database != ":memory:":
+                lock_file = Path(database).with_name(Path(database).name + ".audit-lock")
+            _COMMITTERS[key] = _Committer(lock_file=lock_file)
+        return _COMMITTERS[key]
 
 
 def append(engine: Engine, event: AuditEvent, at: datetime | None = None) -> AuditRecord:
@@ -392,7 +424,8 @@ def append(engine: Engine, event: AuditEvent, at: datetime | None = None) -> Aud
             with committer.guard:
                 batch, committer.pending = committer.pending, []
             try:
-                records = _append_batch(engine, batch)
+                with committer.between_processes():
+                    records = _append_batch(engine, batch)
             except BaseException as exc:
                 for pending in batch:
                     pending.error = exc
