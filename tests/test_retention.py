@@ -18,6 +18,7 @@ from pipelines.cli import app
 from warehouse import audit, retention
 from warehouse.landing import Delivery
 from warehouse.operational import engine_for, ensure_schema
+from warehouse.serving import serving_path
 from warehouse.sources import ConfigError, load_source
 from warehouse.store import connect, load_delivery
 from warehouse.subjects import INGEST_SCHEMAS
@@ -593,6 +594,7 @@ def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
             snap.close()
         assert not events & gone and kept & events, path.name
         assert not records & set(plan.expired_records), path.name
-    for path in [county.warehouse, *snapshots]:
+    copies = [serving_path(p) for p in snapshots]  # the API's copies go the same way
+    for path in [county.warehouse, *snapshots, *copies]:
         data = path.read_bytes()
         assert not [r for r in sorted(gone) if r.encode() in data], path.name
