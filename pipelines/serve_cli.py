@@ -77,6 +77,8 @@ def serve(
     from api.users import ApiUsersError, users_path
     from warehouse.curated_config import CuratedConfigError
     from warehouse.policy import PolicyError
+    from warehouse.publish import SnapshotStore
+    from warehouse.serving import serving_path
 
     settings = Settings.for_data_dir(data_dir)
     settings.export()  # workers build the app from the environment
@@ -86,10 +88,17 @@ def serve(
         console.print(f"[red]Configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     published = settings.data_dir / "published"
-    if not (published / "CURRENT.json").exists():
+    current = SnapshotStore(published).current()
+    if current is None:
         console.print(
             f"[yellow]Warning:[/yellow] nothing is published under {escape(str(published))} "
             "yet: data endpoints answer 400 until a snapshot is."
+        )
+    elif not serving_path(published / "snapshots" / current.snapshot).exists():
+        console.print(
+            f"[yellow]Warning:[/yellow] the published snapshot {escape(current.snapshot)} has "
+            "no serving copy (it was published by an older version): data endpoints answer "
+            "400 until `sdv publish` publishes a new one."
         )
     users = len(app.state.users)
     console.print(

@@ -94,3 +94,21 @@ def test_a_snapshot_without_its_serving_copy_is_refused_readably_and_rollback_re
     serving.serving_path(store.current_path()).unlink()
     with pytest.raises(AccessError, match="no serving copy"):
         AccessLayer(store, load_policy(), county.engine()).read(user, "audit", "person")
+
+
+def test_serve_warns_when_the_published_snapshot_has_no_serving_copy(county, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(k))
+    args = ["serve", "--data-dir", str(county.data)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and started, result.output
+    assert "no serving copy" not in result.output
+    serving.serving_path(county.store().current_path()).unlink()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "no serving copy" in " ".join(result.output.split())
