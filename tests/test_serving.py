@@ -112,3 +112,14 @@ def test_serve_warns_when_the_published_snapshot_has_no_serving_copy(county, mon
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "no serving copy" in " ".join(result.output.split())
+
+
+def test_the_first_copy_makes_the_snapshots_folder(tmp_path):
+    """The copy is written by a second thread that may start before the snapshot's own
+    writer has made the folder (the first publish into a new data directory)."""
+    import polars as pl
+
+    snapshot = tmp_path / "published" / "snapshots" / "family-view-x.duckdb"
+    frame = pl.DataFrame({"person_id": ["P1"], "household_id": ["H1"], "role": ["child"]})
+    path = serving.write_serving(snapshot, {"household_members": frame})
+    assert path == serving.serving_path(snapshot) and path.exists()

@@ -89,6 +89,7 @@ def write_serving(snapshot: Path, tables: Mapping[str, pl.DataFrame]) -> Path:
     path = serving_path(snapshot)
     building = path.with_name(path.name + ".building")
     building.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the first publish makes snapshots/
     con = sqlite3.connect(building)
     try:
         con.execute("pragma journal_mode = off")
