@@ -111,10 +111,11 @@ def cluster(
         forbidden.setdefault(left, set()).add(right)
         forbidden.setdefault(right, set()).add(left)
 
+    asserted = ["asserted"] if "asserted" in pairs.columns else []
     strong = pairs.filter(pl.col("match_probability") >= threshold).select(
-        "unique_id_l", "unique_id_r", "match_probability", "match_weight"
+        "unique_id_l", "unique_id_r", "match_probability", "match_weight", *asserted
     )
-    strong = pair_vetoes(strong, records)
+    strong = pair_vetoes(strong, records).drop(asserted)
     early_vetoes = strong.filter("veto").with_columns(
         pl.lit("identifiers, names or birth years").alias("reason")
     )

@@ -148,12 +148,39 @@ def _candidates(
     )
 
 
+def _without_contact_only_rivals(
+    best: pl.DataFrame, records: pl.DataFrame, clusters: pl.DataFrame
+) -> pl.DataFrame:
+    """Drop rival candidates that are only contact rows when a person with a record of
+    their own also fits.
+
+    "Sophie, mother" on the forms of two pupils at one address, and Sophie's GP record
+    there: each contact row sees the other as a second Sophie and neither is linked. A
+    person known only from contact rows is a statement about a pupil, not a second
+    resident: it is the same mother on a sibling's form far more often than a second
+    woman of that forename at the address with no record anywhere else. A record of a
+    person's own (any other source, or a pupil row) always counts as a rival.
+    """
+    contact_only = (
+        records.select("unique_id", pl.col("child_upn").is_not_null().alias("is_contact"))
+        .join(clusters.select("unique_id", "cluster_id"), on="unique_id")
+        .group_by("cluster_id")
+        .agg(pl.col("is_contact").all().alias("contact_only"))
+        .rename({"cluster_id": "candidate_cluster"})
+    )
+    best = best.join(contact_only, on="candidate_cluster", how="left")
+    has_own = (~pl.col("contact_only")).any().over("unique_id")
+    return best.filter(~pl.col("contact_only") | ~has_own).drop("contact_only")
+
+
 def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
     """Edges from contacts to the unique co-resident person who fits; pair-frame shaped.
 
     Candidates are ranked: a fitting forename at the exact address (postcode and
     address), then a fitting forename at the address without postcode. The contact is
-    linked only if the best rank holds exactly one person.
+    linked only if the best rank holds exactly one person, not counting persons known
+    only from other contact rows when someone with a record of their own fits
+    (``_without_contact_only_rivals``).
 
     The surname and sex alone are not enough, even for a mother or father at the child's
     address: when the contact has no record of their own, the one man of that surname at
@@ -190,6 +217,7 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
         tiers.append(tier)
     pairs = pairs.with_columns(pl.Series("tier", tiers, dtype=pl.Int8)).drop_nulls("tier")
     best = pairs.filter(pl.col("tier") == pl.col("tier").min().over("unique_id"))
+    best = _without_contact_only_rivals(best, records, clusters)
     unique = best.filter(pl.col("candidate_cluster").n_unique().over("unique_id") == 1)
     edges = unique.group_by("unique_id").agg(pl.col("candidate").min())
     return fixed_edges(edges, CONTACT_LINK_PROBABILITY)

@@ -7,8 +7,9 @@ The steps, each its own module so each can be tested alone:
    themselves the same child's mother or father linked to each other
    (``matching.parents``), records with no identity of their own linked to the one
    person at their address who fits (``matching.residents``) or to their family at its
-   new address (``matching.moves``), then clustering again with those links added (twice:
-   ``LINK_ROUNDS``);
+   new address (``matching.moves``), records with no forename linked to the one person at
+   their address with their surname, sex and age (``matching.unnamed``), then clustering
+   again with those links added (twice: ``LINK_ROUNDS``);
 3. stable person ids from last night's registry (``matching.registry``);
 4. the clerical review queue: pairs between the review and match thresholds that ended
    up in different persons, and pairs held back as ambiguous.
@@ -38,6 +39,7 @@ from matching.parents import parent_links
 from matching.registry import Assignment, assign_person_ids
 from matching.residents import resident_links
 from matching.rules import pair_vetoes
+from matching.unnamed import unnamed_links
 
 DISPLAY_COLUMNS = [
     "source",
@@ -262,9 +264,18 @@ def resolve(
             parent_links(records, final.clusters, relationships),
             resident_links(records, final.clusters),
             move_links(records, final.clusters),
+            unnamed_links(records, final.clusters),
         ]
+        # A pair a rule asserted stays asserted when a score for it ranks higher.
         links = (
             pl.concat([links, *found], how="diagonal_relaxed")
+            .with_columns(
+                pl.col("asserted")
+                .fill_null(False)
+                .any()
+                .over("unique_id_l", "unique_id_r")
+                .alias("asserted")
+            )
             .sort("match_probability", descending=True)
             .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
         )

@@ -149,7 +149,8 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     The NHS number, contact, Jr/Sr and birth-year rules are cheap in Polars, and so is
     "no forename": a record without one links only on an identifier, an exact date of
     birth or (school contacts) the same phone number for the same role, never on surname
-    and address alone. UPN (current and former), date and twin
+    and address alone (nor on a score: a link a rule ``asserted`` to the unique candidate
+    is not refused for the missing forename). UPN (current and former), date and twin
     rules are left to :meth:`Profile.conflict` during clustering.
     """
     cols = [
@@ -182,6 +183,10 @@ def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
         | (pl.col("dob_l") == pl.col("dob_r"))
         | same_contact
     ).fill_null(False)
+    if "asserted" in joined.columns:
+        # A rule found the record's unique candidate (``matching.unnamed``): the veto
+        # guards scores on surname and address, not that evidence.
+        identified = identified | pl.col("asserted").fill_null(False)
     veto = (
         (pl.col("nhs_number_l") != pl.col("nhs_number_r")).fill_null(False)
         | (pl.col("child_upn_l") == pl.col("upn_r")).fill_null(False)
