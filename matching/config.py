@@ -119,7 +119,10 @@ class PersonTable(_Strict):
     fields: dict[LinkageField, str]
     # A query giving, per local key, the first and last date an age in ``age_at_incident``
     # could have been recorded (``local_key, first_seen, last_seen``); without it the
-    # extract date is used, which assumes the age is current.
+    # extract date is used, which assumes the age is current. It may also give
+    # ``min_age, min_age_at``: the person was at least ``min_age`` on ``min_age_at`` (a
+    # role only someone that old can have, e.g. a suspect: the age of criminal
+    # responsibility), which caps their birth year when no date of birth says otherwise.
     age_reference_sql: str | None = None
 
     @model_validator(mode="after")

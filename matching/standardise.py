@@ -34,7 +34,7 @@ from matching.config import LINKAGE_FIELDS, LinkageConfig
 from matching.identifiers import nhs_number_expr, nhs_valid_expr, postcode_expr, upn_valid_expr
 
 # Optional, from the table's ``age_reference_sql``: when an age could have been recorded.
-_AGE_SEEN = ("first_seen", "last_seen")
+_AGE_SEEN = ("first_seen", "last_seen", "min_age", "min_age_at")
 NICKNAMES_CSV = Path(__file__).resolve().parent / "data" / "nicknames.csv"
 
 # An age given by a witness or an officer's estimate is approximate, by this many years.
@@ -226,7 +226,16 @@ def _dates(frame: pl.DataFrame) -> pl.DataFrame:
         )
         .cast(pl.Int32)
         .alias("year_lo"),
-        pl.coalesce(year + slack, pl.col("_partial_year"), last_seen - pl.col("_age") + AGE_SLACK)
+        pl.min_horizontal(
+            pl.coalesce(
+                year + slack, pl.col("_partial_year"), last_seen - pl.col("_age") + AGE_SLACK
+            ),
+            # A role only someone that old can have (``min_age_at``): unless the record
+            # has its own date of birth, which is about the person, not their role.
+            pl.when(pl.col("_dob").is_null() | pl.col("_estimated")).then(
+                _date(pl.col("min_age_at")).dt.year() - pl.col("min_age").cast(pl.Int32)
+            ),
+        )
         .cast(pl.Int32)
         .alias("year_hi"),
     )

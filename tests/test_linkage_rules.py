@@ -33,7 +33,7 @@ from matching.standardise import AGE_SLACK, nickname_table, standardise
 
 EXTRACT = dt.date(2026, 3, 1)
 CONFIG = load_linkage_config()
-TEXT_COLUMNS = [*LINKAGE_FIELDS, "first_seen", "last_seen"]
+TEXT_COLUMNS = [*LINKAGE_FIELDS, "first_seen", "last_seen", "min_age", "min_age_at"]
 
 
 # --- builders ----------------------------------------------------------------------------
@@ -320,6 +320,50 @@ def test_age_at_incidents_gives_a_birth_year_range_with_slack() -> None:
     assert (out["year_lo"], out["year_hi"]) == (2010, 2017)
     for true_year in (2012, 2013, 2014, 2015):
         assert out["year_lo"] <= true_year <= out["year_hi"]
+
+
+def test_a_suspect_with_no_date_of_birth_was_at_least_ten_at_the_incident() -> None:
+    # "Elsie Evans", suspect in 2026, no date of birth and no age: whoever she is, she was
+    # not born after 2016, so she is never taken for the baby Elizabeth Evans at her flat.
+    rows = [
+        rec("police|persons|1", forename="Elsie", surname="Evans", sex="F",
+            min_age="10", min_age_at="2026-06-01 10:00:00"),
+        rec("police|persons|2", forename="Elizabeth", surname="Evans", dob="1990-02-03",
+            min_age="10", min_age_at="2026-06-01 10:00:00"),
+        rec("police|persons|3", forename="Ava", surname="Evans", min_age="10"),
+    ]  # fmt: skip
+    out = std(*rows)
+    assert (one(out, "police|persons|1")["year_lo"], one(out, "police|persons|1")["year_hi"]) == (
+        None,
+        2016,
+    )
+    # Her own date of birth is about the person; a role on its own date says nothing.
+    assert one(out, "police|persons|2")["year_hi"] == 1990
+    assert one(out, "police|persons|3")["year_hi"] is None
+
+
+def test_police_config_dates_when_a_nominal_was_at_least_ten() -> None:
+    """The shipped police query: the first incident a nominal was a suspect in."""
+    import duckdb
+
+    from warehouse.person_rows import _age_reference
+
+    police = next(t for t in CONFIG.tables if (t.source, t.table) == ("police", "persons"))
+    con = duckdb.connect()
+    con.execute('create schema "current"')
+    con.execute(
+        'create table "current".police__incidents as select * from (values '
+        "('I1', timestamp '2024-05-01 10:00'), ('I2', timestamp '2025-07-01 09:00'), "
+        "('I3', timestamp '2026-01-01 12:00')) t(incident_ref, occurred_at)"
+    )
+    con.execute(
+        'create table "current".police__involvements as select * from (values '
+        "('I1', 'N1', 'victim'), ('I2', 'N1', 'suspect'), ('I3', 'N1', 'suspect'), "
+        "('I1', 'N2', 'child_present')) t(incident_ref, nominal_id, role)"
+    )
+    seen = {r["local_key"]: r for r in _age_reference(con, police.age_reference_sql).to_dicts()}
+    assert seen["N1"]["min_age"] == "10" and seen["N1"]["min_age_at"].startswith("2025-07-01")
+    assert seen["N2"]["min_age_at"] is None
 
 
 def test_age_without_incident_dates_is_taken_as_current() -> None:

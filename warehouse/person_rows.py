@@ -17,7 +17,7 @@ from matching.config import LinkageConfig, PersonTable
 from warehouse.store import relation_name, table_exists
 
 _SALVAGE_EXCLUDED = ("duplicate_key", "erased")
-_AGE_REFERENCE = ("local_key", "first_seen", "last_seen")
+_AGE_REFERENCE = ("local_key", "first_seen", "last_seen", "min_age", "min_age_at")
 
 
 def _select(table: PersonTable, relation: str, *, quarantine: bool) -> str:
@@ -47,6 +47,8 @@ def _age_reference(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
     except duckdb.Error:
         # The events table has not been delivered yet: ages are taken as current.
         return pl.DataFrame(schema={c: pl.String for c in _AGE_REFERENCE})
+    missing = [c for c in _AGE_REFERENCE if c not in seen.columns]  # min_age is optional
+    seen = seen.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
     return seen.select(pl.col(c).cast(pl.String) for c in _AGE_REFERENCE)
 
 
