@@ -71,11 +71,9 @@ def _addresses(records: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _candidates(
-    records: pl.DataFrame, contacts: pl.DataFrame, cluster_of: pl.DataFrame
-) -> pl.DataFrame:
-    """(contact, candidate) pairs living at the contact's or their child's addresses."""
-    child_clusters = (
+def child_clusters(records: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
+    """``child_upn, child_cluster``: the person each pupil UPN belongs to."""
+    return (
         records.select("unique_id", pl.col("upn_keys").alias("child_upn"))
         .explode("child_upn")
         .drop_nulls("child_upn")
@@ -83,8 +81,16 @@ def _candidates(
         .select("child_upn", pl.col("cluster_id").alias("child_cluster"))
         .unique()
     )
+
+
+def _candidates(
+    records: pl.DataFrame, contacts: pl.DataFrame, cluster_of: pl.DataFrame
+) -> pl.DataFrame:
+    """(contact, candidate) pairs living at the contact's or their child's addresses."""
     addresses = _addresses(records).join(cluster_of, on="unique_id")
-    of_child = contacts.join(child_clusters, on="child_upn").select("unique_id", "child_cluster")
+    of_child = contacts.join(child_clusters(records, cluster_of), on="child_upn").select(
+        "unique_id", "child_cluster"
+    )
     wanted = pl.concat(
         [
             of_child.join(

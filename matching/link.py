@@ -247,15 +247,18 @@ def resolve(
     queue review. ``relationships`` are the sources' own relationship tables
     (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
     t = config.thresholds
-    first = cluster(
-        records,
-        pairs,
-        threshold=t.match,
-        max_cluster_size=t.max_cluster_size,
-        constraints=constraints,
-    )
-    final = first
+
+    def clustered(links: pl.DataFrame) -> Clustering:
+        return cluster(
+            records,
+            links,
+            threshold=t.match,
+            max_cluster_size=t.max_cluster_size,
+            constraints=constraints,
+        )
+
     links = pairs
+    final = clustered(links)
     # Each pass reads persons: a contact joined to a person in the first round can name
     # the person that the second round's parent or moved-household links need.
     for _ in range(LINK_ROUNDS):
@@ -279,13 +282,7 @@ def resolve(
             .sort("match_probability", descending=True)
             .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
         )
-        final = cluster(
-            records,
-            links,
-            threshold=t.match,
-            max_cluster_size=t.max_cluster_size,
-            constraints=constraints,
-        )
+        final = clustered(links)
     assignment = assign_person_ids(
         previous_registry,
         final.clusters.select(pl.col("unique_id").alias("record_id"), "cluster_id"),

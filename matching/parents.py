@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from matching.edges import empty_edges, fixed_edges
-from matching.rules import names_related
+from matching.edges import empty_edges, unique_candidate_edges, with_related_forenames
 
 # Probability given to a same-parent link: below a reviewer's decision, above most scores.
 PARENT_LINK_PROBABILITY = 0.99
@@ -120,13 +119,4 @@ def parent_links(
     )
     if pairs.is_empty():
         return empty_edges()
-    related = [
-        a is not None and b is not None and names_related(a, b, set(ka or []), set(kb or []))
-        for a, b, ka, kb in pairs.select(
-            "forename", "forename_c", "forename_keys", "forename_keys_c"
-        ).iter_rows()
-    ]
-    pairs = pairs.filter(pl.Series(related, dtype=pl.Boolean))
-    unique = pairs.filter(pl.col("cluster_id_c").n_unique().over("unique_id") == 1)
-    edges = unique.group_by("unique_id").agg(pl.col("unique_id_c").min().alias("candidate"))
-    return fixed_edges(edges, PARENT_LINK_PROBABILITY).unique(["unique_id_l", "unique_id_r"])
+    return unique_candidate_edges(with_related_forenames(pairs), PARENT_LINK_PROBABILITY)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from matching.edges import empty_edges, fixed_edges
-from matching.rules import names_related
+from matching.edges import empty_edges, unique_candidate_edges, with_related_forenames
 
 # Probability given to a resident link: below a reviewer's decision, above most scores.
 RESIDENT_LINK_PROBABILITY = 0.99
@@ -80,13 +79,4 @@ def resident_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFram
         & ~(pl.col("year_hi_c") < pl.col("year_lo")).fill_null(False)
         & ~(pl.col("sex") != pl.col("sex_c")).fill_null(False)
     )
-    related = [
-        names_related(a, b, set(ka or []), set(kb or []))
-        for a, b, ka, kb in pairs.select(
-            "forename", "forename_c", "forename_keys", "forename_keys_c"
-        ).iter_rows()
-    ]
-    pairs = pairs.filter(pl.Series(related, dtype=pl.Boolean))
-    unique = pairs.filter(pl.col("cluster_id_c").n_unique().over("unique_id") == 1)
-    edges = unique.group_by("unique_id").agg(pl.col("unique_id_c").min().alias("candidate"))
-    return fixed_edges(edges, RESIDENT_LINK_PROBABILITY)
+    return unique_candidate_edges(with_related_forenames(pairs), RESIDENT_LINK_PROBABILITY)

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from matching.edges import empty_edges, fixed_edges
+from matching.contacts import child_clusters
+from matching.edges import empty_edges, unique_candidate_edges
 
 # Probability given to an unnamed-record link: below a reviewer's decision, above most
 # scores.
@@ -51,18 +52,6 @@ def _placed(records: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _child_clusters(records: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
-    """``child_upn, child_cluster``: the person each pupil UPN belongs to."""
-    return (
-        records.select("unique_id", pl.col("upn_keys").alias("child_upn"))
-        .explode("child_upn")
-        .drop_nulls("child_upn")
-        .join(cluster_of, on="unique_id")
-        .select("child_upn", pl.col("cluster_id").alias("child_cluster"))
-        .unique()
-    )
-
-
 def unnamed_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
     """Edges from records with no forename to the unique co-resident person who fits;
     pair-frame shaped, ``asserted``."""
@@ -71,7 +60,7 @@ def unnamed_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
     unnamed = placed.filter(pl.col("forename").is_null())
     if unnamed.is_empty():
         return empty_edges().with_columns(pl.lit(False).alias("asserted"))
-    unnamed = unnamed.join(_child_clusters(records, cluster_of), on="child_upn", how="left")
+    unnamed = unnamed.join(child_clusters(records, cluster_of), on="child_upn", how="left")
     residents = placed.select(*_COLUMNS, "postcode", "address_key")
     pairs = unnamed.join(residents, on=["postcode", "address_key"], suffix="_c").filter(
         (pl.col("cluster_id") != pl.col("cluster_id_c"))
@@ -81,6 +70,5 @@ def unnamed_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
         & ~(pl.col("year_lo_c") > pl.col("year_hi")).fill_null(False)
         & ~(pl.col("year_hi_c") < pl.col("year_lo")).fill_null(False)
     )
-    unique = pairs.filter(pl.col("cluster_id_c").n_unique().over("unique_id") == 1)
-    edges = unique.group_by("unique_id").agg(pl.col("unique_id_c").min().alias("candidate"))
-    return fixed_edges(edges, UNNAMED_LINK_PROBABILITY).with_columns(pl.lit(True).alias("asserted"))
+    edges = unique_candidate_edges(pairs, UNNAMED_LINK_PROBABILITY)
+    return edges.with_columns(pl.lit(True).alias("asserted"))
