@@ -51,7 +51,7 @@ def test_the_serving_copy_holds_every_curated_row_with_the_values_duckdb_returns
 
 def test_requests_can_only_read(county):
     access = AccessLayer(county.store(), load_policy(), county.engine())
-    cursor = access._snapshots.cursor()
+    cursor = access._snapshots._open(county.store().current().snapshot).cursor()
     assert cursor.execute("select count(*) from person").fetchone()[0] > 0
     for sql in (
         "attach database ':memory:' as other",
@@ -123,3 +123,20 @@ def test_the_first_copy_makes_the_snapshots_folder(tmp_path):
     frame = pl.DataFrame({"person_id": ["P1"], "household_id": ["H1"], "role": ["child"]})
     path = serving.write_serving(snapshot, {"household_members": frame})
     assert path == serving.serving_path(snapshot) and path.exists()
+
+
+def test_connections_to_a_replaced_snapshot_are_closed_when_the_pointer_moves(county):
+    """After a publish (or an erasure rewriting the snapshot) nothing keeps the old file
+    open: idle connections close at the next request, busy ones when their request ends."""
+    access = AccessLayer(county.store(), load_policy(), county.engine())
+    user = User("dpo1", "dpo")
+    access.read(user, "audit", "person", limit=1)
+    (idle,) = access._snapshots._idle
+    assert idle.execute("select count(*) from person").fetchone()[0] > 0
+    _, _, published = county.publish()
+    page = access.read(user, "audit", "person", limit=1)
+    assert page.total > 0 and access._snapshots.name == published.snapshot
+    with pytest.raises(sqlite3.ProgrammingError):
+        idle.execute("select 1")
+    (current,) = access._snapshots._idle
+    assert current is not idle

@@ -123,54 +123,71 @@ def _read_only(action: int, table: str | None, *_args: Any) -> int:
 
 
 class _Snapshots:
-    """The current snapshot's serving copy, one read-only connection per thread.
+    """Read-only connections to the current snapshot's serving copy, pooled.
 
-    The pointer is checked on every request; a thread whose connection reads an older
-    snapshot reopens on the new one, while a request already running keeps reading the
-    snapshot it started on (a pruned file stays readable to an open connection on POSIX).
+    The pointer is checked on every request. When it has moved (a publish, a rollback, or
+    an erasure or retention run that rewrote the snapshot), the idle connections to the
+    old file are closed at once and those still serving a request are closed when it
+    ends: an erased person's rows in a deleted file do not stay readable through an open
+    handle for longer than a request. A request keeps the snapshot it started on.
     """
+
+    MAX_IDLE = 64
 
     def __init__(self, store: SnapshotStore) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self.name: str | None = None
+        self._idle: list[sqlite3.Connection] = []  # connections to snapshot ``name``
         self._names: tuple[str, NameIndex] | None = None  # (snapshot, its name index)
-        self._local = threading.local()  # this thread's connection and the snapshot it reads
 
     def _pointer_stamp(self) -> tuple[int, int]:
         stat = os.stat(self.store.root / "CURRENT.json")
         return stat.st_mtime_ns, stat.st_ino
 
-    def cursor(self) -> sqlite3.Cursor:
+    def _open(self, name: str) -> sqlite3.Connection:
+        try:
+            con = open_serving(self.store.path(name))
+        except ServingError as err:
+            raise AccessError(str(err)) from None
+        con.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        con.set_authorizer(_read_only)
+        return con
+
+    @contextmanager
+    def connection(self) -> Iterator[tuple[str, sqlite3.Connection]]:
+        """(snapshot name, a connection to its serving copy) for one request."""
         try:
             stamp = self._pointer_stamp()
         except FileNotFoundError:
             raise AccessError("nothing has been published yet") from None
+        stale: list[sqlite3.Connection] = []
         with self._lock:
             if stamp != self._stamp:
                 current = self.store.current()
                 assert current is not None
                 self._stamp, self.name = stamp, current.snapshot
+                stale, self._idle = self._idle, []
             name = self.name
-        local = self._local
-        if getattr(local, "name", None) != name:
-            if getattr(local, "con", None) is not None:
-                local.con.close()
-                local.con = None
-            try:
-                con = open_serving(self.store.path(name))
-            except ServingError as err:
-                raise AccessError(str(err)) from None
-            con.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-            con.set_authorizer(_read_only)
-            local.con, local.name = con, name
-        return local.con.cursor()
+            assert name is not None
+            con = self._idle.pop() if self._idle else None
+        for old in stale:
+            old.close()
+        if con is None:
+            con = self._open(name)
+        try:
+            yield name, con
+        finally:
+            with self._lock:
+                if name == self.name and len(self._idle) < self.MAX_IDLE:
+                    self._idle.append(con)
+                    con = None
+            if con is not None:
+                con.close()
 
-    def name_index(self, cursor: sqlite3.Cursor) -> NameIndex:
-        """The search index of the snapshot ``cursor`` (this thread's latest) reads, built
-        on first use."""
-        snapshot = self._local.name
+    def name_index(self, snapshot: str, cursor: sqlite3.Cursor) -> NameIndex:
+        """The search index of ``snapshot`` (which ``cursor`` reads), built on first use."""
         with self._lock:
             if self._names is None or self._names[0] != snapshot:
                 self._names = (snapshot, NameIndex.load(cursor))
@@ -224,17 +241,20 @@ class AccessLayer:
     ) -> Iterator[tuple[Role, _Trail, sqlite3.Cursor]]:
         trail = _Trail()
         outcome, lawful_basis = "allowed", None
+        self._state.snapshot = None
         try:
             role = self._role(user, purpose)
             lawful_basis = role.lawful_basis
             self._state.restricted = (
                 [] if role.sees_restricted else restriction.restricted_records(self.audit_engine)
             )
-            cursor = self._snapshots.cursor()
-            try:
-                yield role, trail, cursor
-            finally:
-                cursor.close()
+            with self._snapshots.connection() as (snapshot, con):
+                self._state.snapshot = snapshot
+                cursor = con.cursor()
+                try:
+                    yield role, trail, cursor
+                finally:
+                    cursor.close()
         except NotFound:
             outcome = "not_found"
             raise
@@ -256,7 +276,7 @@ class AccessLayer:
                     tables=tuple(trail.tables),
                     columns=tuple(dict.fromkeys(trail.columns)),
                     person_ids=tuple(sorted(trail.person_ids)),
-                    detail={**detail, "snapshot": self._snapshots.name},
+                    detail={**detail, "snapshot": self._state.snapshot},
                 ),
             )
 
@@ -561,7 +581,8 @@ class AccessLayer:
                 raise AccessError("search needs a name")
             surname, forename = words[-1], words[0] if len(words) > 1 else None
             keys = list(nickname_table().get(forename, (forename,))) if forename else []
-            found = self._snapshots.name_index(cursor).candidates(surname, forename, keys)
+            names = self._snapshots.name_index(self._state.snapshot, cursor)
+            found = names.candidates(surname, forename, keys)
             scope, scope_params = self._scope(role, user, grant)
             exact, exact_params, dob_clause, dob_params = "true", [], "true", []
             if dob is not None:  # dates are ISO text in the serving copy
