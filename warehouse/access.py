@@ -414,6 +414,23 @@ class AccessLayer:
         if not cursor.execute(sql, [person_id, *params]).fetchall():
             raise NotFound(f"no person {person_id} within your access")
 
+    def _person_row(
+        self,
+        cursor: sqlite3.Cursor,
+        role: Role,
+        user: User,
+        grant: Grant,
+        trail: _Trail,
+        person_id: str,
+        what: str,
+    ) -> dict[str, Any]:
+        """The person's row of the grant's table, recorded as seen; NotFound without one."""
+        rows = self._select(cursor, role, user, grant, [("t.person_id = ?", [person_id])])
+        if not rows:
+            raise NotFound(f"no {what} {person_id} within your access")
+        trail.saw(grant, rows)
+        return rows[0]
+
     # -- reads ----------------------------------------------------------------------------
 
     def read(
@@ -452,11 +469,7 @@ class AccessLayer:
             cursor,
         ):
             grant = self._grant(user, "person")
-            rows = self._select(cursor, role, user, grant, [("t.person_id = ?", [person_id])])
-            if not rows:
-                raise NotFound(f"no person {person_id} within your access")
-            trail.saw(grant, rows)
-            return rows[0]
+            return self._person_row(cursor, role, user, grant, trail, person_id, "person")
 
     def child_profile(self, user: User, purpose: str, person_id: str) -> dict[str, Any]:
         """The front end's child page: the child summary row plus what the role may see of
@@ -467,11 +480,8 @@ class AccessLayer:
             cursor,
         ):
             grant = self._grant(user, "child_summary")
-            rows = self._select(cursor, role, user, grant, [("t.person_id = ?", [person_id])])
-            if not rows:
-                raise NotFound(f"no child {person_id} within your access")
-            trail.saw(grant, rows)
-            profile = {"summary": rows[0], "person": None}
+            summary = self._person_row(cursor, role, user, grant, trail, person_id, "child")
+            profile = {"summary": summary, "person": None}
             person_grant = self.policy.grant(user.role, "person")
             if person_grant is not None:
                 people = self._select(

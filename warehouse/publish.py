@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.curated_schema import TABLES
+from warehouse.curated_schema import LOOKUP_COLUMNS, TABLES
 from warehouse.serving import SUFFIX as SERVING_SUFFIX
 from warehouse.serving import serving_path, write_serving_from
 
@@ -80,9 +80,6 @@ def curated_comments() -> Comments:
     }
 
 
-INDEXED_COLUMNS = frozenset({"person_id", "household_id"})
-
-
 def write_tables(
     path: Path, tables: dict[str, pl.DataFrame], info: dict[str, Any], comments: Comments
 ) -> None:
@@ -102,7 +99,7 @@ def write_tables(
             con.unregister("_frame")
             # The API reads one person (or household) at a time: an index turns each of
             # those reads from a scan of the table into a lookup.
-            for column in INDEXED_COLUMNS.intersection(frame.columns):
+            for column in (c for c in LOOKUP_COLUMNS if c in frame.columns):
                 con.execute(f'create index "ix_{name}_{column}" on "{name}" ("{column}")')
             description, columns = comments.get(name, ("", {}))
             con.execute(f"comment on table \"{name}\" is '{_comment(description)}'")

@@ -28,7 +28,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from warehouse.curated_schema import TABLES
+from warehouse.curated_schema import LOOKUP_COLUMNS, TABLES
 
 SUFFIX = ".serving.sqlite"
 
@@ -46,7 +46,6 @@ _INDEXES: dict[str, tuple[tuple[str, ...], ...]] = {
     "person_organisations": (("organisation_type", "organisation_id"),),
     "person_records": (("record_id",),),
 }
-_INDEXED_COLUMNS = ("person_id", "household_id")
 
 sqlite3.register_converter("SDV_DATE", lambda v: date.fromisoformat(v.decode()))
 sqlite3.register_converter("SDV_BOOL", lambda v: v != b"0")
@@ -106,7 +105,7 @@ def write_serving(snapshot: Path, tables: Mapping[str, pl.DataFrame]) -> Path:
             con.executemany(
                 f'insert into "{name}" values ({marks})', _storable(frame, types).iter_rows()
             )
-            indexes = [(c,) for c in _INDEXED_COLUMNS if c in frame.columns]
+            indexes = [(c,) for c in LOOKUP_COLUMNS if c in frame.columns]
             for columns in dict.fromkeys((*indexes, *_INDEXES.get(name, ()))):
                 quoted = ", ".join(f'"{c}"' for c in columns)
                 con.execute(f'create index "ix_{name}_{"_".join(columns)}" on "{name}" ({quoted})')
