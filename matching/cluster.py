@@ -12,11 +12,12 @@ size is more likely a chain of mistakes than a person.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import polars as pl
 
-from matching.rules import Profile, pair_vetoes
+from matching.rules import Profile, Profiles, pair_vetoes, profile_seeds
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,7 @@ def _constraint_sets(constraints: pl.DataFrame | None, kind: str) -> pl.DataFram
 AMBIGUITY_MARGIN = 5.0
 
 
-def _ambiguous(
-    records: pl.DataFrame, edges: pl.DataFrame, forbidden: dict[str, set[str]]
-) -> set[str]:
+def _ambiguous(records: pl.DataFrame, edges: pl.DataFrame, profiles: Profiles) -> set[str]:
     """Records without identity of their own (no exact date of birth, NHS number or UPN)
     whose strong links reach two people who cannot be one: a child at an incident known
     as "Adaeze, about 4" with two sisters of that name at the address. Linking to either
@@ -67,15 +66,9 @@ def _ambiguous(
     ends = ends.filter(pl.len().over("record") >= 2)
     if ends.is_empty():
         return set()
-    needed = set(ends["other"].to_list())
-    rows = records.filter(pl.col("unique_id").is_in(needed))
-    profile = {
-        r["unique_id"]: Profile.of(r, forbidden.get(r["unique_id"], set()))
-        for r in rows.iter_rows(named=True)
-    }
     found: set[str] = set()
     for record, others, weights in ends.group_by("record").agg("other", "match_weight").iter_rows():
-        candidates = [(profile[o], w) for o, w in zip(others, weights, strict=True)]
+        candidates = [(profiles[o], w) for o, w in zip(others, weights, strict=True)]
         # Two candidates who cannot be one person are rivals unless one is far the better
         # fit; then the better is linked first and clustering refuses the other.
         if any(
@@ -94,12 +87,14 @@ def cluster(
     threshold: float,
     max_cluster_size: int,
     constraints: pl.DataFrame | None = None,
+    seeds: Mapping[str, Profile] | None = None,
 ) -> Clustering:
     """Constrained clustering of ``records`` (standardised) using scored ``pairs``.
 
     ``constraints`` (``record_id_l, record_id_r, constraint``) are clerical decisions:
     ``must_link`` pairs are joined first (still subject to identifier rules), and
-    ``cannot_link`` pairs are never in one cluster.
+    ``cannot_link`` pairs are never in one cluster. ``seeds`` are the records'
+    ``rules.profile_seeds`` when the caller clusters the same records more than once.
     """
     ids = set(records["unique_id"].to_list())
     must = _constraint_sets(constraints, "must_link").filter(
@@ -120,7 +115,10 @@ def cluster(
         pl.lit("identifiers, names or birth years").alias("reason")
     )
     strong = strong.filter(~pl.col("veto")).drop("veto")
-    ambiguous = _ambiguous(records, strong, forbidden)
+    seeds = profile_seeds(records) if seeds is None else seeds
+    # The records' profiles before any joins, for judging ambiguity; clustering's own
+    # profiles grow as it joins.
+    ambiguous = _ambiguous(records, strong, Profiles(seeds, forbidden))
     strong = strong.filter(
         ~pl.col("unique_id_l").is_in(ambiguous) & ~pl.col("unique_id_r").is_in(ambiguous)
     )
@@ -133,12 +131,8 @@ def cluster(
         ["match_weight", "unique_id_l", "unique_id_r"], descending=[True, False, False]
     )
 
-    profiles: dict[str, Profile] = {}
-    parent: dict[str, str] = {}
-    for row in records.iter_rows(named=True):
-        uid = row["unique_id"]
-        parent[uid] = uid
-        profiles[uid] = Profile.of(row, forbidden.get(uid, set()))
+    profiles = Profiles(seeds, forbidden)
+    parent = {uid: uid for uid in seeds}
     ambiguous_pairs = pairs.filter(
         (pl.col("match_probability") >= threshold)
         & (pl.col("unique_id_l").is_in(ambiguous) | pl.col("unique_id_r").is_in(ambiguous))
@@ -164,7 +158,7 @@ def cluster(
             continue
         if len(profiles[a].members) < len(profiles[b].members):
             a, b = b, a
-        profiles[a].absorb(profiles.pop(b))
+        profiles.join(a, b)
         parent[b] = a
         joined.append((left, right, probability))
 
@@ -207,7 +201,7 @@ def cluster(
             a, b = home, root
             if len(profiles[a].members) < len(profiles[b].members):
                 a, b = b, a
-            profiles[a].absorb(profiles.pop(b))
+            profiles.join(a, b)
             parent[b] = a
             joined.append((left, right, probability))
             del options[record]

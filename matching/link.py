@@ -38,7 +38,7 @@ from matching.moves import move_links
 from matching.parents import parent_links
 from matching.registry import Assignment, assign_person_ids
 from matching.residents import resident_links
-from matching.rules import pair_vetoes
+from matching.rules import pair_vetoes, profile_seeds
 from matching.unnamed import unnamed_links
 
 DISPLAY_COLUMNS = [
@@ -247,6 +247,7 @@ def resolve(
     queue review. ``relationships`` are the sources' own relationship tables
     (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
     t = config.thresholds
+    seeds = profile_seeds(records)
 
     def clustered(links: pl.DataFrame) -> Clustering:
         return cluster(
@@ -255,6 +256,7 @@ def resolve(
             threshold=t.match,
             max_cluster_size=t.max_cluster_size,
             constraints=constraints,
+            seeds=seeds,
         )
 
     links = pairs

@@ -23,6 +23,7 @@ records that would be vetoed as a pair.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -131,6 +132,19 @@ class Profile:
                     return "twins"
         return None
 
+    def copy(self) -> Profile:
+        return Profile(
+            set(self.members),
+            set(self.nhs),
+            set(self.upns),
+            set(self.child_upns),
+            set(self.suffixes),
+            self.year_lo,
+            self.year_hi,
+            list(self.births),
+            set(self.cannot),
+        )
+
     def absorb(self, other: Profile) -> None:
         self.members |= other.members
         self.nhs |= other.nhs
@@ -141,6 +155,70 @@ class Profile:
         self.year_hi = min(self.year_hi, other.year_hi)
         self.births.extend(other.births)
         self.cannot |= other.cannot
+
+
+# The standardised columns a Profile is made from.
+PROFILE_COLUMNS = [
+    "unique_id",
+    "forename",
+    "forename_keys",
+    "forename_alt",
+    "middle_name",
+    "surname",
+    "dob",
+    "dob_exact",
+    "nhs_number",
+    "upn_keys",
+    "child_upn",
+    "suffix",
+    "year_lo",
+    "year_hi",
+]
+
+
+def profile_seeds(records: pl.DataFrame) -> dict[str, Profile]:
+    """Each record's own Profile by unique id, made once and never changed.
+
+    Clustering runs several times a night over the same records (``matching.link``);
+    making half a million profiles afresh each time cost more than the clustering did.
+    ``Profiles`` shares these until a join needs a profile of its own.
+    """
+    return {
+        r["unique_id"]: Profile.of(r, set())
+        for r in records.select(PROFILE_COLUMNS).iter_rows(named=True)
+    }
+
+
+class Profiles(dict[str, Profile]):
+    """Each cluster root's Profile during one clustering, copied from its seed on write.
+
+    A record alone is its seed (shared by every clustering of the night); the first join
+    into it copies the seed, so seeds never change. A record a reviewer said is a
+    different person from someone gets a copy carrying that ``cannot`` set.
+    """
+
+    def __init__(self, seeds: Mapping[str, Profile], forbidden: Mapping[str, set[str]]) -> None:
+        super().__init__()
+        self._seeds = seeds
+        self._forbidden = forbidden
+        self._own: set[str] = set()
+
+    def __missing__(self, uid: str) -> Profile:
+        profile = self._seeds[uid]
+        if uid in self._forbidden:
+            profile = profile.copy()
+            profile.cannot = set(self._forbidden[uid])
+            self._own.add(uid)
+        self[uid] = profile
+        return profile
+
+    def join(self, root: str, other: str) -> None:
+        """Absorb cluster ``other`` into cluster ``root`` (both roots)."""
+        profile = self[root]
+        if root not in self._own:
+            profile = self[root] = profile.copy()
+            self._own.add(root)
+        profile.absorb(self.pop(other))
 
 
 def pair_vetoes(pairs: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:

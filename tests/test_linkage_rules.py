@@ -28,7 +28,7 @@ from matching.identifiers import (
 )
 from matching.link import changed_records, fingerprints, merge_scores, review_queue
 from matching.residents import RESIDENT_LINK_PROBABILITY, resident_links
-from matching.rules import Profile, dates_compatible, names_related
+from matching.rules import Profile, dates_compatible, names_related, profile_seeds
 from matching.standardise import AGE_SLACK, nickname_table, standardise
 
 EXTRACT = dt.date(2026, 3, 1)
@@ -880,6 +880,41 @@ def test_cannot_link_also_stops_a_chain() -> None:
         frozenset({"health|patients|1", "school|pupils|2"}),
         frozenset({"police|persons|3"}),
     }
+
+
+def test_clusterings_sharing_seeds_neither_change_them_nor_each_other() -> None:
+    # The link step clusters one night's records three times over one set of seed
+    # profiles (matching.link): a join in one clustering must not leak into the next.
+    records = std(
+        rec("health|patients|1", forename="Amy", surname="Lee", dob="2015-04-30",
+            nhs_number=NHS_A),
+        rec("school|pupils|2", forename="Amy", surname="Lee", dob="2015-04-30", upn=UPN_X),
+        rec("police|persons|3", forename="Amy", surname="Lee", dob="2015-04-30"),
+        rec("health|patients|4", forename="Amy", surname="Lee", dob="2015-04-30",
+            nhs_number=NHS_B),
+    )  # fmt: skip
+    seeds = profile_seeds(records)
+    chain = pairs(("health|patients|1", "school|pupils|2", 0.99),
+                  ("school|pupils|2", "police|persons|3", 0.98),
+                  ("police|persons|3", "health|patients|4", 0.97))  # fmt: skip
+    apart = constraints(("health|patients|1", "police|persons|3", "cannot_link"))
+    first = run(records, chain, constraints=apart, seeds=seeds)
+    assert groups(first) == {
+        frozenset({"health|patients|1", "school|pupils|2"}),
+        frozenset({"police|persons|3", "health|patients|4"}),
+    }
+    assert all(seed.members == {uid} and not seed.cannot for uid, seed in seeds.items())
+    # Without the reviewer's decision, the chain joins 1, 2 and 3; 4 stays apart (NHS).
+    second = run(records, chain, seeds=seeds)
+    assert (
+        groups(second)
+        == groups(run(records, chain))
+        == {
+            frozenset({"health|patients|1", "school|pupils|2", "police|persons|3"}),
+            frozenset({"health|patients|4"}),
+        }
+    )
+    assert all(seed.members == {uid} and not seed.cannot for uid, seed in seeds.items())
 
 
 def test_a_weak_record_fitting_two_people_is_left_alone_and_reported() -> None:
