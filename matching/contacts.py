@@ -213,15 +213,20 @@ def contact_links(records: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame
         | pl.col("candidate_sex").is_null()
         | (expected_sex == pl.col("candidate_sex"))
     )
-    tiers = []
-    for f, cf, k, ck, exact in pairs.select(
-        "forename", "candidate_forename", "forename_keys", "candidate_keys", "exact"
-    ).iter_rows():
-        tier = None
-        if f is not None and cf is not None and names_related(f, cf, set(k or []), set(ck or [])):
-            tier = 1 if exact else 2
-        tiers.append(tier)
-    pairs = pairs.with_columns(pl.Series("tier", tiers, dtype=pl.Int8)).drop_nulls("tier")
+    # Whether the names fit, once per distinct pair of names (most candidate pairs repeat
+    # one: a county has far fewer forenames than contacts).
+    names = pairs.select("forename", "candidate_forename", "forename_keys", "candidate_keys")
+    names = names.unique().filter(
+        pl.col("forename").is_not_null() & pl.col("candidate_forename").is_not_null()
+    )
+    fits = [names_related(f, cf, set(k or []), set(ck or [])) for f, cf, k, ck in names.iter_rows()]
+    names = names.with_columns(pl.Series("fits", fits, dtype=pl.Boolean)).filter("fits")
+    pairs = pairs.join(
+        names.drop("fits"),
+        on=["forename", "candidate_forename", "forename_keys", "candidate_keys"],
+        how="semi",
+        nulls_equal=True,
+    ).with_columns(pl.when("exact").then(1).otherwise(2).cast(pl.Int8).alias("tier"))
     best = pairs.filter(pl.col("tier") == pl.col("tier").min().over("unique_id"))
     best = _without_contact_only_rivals(best, records, clusters)
     unique = best.filter(pl.col("candidate_cluster").n_unique().over("unique_id") == 1)

@@ -30,6 +30,7 @@ from typing import Any
 
 import polars as pl
 
+from matching.allocation import collector_paused
 from matching.cluster import Clustering, cluster
 from matching.config import LinkageConfig
 from matching.contacts import contact_links
@@ -246,6 +247,32 @@ def resolve(
     """Cluster, add contact, parent, resident and move links, cluster again, assign stable ids,
     queue review. ``relationships`` are the sources' own relationship tables
     (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
+    with collector_paused():
+        return _resolve(
+            records,
+            pairs,
+            config,
+            model,
+            previous_registry=previous_registry,
+            run_id=run_id,
+            constraints=constraints,
+            used_ids=used_ids,
+            relationships=relationships,
+        )
+
+
+def _resolve(
+    records: pl.DataFrame,
+    pairs: pl.DataFrame,
+    config: LinkageConfig,
+    model: dict[str, Any],
+    *,
+    previous_registry: pl.DataFrame,
+    run_id: str,
+    constraints: pl.DataFrame | None,
+    used_ids: set[str] | None,
+    relationships: pl.DataFrame | None,
+) -> LinkResult:
     t = config.thresholds
     seeds = profile_seeds(records)
 

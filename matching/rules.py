@@ -181,12 +181,49 @@ def profile_seeds(records: pl.DataFrame) -> dict[str, Profile]:
 
     Clustering runs several times a night over the same records (``matching.link``);
     making half a million profiles afresh each time cost more than the clustering did.
-    ``Profiles`` shares these until a join needs a profile of its own.
+    ``Profiles`` shares these until a join needs a profile of its own. The columns are
+    prepared in Polars and read out as plain lists: building a dict per row was most of
+    the cost.
     """
-    return {
-        r["unique_id"]: Profile.of(r, set())
-        for r in records.select(PROFILE_COLUMNS).iter_rows(named=True)
-    }
+    keys = (
+        pl.concat_list(
+            pl.col("forename_keys").fill_null([]),
+            pl.col("forename_alt").cast(pl.String),
+            pl.col("middle_name").cast(pl.String),
+        )
+        .list.drop_nulls()
+        .list.unique()
+    )
+    born = pl.col("dob").is_not_null() & pl.col("dob_exact").fill_null(False)
+    frame = records.select(
+        "unique_id",
+        pl.col("nhs_number").replace("", None),
+        pl.col("upn_keys").fill_null([]),
+        pl.col("child_upn").replace("", None),
+        pl.col("suffix").replace("", None),
+        pl.col("year_lo").fill_null(-10_000),
+        pl.col("year_hi").fill_null(10_000),
+        pl.when(born).then("dob").alias("dob"),
+        "surname",
+        "forename",
+        pl.when(born).then(keys).alias("keys"),
+    )
+    seeds: dict[str, Profile] = {}
+    for uid, nhs, upns, child, suffix, lo, hi, dob, sur, fore, names in zip(
+        *(frame[c].to_list() for c in frame.columns), strict=True
+    ):
+        seeds[uid] = Profile(
+            {uid},
+            {nhs} if nhs else set(),
+            set(upns),
+            {child} if child else set(),
+            {suffix} if suffix else set(),
+            lo,
+            hi,
+            [(dob, sur, fore, frozenset(names))] if dob is not None else [],
+            set(),
+        )
+    return seeds
 
 
 class Profiles(dict[str, Profile]):

@@ -171,14 +171,16 @@ def _names(frame: pl.DataFrame) -> pl.DataFrame:
         _tokens(pl.col("former_surname")).alias("_former_tokens"),
         _tokens(pl.col("preferred_surname")).alias("_preferred_tokens"),
     )
-    names = frame.select("forename", "forename_alt").to_dicts()
-    keys = [
-        sorted({k for n in (r["forename"], r["forename_alt"]) if n for k in nick.get(n, (n,))})
-        for r in names
-    ]
+    # Nickname keys per distinct (forename, preferred forename): a county has a few
+    # thousand of those among half a million rows, so the Python lookup runs that often.
+    pairs = frame.select("forename", "forename_alt").unique()
+    keys = [sorted({k for n in pair if n for k in nick.get(n, (n,))}) for pair in pairs.iter_rows()]
+    pairs = pairs.with_columns(pl.Series("forename_keys", keys, dtype=pl.List(pl.String)))
+    frame = frame.join(
+        pairs, on=["forename", "forename_alt"], how="left", nulls_equal=True, maintain_order="left"
+    )
     return frame.with_columns(
         pl.when(pl.col("forename").str.len_chars() > 0).then(pl.col("forename")),
-        pl.Series("forename_keys", keys, dtype=pl.List(pl.String)),
         pl.concat_list(pl.col("_former"), pl.col("_preferred_sn"))
         .list.drop_nulls()
         .list.unique()

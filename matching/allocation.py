@@ -1,0 +1,28 @@
+"""Pausing Python's cyclic garbage collector while the linkage builds its working objects.
+
+Clustering half a million records makes millions of small sets, tuples and dicts that
+live until the night's result is written. CPython's collector runs every few hundred
+allocations and each full pass walks every live object, so most of the time went on
+scanning objects that were never garbage (profile seeds took 2.4 times as long with it
+on). Reference counting still frees everything as usual; only cycles wait, and the
+collector runs once when the block ends.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Run the block without cyclic collection, then collect once (nesting is safe)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect()
