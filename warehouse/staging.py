@@ -250,7 +250,7 @@ def stage_table(
     frame = raw.frame.with_columns(record_hashes(raw.frame, source, raw.table))
     if previous is not None and RECORD_HASH in previous.columns:
         known_hashes = previous[RECORD_HASH].drop_nulls().unique()
-        known = frame[RECORD_HASH].is_in(known_hashes)
+        known = frame[RECORD_HASH].is_in(known_hashes.implode())
     else:
         known = pl.Series([False] * frame.height, dtype=pl.Boolean)
     frame = frame.with_columns(known.alias(_KNOWN))
