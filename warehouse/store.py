@@ -5,7 +5,11 @@ Schemas:
 * ``raw.<source>__<table>`` — every record of every delivery as delivered (text), with
   file name, record number, file sha256, delivery id and load time. Append-only: a newer
   delivery never changes an older one's raw rows.
-* ``staged.<source>__<table>`` — typed, validated rows per extract date (the partition).
+* ``staged.<source>__<table>`` — typed, validated rows per extract date (the partition),
+  each with ``_record_hash`` so that the next delivery, a full snapshot again, stages only
+  the records that are new or changed and takes the others' values from the current one
+  (:mod:`warehouse.staging`; rows staged before hashes were kept have none and are simply
+  staged afresh).
 * ``quarantine.<source>__<table>`` — rows that broke a rule, as delivered, with the reason.
 * ``current.<source>__<table>`` — a view of the staged rows of the source's latest loaded
   delivery: a newer delivery supersedes an older one, an older one arriving late does not.
