@@ -1,5 +1,7 @@
 """Identifier checks on known valid and invalid values (NHS number, UPN, postcode, UPRN)."""
 
+import random
+
 import polars as pl
 import pytest
 
@@ -81,6 +83,71 @@ def test_temporary_upn_check_letter_uses_final_letter_value():
 def test_upn_expression_flags_nulls_as_null():
     frame = pl.DataFrame({"u": ["B801200005001", "A801200005001", None]})
     assert frame.select(upn_valid_expr("u"))["u"].to_list() == [True, False, None]
+
+
+def _generated_upns(count: int, seed: int) -> list[str | None]:
+    """Valid UPNs (permanent and temporary) and every way of spoiling one: wrong or
+    lower-case check letter, a character swapped for a letter, a disallowed letter, a
+    non-ASCII digit or other Unicode, padding Python strips (including the information
+    separators Polars does not), too short, too long, empty, null."""
+    rng = random.Random(seed)
+    letters = "ABCDEFGHJKLMNPQRTUVWXYZ"
+    spoilers = "0123456789ABCZIOS a-\u0663\uff13\u00df\u00b2\u00e9"
+    values: list[str | None] = []
+    for _ in range(count):
+        body = "".join(rng.choice("0123456789") for _ in range(11))
+        body += rng.choice("0123456789" + letters)
+        value: str | None = upn_check_letter(body) + body
+        kind = rng.randrange(10)
+        if kind == 1:
+            value = value.lower()
+        elif kind == 2:
+            value = rng.choice([" ", "\t", "\x1f", "\xa0"]) + value + rng.choice(["", " ", "\x1c"])
+        elif kind == 3:
+            value = rng.choice(letters) + value[1:]
+        elif kind == 4:
+            i = rng.randrange(13)
+            value = value[:i] + rng.choice(spoilers) + value[i + 1 :]
+        elif kind == 5:
+            value = value[: rng.randrange(14)]
+        elif kind == 6:
+            value += rng.choice("0A ")
+        elif kind == 7:
+            value = None
+        elif kind == 8:
+            value = "".join(
+                rng.choice("0123456789AIOSZ\u0663 \t") for _ in range(rng.randrange(16))
+            )
+        values.append(value)
+    return values
+
+
+def test_upn_expression_agrees_with_the_scalar_rule_on_many_values():
+    """The vectorised check staging uses gives exactly what is_valid_upn gives, value by
+    value (null for null), over valid UPNs and many kinds of invalid ones."""
+    values = _generated_upns(50_000, seed=7)
+    flags = pl.DataFrame({"u": values}, schema={"u": pl.String}).select(upn_valid_expr("u"))
+    expected = [None if v is None else is_valid_upn(v) for v in values]
+    assert flags["u"].to_list() == expected
+    assert 0.3 < sum(1 for e in expected if e) / len(values) < 0.7  # both kinds well covered
+
+
+def test_upn_expression_on_full_width_digits_and_empty_columns():
+    """Python counts non-ASCII digits as digits, so such a UPN can be valid; the check
+    must agree, and cope with a column of nulls or no rows."""
+    body = "801200005001"
+    wide = upn_check_letter(body) + "\uff18" + body[1:]
+    frame = pl.DataFrame({"u": [wide, " " + wide.lower(), "\u00df" * 13]})
+    assert frame.select(upn_valid_expr("u"))["u"].to_list() == [
+        is_valid_upn(wide),
+        is_valid_upn(" " + wide.lower()),
+        False,
+    ]
+    assert is_valid_upn(wide)
+    nulls = pl.DataFrame({"u": [None, None]}, schema={"u": pl.String})
+    assert nulls.select(upn_valid_expr("u"))["u"].to_list() == [None, None]
+    empty = pl.DataFrame({"u": []}, schema={"u": pl.String})
+    assert empty.select(upn_valid_expr("u"))["u"].to_list() == []
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,23 @@ Every raw record ends up in exactly one of two places:
   tombstone, :mod:`warehouse.tombstone`), reason ``erased``, whatever else is wrong with it.
 
 The functions are pure (frame in, frames out) so tests drive them without a warehouse.
+
+**Reusing the previous delivery's work.** Sources deliver full snapshots in which nearly
+every record is the same as last night's. Each staged row keeps ``_record_hash``, a
+SHA-256 (first 128 bits) of the record as delivered (its text columns and any shape error)
+together with the staging rules it was judged by (:func:`rules_fingerprint`). Given the
+staged rows of the source's current delivery (``previous``), :func:`stage_table` takes the
+typed values of a record whose hash it finds there instead of computing them again: they
+depend on nothing but the record and the rules, both covered by the hash. Only records
+staged before are reused; new, changed and previously quarantined records are judged
+afresh. Rules that look across rows (a duplicate local key, an erased record) are applied
+to the whole delivery either way, so the result is the one staging from scratch gives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import polars as pl
@@ -45,6 +58,12 @@ REASON_CODES = (
 ERASED = "erased"
 
 _PROBLEM = "_problem"
+_KNOWN = "_known"  # the record's hash is among the previous delivery's staged rows
+# Hash of the record as delivered and the rules that staged it (module docstring).
+RECORD_HASH = "_record_hash"
+# Bump when a staging rule changes what a record stages to (a new check, another type
+# parse): every record's hash changes with it, so nothing staged by the old rule is reused.
+RULES_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -58,17 +77,28 @@ def _clean(name: str) -> pl.Expr:
     return pl.when(value == "").then(None).otherwise(value)
 
 
-def _problem(condition: pl.Expr, code: str, message: pl.Expr) -> pl.Expr:
-    """A struct (code, message) where ``condition`` holds, else null."""
-    return pl.when(condition).then(pl.struct(pl.lit(code).alias("code"), message.alias("message")))
+@dataclass(frozen=True)
+class _Rule:
+    """A row rule: when it is broken (``condition``), and the struct (code, message) it
+    adds then, else null. Kept apart so clean rows are found without building messages."""
+
+    condition: pl.Expr
+    problem: pl.Expr
+
+
+def _problem(condition: pl.Expr, code: str, message: pl.Expr) -> _Rule:
+    return _Rule(
+        condition,
+        pl.when(condition).then(pl.struct(pl.lit(code).alias("code"), message.alias("message"))),
+    )
 
 
 def _value_message(name: str, what: str) -> pl.Expr:
     return pl.format("column '{}': '{}' is not {}", pl.lit(name), pl.col(name), pl.lit(what))
 
 
-def _typed(source: Source, name: str, kind: ColumnType) -> tuple[pl.Expr, pl.Expr | None]:
-    """(typed value expression, problem expression or None) for one column."""
+def _typed(source: Source, name: str, kind: ColumnType) -> tuple[pl.Expr, _Rule | None]:
+    """(typed value expression, its rule or None) for one column."""
     value = _clean(name)
     if kind is ColumnType.text:
         return value, None
@@ -140,38 +170,106 @@ def _identifier(name: str, kind: IdentifierKind) -> list[pl.Expr]:
     raise AssertionError(f"unhandled identifier kind {kind}")
 
 
-def stage_table(raw: RawTable, source: Source, tombstones: Tombstones | None = None) -> StagedTable:
-    """Split a raw table into typed staged rows and quarantined rows (module docstring).
+def rules_fingerprint(source: Source, table_name: str) -> str:
+    """What a record's staged values depend on besides the record: the table's spec and the
+    source's parsing settings. Part of every record hash, so a config change restages all."""
+    rules = {
+        "version": RULES_VERSION,
+        "table": source.tables[table_name].model_dump(mode="json"),
+        "date_formats": source.date_formats,
+        "timestamp_formats": source.timestamp_formats,
+        "true_values": source.true_values,
+        "false_values": source.false_values,
+    }
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()
 
-    Rows reaching an erased record directly (``tombstones``) are quarantined as ``erased``
-    and nothing else: the one reason linkage never salvages a row for.
+
+def record_hashes(frame: pl.DataFrame, source: Source, table_name: str) -> pl.Series:
+    """``_record_hash`` of each delivered record (module docstring).
+
+    The record is encoded as JSON (its spec columns in order, then the shape error), which
+    tells null from any text and cannot be confused by a delimiter inside a value.
+    SHA-256 rather than a fast 64-bit hash: a collision would silently give a record
+    another record's values, and 128 bits make that beyond reach.
     """
-    table = source.tables[raw.table]
+    columns = [*source.tables[table_name].columns, SHAPE_ERROR]
+    prefix = rules_fingerprint(source, table_name).encode()
+    encoded = frame.select(pl.struct(columns).struct.json_encode()).to_series().to_list()
+    sha256 = hashlib.sha256
+    return pl.Series(
+        RECORD_HASH, [sha256(prefix + r.encode()).hexdigest()[:32] for r in encoded], pl.String
+    )
+
+
+def _row_rules(source: Source, table_name: str) -> tuple[list[pl.Expr], list[_Rule]]:
+    """(typed value expressions, the rules each record must keep on its own)."""
+    table = source.tables[table_name]
     typed_exprs: list[pl.Expr] = []
-    problems: list[pl.Expr] = [
-        _problem(pl.col(SHAPE_ERROR).is_not_null(), WRONG_FIELD_COUNT, pl.col(SHAPE_ERROR))
-    ]
+    rules = [_problem(pl.col(SHAPE_ERROR).is_not_null(), WRONG_FIELD_COUNT, pl.col(SHAPE_ERROR))]
     for name, column in table.columns.items():
-        typed, problem = _typed(source, name, column.type)
+        typed, rule = _typed(source, name, column.type)
         typed_exprs.append(typed.alias(name))
         if column.required:
-            problems.append(
+            rules.append(
                 _problem(
                     _clean(name).is_null(),
                     MISSING_REQUIRED,
                     pl.lit(f"required column '{name}' is empty"),
                 )
             )
-        if problem is not None:
-            problems.append(problem)
+        if rule is not None:
+            rules.append(rule)
+    return typed_exprs, rules
 
-    frame = raw.frame.with_columns(pl.concat_list(problems).list.drop_nulls().alias(_PROBLEM))
+
+def stage_table(
+    raw: RawTable,
+    source: Source,
+    tombstones: Tombstones | None = None,
+    previous: pl.DataFrame | None = None,
+) -> StagedTable:
+    """Split a raw table into typed staged rows and quarantined rows (module docstring).
+
+    Rows reaching an erased record directly (``tombstones``) are quarantined as ``erased``
+    and nothing else: the one reason linkage never salvages a row for.
+
+    ``previous``: staged rows of an earlier delivery of this table (``_record_hash`` and
+    the staged columns); a record with one of those hashes takes its values from there.
+    The result is the same with or without it.
+    """
+    table = source.tables[raw.table]
+    typed_exprs, rules = _row_rules(source, raw.table)
+    identifier_exprs = [
+        expr for name, kind in table.identifiers().items() for expr in _identifier(name, kind)
+    ]
+
+    def typed_rows(rows: pl.DataFrame) -> pl.DataFrame:
+        staged = rows.select(ROW_NUMBER, *typed_exprs, RECORD_HASH)
+        return staged.with_columns(identifier_exprs) if identifier_exprs else staged
+
+    frame = raw.frame.with_columns(record_hashes(raw.frame, source, raw.table))
+    if previous is not None and RECORD_HASH in previous.columns:
+        known_hashes = previous[RECORD_HASH].drop_nulls().unique()
+        known = frame[RECORD_HASH].is_in(known_hashes.implode())
+    else:
+        known = pl.Series([False] * frame.height, dtype=pl.Boolean)
+    frame = frame.with_columns(known.alias(_KNOWN))
+
+    # Row rules, on records not staged before: first which have any problem (cheap), then
+    # the problems themselves for those few rows only. _PROBLEM is null for a clean row.
+    fresh = frame.filter(~pl.col(_KNOWN))
+    any_problem = pl.any_horizontal([r.condition for r in rules]).fill_null(False)
+    flagged = fresh.filter(any_problem).select(
+        ROW_NUMBER,
+        pl.concat_list([r.problem for r in rules]).list.drop_nulls().alias(_PROBLEM),
+    )
+    frame = frame.join(flagged, on=ROW_NUMBER, how="left", maintain_order="left")
     if table.local_key:
         frame = _flag_duplicates(frame, table.local_key)
     if tombstones:
         frame = _flag_erased(frame, tombstones.erased(raw.frame, source, raw.table))
 
-    bad = pl.col(_PROBLEM).list.len() > 0
+    bad = pl.col(_PROBLEM).is_not_null()
     quarantine = frame.filter(bad).select(
         ROW_NUMBER,
         *table.columns,
@@ -185,12 +283,16 @@ def stage_table(raw: RawTable, source: Source, tombstones: Tombstones | None = N
         .list.join("; ")
         .alias("_reason"),
     )
-    identifier_exprs = [
-        expr for name, kind in table.identifiers().items() for expr in _identifier(name, kind)
-    ]
-    staged = frame.filter(~bad).select(ROW_NUMBER, *typed_exprs)
-    if identifier_exprs:
-        staged = staged.with_columns(identifier_exprs)
+    good = frame.filter(~bad)
+    staged = typed_rows(good.filter(~pl.col(_KNOWN)))
+    if previous is not None and RECORD_HASH in previous.columns:
+        carried = good.filter(pl.col(_KNOWN)).select(ROW_NUMBER, RECORD_HASH)
+        if not carried.is_empty():
+            values = previous.select(
+                [pl.col(c).cast(t) for c, t in staged.schema.items() if c != ROW_NUMBER]
+            ).unique(RECORD_HASH, keep="any")
+            carried = carried.join(values, on=RECORD_HASH, how="left").select(staged.columns)
+            staged = pl.concat([staged, carried]).sort(ROW_NUMBER)
     return StagedTable(staged=staged, quarantine=quarantine)
 
 
@@ -220,7 +322,7 @@ def _flag_duplicates(frame: pl.DataFrame, local_key: list[str]) -> pl.DataFrame:
     keyed = frame.with_columns(
         [_clean(k).alias(c) for k, c in zip(local_key, key_cols, strict=True)]
     )
-    clean = pl.col(_PROBLEM).list.len() == 0
+    clean = pl.col(_PROBLEM).is_null()
     first_row = pl.when(clean).then(pl.col(ROW_NUMBER)).otherwise(None).min().over(key_cols)
     message = pl.format("local key ({}) repeats record {}", pl.lit(", ".join(local_key)), first_row)
     problem = pl.struct(pl.lit(DUPLICATE_KEY).alias("code"), message.alias("message"))

@@ -5,7 +5,11 @@ Schemas:
 * ``raw.<source>__<table>`` — every record of every delivery as delivered (text), with
   file name, record number, file sha256, delivery id and load time. Append-only: a newer
   delivery never changes an older one's raw rows.
-* ``staged.<source>__<table>`` — typed, validated rows per extract date (the partition).
+* ``staged.<source>__<table>`` — typed, validated rows per extract date (the partition),
+  each with ``_record_hash`` so that the next delivery, a full snapshot again, stages only
+  the records that are new or changed and takes the others' values from the current one
+  (:mod:`warehouse.staging`; rows staged before hashes were kept have none and are simply
+  staged afresh).
 * ``quarantine.<source>__<table>`` — rows that broke a rule, as delivered, with the reason.
 * ``current.<source>__<table>`` — a view of the staged rows of the source's latest loaded
   delivery: a newer delivery supersedes an older one, an older one arriving late does not.
@@ -35,7 +39,7 @@ import polars as pl
 from warehouse.landing import Delivery, DeliveryError, check_not_future, read_manifest
 from warehouse.reader import RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
-from warehouse.staging import StagedTable, stage_table
+from warehouse.staging import RECORD_HASH, StagedTable, stage_table
 from warehouse.tombstone import Tombstones
 
 _META_DDL = """
@@ -238,6 +242,24 @@ def _current_date(con: duckdb.DuckDBPyConnection, source: str) -> date | None:
     return rows[0][0]
 
 
+def _previous_staged(
+    con: duckdb.DuckDBPyConnection, source: str, table: str, current: date | None
+) -> pl.DataFrame | None:
+    """The staged rows of the source's current delivery that carry a record hash, for
+    :func:`warehouse.staging.stage_table` to reuse; None when there are none (a first
+    delivery, or a warehouse whose rows were staged before hashes were kept)."""
+    name = relation_name(source, table)
+    if current is None or RECORD_HASH not in _columns(con, "staged", name):
+        return None
+    frame = con.sql(
+        f"SELECT * EXCLUDE (_row_number, _delivery_id, _extract_date, _loaded_at, "
+        f'_source_file, _file_sha256) FROM staged."{name}" '
+        f"WHERE _extract_date = ? AND {RECORD_HASH} IS NOT NULL",
+        params=[current],
+    ).pl()
+    return frame if frame.height else None
+
+
 def load_delivery(
     con: duckdb.DuckDBPyConnection,
     delivery: Delivery,
@@ -294,7 +316,11 @@ def load_delivery(
             _current_date(con, source.name),
         )
 
-    staged = [stage_table(raw, source, tombstones) for raw in raws]
+    current = _current_date(con, source.name)
+    staged = [
+        stage_table(raw, source, tombstones, _previous_staged(con, source.name, raw.table, current))
+        for raw in raws
+    ]
     loads = [_table_load(r, s, source) for r, s in zip(raws, staged, strict=True)]
     loaded_at = _now()
     meta = {
