@@ -23,7 +23,6 @@ on every well-formed file.
 from __future__ import annotations
 
 import csv
-import gc
 import hashlib
 import io
 from collections import Counter
@@ -36,6 +35,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
+from matching.allocation import collector_paused
 from warehouse.landing import Delivery, DeliveryError, Manifest, file_sha256
 from warehouse.sources import Source, Table
 
@@ -175,16 +175,11 @@ def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.Da
     csv.field_size_limit(MAX_FIELD_CHARS)
     # Parsing makes millions of small objects and no reference cycles; left on, the cyclic
     # garbage collector rescans them again and again (half the parse time of a big file).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         uniform = _parse_uniform(text, path, source, table)
         if uniform is not None:
             return uniform
         return _parse_careful(text, path, source, table)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _reader(text: str, source: Source) -> Any:
