@@ -94,6 +94,32 @@ def _to_date(column: str) -> pl.Expr:
     return pl.col(column).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
 
 
+def _json_values(column: pl.Expr) -> pl.Expr:
+    """``json.dumps`` of each value of a string column (null -> ``null``), byte for byte.
+
+    The curated JSON columns (provenance, key workers, deliveries) are assembled in
+    Polars from these pieces instead of a Python call per row; a column holds few distinct
+    values (table names, teams, practitioners), so each is encoded once.
+    """
+
+    def encode(values: pl.Series) -> pl.Series:
+        distinct = values.drop_nulls().unique()
+        encoded = pl.Series([json.dumps(v) for v in distinct.to_list()], dtype=pl.String)
+        return values.replace_strict(distinct, encoded, return_dtype=pl.String)
+
+    return column.cast(pl.String).map_batches(encode, return_dtype=pl.String).fill_null("null")
+
+
+def _json_object(pairs: list[tuple[str, pl.Expr]]) -> pl.Expr:
+    """``json.dumps`` of a dict with the given (key, value) entries in that order; an entry
+    whose value is null is left out (the caller decides what counts as missing)."""
+    entries = [
+        pl.when(value.is_not_null()).then(pl.lit(json.dumps(key) + ": ") + _json_values(value))
+        for key, value in pairs
+    ]
+    return pl.lit("{") + pl.concat_str(entries, separator=", ", ignore_nulls=True) + pl.lit("}")
+
+
 def _record_links(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     if not table_exists(con, "linked", "person_records"):
         raise CurationError("linkage has not run yet: no linked.person_records")
@@ -282,11 +308,12 @@ def build_person(
             )
         ).cast(pl.Int32)
     )
-    provenance = pl.struct(
-        [pl.col(src).alias(name) for name, src in sources_of.items()]
-    ).map_elements(
-        lambda s: json.dumps({k: v for k, v in s.items() if v}, sort_keys=True),
-        return_dtype=pl.String,
+    # {field: table} of the fields that have a source, keys sorted (as json sort_keys).
+    provenance = _json_object(
+        [
+            (name, pl.when(pl.col(src) != "").then(pl.col(src)))
+            for name, src in sorted(sources_of.items())
+        ]
     )
     valid_postcode = postcode_expr("postcode")
     postcode = pl.coalesce(valid_postcode, pl.col("postcode").str.strip_chars())
@@ -525,7 +552,13 @@ def build_households(
         at.filter(pl.col("address_line_1").is_not_null() | pl.col("postcode").is_not_null())
         .group_by("household_id", "address_line_1", "town", "postcode", "postcode_district", "uprn")
         .len()
-        .sort(["household_id", "len", "address_line_1"], descending=[False, True, False])
+        # Ties (two addresses as common) are broken on every column, not left to the
+        # sort's whim: the same deliveries always give the same household address.
+        .sort(
+            ["household_id", "len", "address_line_1", "town", "postcode", "uprn"],
+            descending=[False, True, False, False, False, False],
+            nulls_last=[False, False, False, True, True, True],  # the known town etc.
+        )
         .group_by("household_id", maintain_order=True)
         .first()
         .drop("len")
@@ -665,22 +698,31 @@ def build_child_summary(
     workers = (
         open_services.filter(pl.col("practitioner").is_not_null())
         .sort("person_id", "agency", "service")
-        .group_by("person_id", maintain_order=True)
-        .agg(
-            pl.struct(
-                "agency",
-                "service",
-                pl.col("practitioner").alias("name"),
-                pl.col("practitioner_email").alias("email"),
-                "team",
-            ).alias("_workers")
-        )
         .with_columns(
-            pl.col("_workers")
-            .map_elements(lambda ws: json.dumps(list(ws)), return_dtype=pl.String)
-            .alias("key_workers")
+            # One JSON object per worker; a null value is written as null, not left out.
+            pl.concat_str(
+                pl.lit("{"),
+                pl.concat_str(
+                    [
+                        pl.lit(json.dumps(key) + ": ") + _json_values(pl.col(column))
+                        for key, column in (
+                            ("agency", "agency"),
+                            ("service", "service"),
+                            ("name", "practitioner"),
+                            ("email", "practitioner_email"),
+                            ("team", "team"),
+                        )
+                    ],
+                    separator=", ",
+                ),
+                pl.lit("}"),
+            ).alias("_worker")
         )
-        .drop("_workers")
+        .group_by("person_id", maintain_order=True)
+        .agg(pl.col("_worker").str.join(", "))
+        .select(
+            "person_id", pl.concat_str(pl.lit("["), "_worker", pl.lit("]")).alias("key_workers")
+        )
     )
     delivered = (
         records_sources.with_columns(
@@ -688,17 +730,19 @@ def build_child_summary(
             .replace_strict({s: d.isoformat() for s, d in deliveries.items()}, default=None)
             .alias("_date")
         )
-        .group_by("person_id")
-        .agg(pl.struct("source", "_date").alias("_pairs"))
+        # {source: last delivery date or null}, keys sorted (as json sort_keys).
+        .sort("person_id", "source")
         .with_columns(
-            pl.col("_pairs")
-            .map_elements(
-                lambda ps: json.dumps({p["source"]: p["_date"] for p in ps}, sort_keys=True),
-                return_dtype=pl.String,
-            )
-            .alias("sources_last_delivered")
+            pl.concat_str(
+                _json_values(pl.col("source")), pl.lit(": "), _json_values(pl.col("_date"))
+            ).alias("_pair")
         )
-        .drop("_pairs")
+        .group_by("person_id", maintain_order=True)
+        .agg(pl.col("_pair").str.join(", "))
+        .select(
+            "person_id",
+            pl.concat_str(pl.lit("{"), "_pair", pl.lit("}")).alias("sources_last_delivered"),
+        )
     )
     summary = children.select(
         "person_id",
@@ -788,10 +832,17 @@ def build_aggregates(
         .group_by("postcode_district")
         .agg(pl.len().alias("children"), pl.col("domestic_abuse_12m").sum().alias("incidents"))
     )
+    # Sorted by their groups, so a snapshot's rows come out in the same order every time.
     return {
-        "agg_children_by_status": suppress(by_status, ["children"], min_count),
-        "agg_involvement": suppress(by_service, ["people"], min_count),
-        "agg_domestic_abuse": suppress(abuse, ["children", "incidents"], min_count),
+        "agg_children_by_status": suppress(by_status, ["children"], min_count).sort(
+            "postcode_district", "social_care_status", nulls_last=True
+        ),
+        "agg_involvement": suppress(by_service, ["people"], min_count).sort(
+            "agency", "service", "status", nulls_last=True
+        ),
+        "agg_domestic_abuse": suppress(abuse, ["children", "incidents"], min_count).sort(
+            "postcode_district", nulls_last=True
+        ),
     }
 
 
