@@ -15,9 +15,10 @@ import duckdb
 import polars as pl
 import pytest
 
-from warehouse.curate import _json_object, _json_values
+from warehouse.curate import _event_hashes, _json_object, _json_values, _per_distinct
+from warehouse.family_view import analyst_leaks, identifying_values
 from warehouse.pseudonymise import Pseudonyms, analyst_tables, pseudonym
-from warehouse.publish import open_snapshot
+from warehouse.publish import open_snapshot, write_tables
 
 KEY = bytes(range(32))
 TRICKY = [
@@ -145,3 +146,62 @@ def _curated(con: duckdb.DuckDBPyConnection) -> list[str]:
             "select table_name from duckdb_tables() where table_name <> 'snapshot_info'"
         ).fetchall()
     ]
+
+
+def _leaks_one_value_at_a_time(analyst, snapshot) -> list[str]:
+    """The per-value comparison ``analyst_leaks`` replaced: the oracle."""
+    with open_snapshot(snapshot) as source:
+        forbidden = identifying_values(source)
+    leaks = []
+    with open_snapshot(analyst) as con:
+        columns = con.sql(
+            "select table_name, column_name from duckdb_columns() where schema_name = 'main' "
+            "and database_name = current_database() and not internal "
+            "order by table_name, column_index"
+        ).fetchall()
+        for table, column in columns:
+            values = con.sql(f'select distinct cast("{column}" as varchar) from "{table}"')
+            hits = sum(1 for (v,) in values.fetchall() if v in forbidden)
+            if hits:
+                leaks.append(f"{table}.{column}: {hits} identifying value(s)")
+    return leaks
+
+
+def test_analyst_leaks_finds_what_the_per_value_comparison_finds(published_county, tmp_path):
+    store = published_county.store()
+    snapshot = store.current_path()
+    clean = store.path(store.current().analyst)
+    assert analyst_leaks(clean, snapshot) == _leaks_one_value_at_a_time(clean, snapshot) == []
+    with open_snapshot(snapshot) as con:
+        person = con.sql("select * from person").pl()
+        timeline = con.sql("select * from timeline").pl()
+    leaky = {
+        # names, a date of birth as text, full postcodes and districts, free text
+        "person": person.select("forename", "dob", "postcode", "postcode_district", "sex"),
+        "timeline": timeline.select("summary", "agency", pl.col("event_date").cast(pl.String)),
+    }
+    path = tmp_path / "leaky.duckdb"
+    write_tables(path, leaky, {"as_of": "test"}, {})
+    found = analyst_leaks(path, snapshot)
+    assert found == _leaks_one_value_at_a_time(path, snapshot)
+    flagged = {leak.split(":")[0] for leak in found}
+    assert {"person.forename", "person.dob", "person.postcode", "timeline.summary"} <= flagged
+    assert "person.postcode_district" not in flagged  # a district alone is not an address
+    assert "person.sex" not in flagged
+
+
+def test_event_ids_and_per_value_helpers_equal_map_elements():
+    keys = pl.Series("k", [*TRICKY, None, "plain"])
+    expected = keys.map_elements(
+        lambda v: "E" + hashlib.sha256(v.encode()).hexdigest()[:16], return_dtype=pl.String
+    )
+    assert _event_hashes(keys).to_list() == expected.to_list()
+    frame = keys.to_frame()
+    as_list = frame.select(
+        pl.col("k").pipe(_per_distinct, lambda v: [v, v[:1]], pl.List(pl.String))
+    )
+    assert as_list.to_series().to_list() == [None if v is None else [v, v[:1]] for v in keys]
+    some = frame.select(
+        pl.col("k").pipe(_per_distinct, lambda v: v if "a" in v else None, pl.String)
+    )
+    assert some.to_series().to_list() == [v if v is not None and "a" in v else None for v in keys]
