@@ -181,21 +181,27 @@ def _person_rows(
     sex_values = {k.lower(): v for k, v in linkage.sex_values.items()}
     sex = pl.col("sex").str.strip_chars().str.to_lowercase()
     rows = rows.join(links, on=["source", "source_table", "local_key"], how="inner")
-    return rows.with_columns(
-        (pl.col("source") + "." + pl.col("source_table")).alias("_table"),
-        pl.coalesce(_to_date("updated_at"), _to_date("last_seen"), pl.col("extract_date"))
-        .cast(pl.Date)
-        .alias("_record_date"),
-        pl.when(nhs_valid_expr("nhs_number"))
-        .then(nhs_number_expr("nhs_number"))
-        .alias("nhs_number"),
-        pl.col("upn")
-        .pipe(_per_distinct, lambda v: v if is_valid_upn(v) else None, pl.String)
-        .alias("upn"),
-        sex.replace_strict(sex_values, default=sex.str.to_uppercase())
-        .replace_strict({"M": "M", "F": "F"}, default="U")
-        .alias("sex"),
-        *(pl.col(c).str.strip_chars().replace("", None).alias(c) for c in _NAME_FIELDS),
+    # Lazily, so the NHS number is cleaned once rather than once per check digit (the
+    # engine shares the repeated sub-expressions): same expressions, same values.
+    return (
+        rows.lazy()
+        .with_columns(
+            (pl.col("source") + "." + pl.col("source_table")).alias("_table"),
+            pl.coalesce(_to_date("updated_at"), _to_date("last_seen"), pl.col("extract_date"))
+            .cast(pl.Date)
+            .alias("_record_date"),
+            pl.when(nhs_valid_expr("nhs_number"))
+            .then(nhs_number_expr("nhs_number"))
+            .alias("nhs_number"),
+            pl.col("upn")
+            .pipe(_per_distinct, lambda v: v if is_valid_upn(v) else None, pl.String)
+            .alias("upn"),
+            sex.replace_strict(sex_values, default=sex.str.to_uppercase())
+            .replace_strict({"M": "M", "F": "F"}, default="U")
+            .alias("sex"),
+            *(pl.col(c).str.strip_chars().replace("", None).alias(c) for c in _NAME_FIELDS),
+        )
+        .collect()
     )
 
 
@@ -337,41 +343,47 @@ def build_person(
     )
     valid_postcode = postcode_expr("postcode")
     postcode = pl.coalesce(valid_postcode, pl.col("postcode").str.strip_chars())
-    return golden.select(
-        "person_id",
-        "forename",
-        "middle_names",
-        "surname",
-        pl.col("alternative_names").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-        dob.alias("dob"),
-        (pl.col("dob_estimated").str.to_lowercase() == "true")
-        .fill_null(False)
-        .alias("dob_estimated"),
-        age.cast(pl.Int32).alias("age"),
-        (age < config.child_summary.adult_age).alias("is_child"),
-        pl.col("sex").fill_null("U"),
-        "ethnicity",
-        "nhs_number",
-        "upn",
-        "address_line_1",
-        "address_line_2",
-        "town",
-        postcode.alias("postcode"),
-        # Only a real postcode has a district; "N/K" or "NFA" stay without one.
-        valid_postcode.str.split(" ").list.first().alias("postcode_district"),
-        "uprn",
-        "address_as_of",
-        _to_date("date_of_death").alias("date_of_death"),
-        _to_date("date_of_death").is_not_null().alias("deceased"),
-        "household_id",
-        "school_urn",
-        "school_name",
-        "gp_practice_code",
-        "sen_provision",
-        "sources",
-        "record_count",
-        provenance.alias("field_sources"),
-    ).sort("person_id")
+    # Lazily: the date of birth, age and postcode expressions repeat, and are worked out once.
+    return (
+        golden.lazy()
+        .select(
+            "person_id",
+            "forename",
+            "middle_names",
+            "surname",
+            pl.col("alternative_names").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            dob.alias("dob"),
+            (pl.col("dob_estimated").str.to_lowercase() == "true")
+            .fill_null(False)
+            .alias("dob_estimated"),
+            age.cast(pl.Int32).alias("age"),
+            (age < config.child_summary.adult_age).alias("is_child"),
+            pl.col("sex").fill_null("U"),
+            "ethnicity",
+            "nhs_number",
+            "upn",
+            "address_line_1",
+            "address_line_2",
+            "town",
+            postcode.alias("postcode"),
+            # Only a real postcode has a district; "N/K" or "NFA" stay without one.
+            valid_postcode.str.split(" ").list.first().alias("postcode_district"),
+            "uprn",
+            "address_as_of",
+            _to_date("date_of_death").alias("date_of_death"),
+            _to_date("date_of_death").is_not_null().alias("deceased"),
+            "household_id",
+            "school_urn",
+            "school_name",
+            "gp_practice_code",
+            "sen_provision",
+            "sources",
+            "record_count",
+            provenance.alias("field_sources"),
+        )
+        .sort("person_id")
+        .collect()
+    )
 
 
 def normalise_name(expr: pl.Expr) -> pl.Expr:
