@@ -121,25 +121,37 @@ class Pseudonyms:
 
     def __init__(self, key: bytes) -> None:
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)
-        self._cache: dict[str, str] = {}
+        self._known = pl.DataFrame(schema={"_value": pl.String, "_pseudonym": pl.String})
 
     def __call__(self, values: pl.Series) -> pl.Series:
-        distinct = values.drop_nulls().unique().to_list()
-        cache, keyed = self._cache, self._keyed
-        for value in distinct:
-            if value not in cache:
+        values = values.cast(pl.String)
+        new = (
+            values.drop_nulls()
+            .unique()
+            .to_frame("_value")
+            .join(self._known, on="_value", how="anti")
+            .get_column("_value")
+            .to_list()
+        )
+        if new:
+            keyed, hashed = self._keyed, []
+            for value in new:
                 mac = keyed.copy()
                 mac.update(value.encode())
-                cache[value] = mac.hexdigest()[:20]
-        mapping = pl.DataFrame(
-            {"_value": distinct, "_pseudonym": [cache[v] for v in distinct]},
-            schema={"_value": pl.String, "_pseudonym": pl.String},
-        )
+                hashed.append(mac.hexdigest()[:20])
+            self._known = pl.concat(
+                [
+                    self._known,
+                    pl.DataFrame(
+                        {"_value": new, "_pseudonym": hashed},
+                        schema={"_value": pl.String, "_pseudonym": pl.String},
+                    ),
+                ]
+            )
         return (
-            values.cast(pl.String)
-            .rename("_value")
+            values.rename("_value")
             .to_frame()
-            .join(mapping, on="_value", how="left", maintain_order="left")
+            .join(self._known, on="_value", how="left", maintain_order="left")
             .get_column("_pseudonym")
             .rename(values.name)
         )
