@@ -15,10 +15,15 @@ import duckdb
 import polars as pl
 import pytest
 
+from matching.config import load_linkage_config
+from warehouse import curate
 from warehouse.curate import _event_hashes, _json_object, _json_values, _per_distinct
+from warehouse.curated_config import load_curated_config
 from warehouse.family_view import analyst_leaks, identifying_values
 from warehouse.pseudonymise import Pseudonyms, analyst_tables, pseudonym
 from warehouse.publish import open_snapshot, write_tables
+from warehouse.sources import load_sources
+from warehouse.store import connect
 
 KEY = bytes(range(32))
 TRICKY = [
@@ -205,3 +210,50 @@ def test_event_ids_and_per_value_helpers_equal_map_elements():
         pl.col("k").pipe(_per_distinct, lambda v: v if "a" in v else None, pl.String)
     )
     assert some.to_series().to_list() == [v if v is not None and "a" in v else None for v in keys]
+
+
+def test_curated_tables_do_not_depend_on_the_order_rows_arrive_in(published_county, tmp_path):
+    """Every delivery is a full snapshot whose rows may come in any order: the same records
+    must give the same curated tables (golden records, households, aggregates, row order),
+    or a night would change people's addresses and sources without any record changing."""
+    county = published_county.copy(tmp_path / "county")
+    config, linkage, sources = load_curated_config(), load_linkage_config(), load_sources()
+    con = connect(county.warehouse, read_only=True)
+    try:
+        before = curate.build(con, linkage, config, sources).tables
+    finally:
+        con.close()
+    con = connect(county.warehouse)
+    try:
+        keyed = {
+            (schema, table)
+            for schema, table in con.execute(
+                "select schema_name, table_name from duckdb_constraints() "
+                "where constraint_type in ('PRIMARY KEY', 'UNIQUE')"
+            ).fetchall()
+        }
+        shuffled = [
+            (schema, table)
+            for schema, table in con.execute(
+                "select schema_name, table_name from duckdb_tables() "
+                "where schema_name in ('staged', 'linked')"
+            ).fetchall()
+            if (schema, table) not in keyed
+        ]
+        assert len(shuffled) > 10
+        con.execute("select setseed(0.23)")
+        for schema, table in shuffled:
+            con.execute(
+                f'create or replace table "{schema}"."{table}" as '
+                f'select * from "{schema}"."{table}" order by random()'
+            )
+    finally:
+        con.close()
+    con = connect(county.warehouse, read_only=True)
+    try:
+        after = curate.build(con, linkage, config, sources).tables
+    finally:
+        con.close()
+    assert before.keys() == after.keys()
+    differing = [name for name in before if not before[name].equals(after[name], null_equal=True)]
+    assert not differing

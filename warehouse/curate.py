@@ -217,7 +217,12 @@ def _survive(rows: pl.DataFrame, field_name: str, order: list[str]) -> pl.DataFr
             .alias("_rank")
         )
         .filter(pl.col("_rank").is_not_null())
-        .sort(["person_id", "_rank", "_record_date"], descending=[False, False, True])
+        # Two records of a table dated the same day: the lower local key, every night (not
+        # whichever the delivery happened to list first), so a value does not flap.
+        .sort(
+            ["person_id", "_rank", "_record_date", "local_key"],
+            descending=[False, False, True, False],
+        )
         .group_by("person_id", maintain_order=True)
         .first()
         .select(
@@ -266,16 +271,23 @@ def _attributes(
         if resolved is None:
             continue
         frames.append(
-            resolved.drop("source", "source_table", "local_key").with_columns(
-                pl.all().exclude("person_id").cast(pl.String)
+            resolved.with_columns(
+                pl.concat_str(["source", "source_table", "local_key"], separator="|").alias(
+                    "_record"
+                )
             )
+            .drop("source", "source_table", "local_key")
+            .with_columns(pl.all().exclude("person_id", "_record").cast(pl.String))
         )
     if not frames:
         return pl.DataFrame(schema={"person_id": pl.String})
     merged = pl.concat(frames, how="diagonal_relaxed")
-    order = [pl.col("on_roll").fill_null("false")] if "on_roll" in merged.columns else []
-    if order:  # a pupil on roll is preferred over a record at a school they have left
-        merged = merged.sort(order, descending=True)
+    # A pupil on roll is preferred over a record at a school they have left; otherwise
+    # records are taken in (table, local key) order, the same every night.
+    on_roll = [pl.col("on_roll").fill_null("false")] if "on_roll" in merged.columns else []
+    merged = merged.sort(
+        [*on_roll, pl.col("_record")], descending=[True] * len(on_roll) + [False]
+    ).drop("_record")
     return merged.group_by("person_id", maintain_order=True).agg(pl.all().drop_nulls().first())
 
 
@@ -295,7 +307,12 @@ def build_person(
         sources_of[field_name] = f"_src_{field_name}"
     address = (
         rows.filter(pl.col("address_line_1").is_not_null() | pl.col("postcode").is_not_null())
-        .sort(["person_id", "_record_date"], descending=[False, True])
+        # Records dated the same day (often: a record without an update time is dated by
+        # its delivery): the first by table and local key, every night.
+        .sort(
+            ["person_id", "_record_date", "_table", "local_key"],
+            descending=[False, True, False, False],
+        )
         .group_by("person_id", maintain_order=True)
         .first()
         .select(
