@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 
 import duckdb
 import polars as pl
@@ -17,11 +18,12 @@ import pytest
 
 from matching.config import load_linkage_config
 from warehouse import curate
-from warehouse.curate import _event_hashes, _json_object, _json_values, _per_distinct
+from warehouse.curate import TABLE_ORDER, _event_hashes, _json_object, _json_values, _per_distinct
 from warehouse.curated_config import load_curated_config
 from warehouse.family_view import analyst_leaks, identifying_values
 from warehouse.pseudonymise import Pseudonyms, analyst_tables, pseudonym
 from warehouse.publish import open_snapshot, write_tables
+from warehouse.serving import open_serving
 from warehouse.sources import load_sources
 from warehouse.store import connect
 
@@ -257,3 +259,52 @@ def test_curated_tables_do_not_depend_on_the_order_rows_arrive_in(published_coun
     assert before.keys() == after.keys()
     differing = [name for name in before if not before[name].equals(after[name], null_equal=True)]
     assert not differing
+
+
+def test_the_serving_copy_is_written_in_the_snapshots_table_and_row_order(published_county):
+    """Written table by table while the build runs, the serving copy still holds each
+    table's rows in the snapshot's order (the order a fresh copy would have)."""
+    snapshot = published_county.store().current_path()
+    copy = open_serving(snapshot)
+    try:
+        names = [
+            n
+            for (n,) in copy.execute(
+                "select name from sqlite_master where type='table' and name not like 'sqlite_%'"
+            )
+        ]
+        assert names == list(TABLE_ORDER)
+        with open_snapshot(snapshot) as con:
+            for name in TABLE_ORDER:
+                expected = con.sql(f'select * from "{name}"').fetchall()
+                got = copy.execute(f'select * from "{name}" order by rowid').fetchall()
+                assert got == expected, name
+    finally:
+        copy.close()
+
+
+def test_a_build_failing_midway_stops_its_serving_copy_and_publishes_nothing(
+    published_county, tmp_path, monkeypatch
+):
+    county = published_county.copy(tmp_path / "county")
+    before = county.store().current()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("child summary failed")
+
+    monkeypatch.setattr(curate, "build_child_summary", broken)
+    outcome: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            county.publish()
+        except BaseException as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=publish)
+    worker.start()
+    worker.join(timeout=300)
+    assert not worker.is_alive(), "a failed build must not leave its serving copy waiting"
+    assert len(outcome) == 1 and "child summary failed" in str(outcome[0])
+    assert county.store().current() == before
+    assert not list(county.store().snapshots.glob("*.building"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -945,15 +946,47 @@ def latest_deliveries(con: duckdb.DuckDBPyConnection) -> dict[str, date]:
     return {source: extract_date for source, extract_date in rows}
 
 
+# The order the curated tables are written in (snapshot, analysts' file, serving copy).
+TABLE_ORDER: tuple[str, ...] = (
+    "person",
+    "household",
+    "household_members",
+    "relationships",
+    "involvement",
+    "timeline",
+    "child_summary",
+    "person_names",
+    "person_records",
+    "person_organisations",
+    "source_deliveries",
+    "agg_children_by_status",
+    "agg_involvement",
+    "agg_domestic_abuse",
+)
+
+
 def build(
     con: duckdb.DuckDBPyConnection,
     linkage: LinkageConfig,
     config: CuratedConfig,
     sources: dict[str, Source],
     rectifications: pl.DataFrame | None = None,
+    on_table: Callable[[str, pl.DataFrame], None] | None = None,
 ) -> CuratedBuild:
     """Every curated table from the warehouse behind ``con`` (read only), with the active
-    ``rectifications`` (see :mod:`warehouse.corrections`) applied to the golden records."""
+    ``rectifications`` (see :mod:`warehouse.corrections`) applied to the golden records.
+
+    ``on_table(name, frame)`` is called with each finished (conformed) table as soon as it
+    is final, so a caller can start writing it while the rest are built; the tables are
+    built in the same order, and returned in ``TABLE_ORDER``, either way.
+    """
+    finished: dict[str, pl.DataFrame] = {}
+
+    def done(name: str, frame: pl.DataFrame) -> None:
+        finished[name] = conform(name, frame)
+        if on_table is not None:
+            on_table(name, finished[name])
+
     as_of = as_of_date(con)
     links = _record_links(con)
     unlinked: dict[str, int] = {}
@@ -968,41 +1001,47 @@ def build(
     person, lapsed = corrections.apply(
         person, person_records, rectifications, as_of, config.child_summary.adult_age
     )
+    done("person", person)
     household, household_members = build_households(members, person)
+    done("household", household)
+    done("household_members", household_members)
     relationships = con.sql(
         "select person_id, related_person_id, relationship, evidence "
         "from linked.person_relationships order by all"
     ).pl()
+    done("relationships", relationships)
     timeline = build_timeline(con, config, links, unlinked)
     involvement = build_involvement(con, config, links, unlinked, as_of)
+    done("involvement", involvement)
+    done("timeline", timeline)
     deliveries = latest_deliveries(con)
     records_sources = links.select("person_id", "source").unique()
     child_summary = build_child_summary(
         person, involvement, timeline, records_sources, deliveries, config, as_of
     )
-    tables = {
-        "person": person,
-        "household": household,
-        "household_members": household_members,
-        "relationships": relationships,
-        "involvement": involvement,
-        "timeline": timeline,
-        "child_summary": child_summary,
-        # The golden name too: a rectified name is searchable from the night it shows.
-        "person_names": build_person_names(
+    done("child_summary", child_summary)
+    # The golden name too: a rectified name is searchable from the night it shows.
+    done(
+        "person_names",
+        build_person_names(
             pl.concat([rows, person.select("person_id", *_NAME_FIELDS)], how="diagonal_relaxed")
         ),
-        "person_records": person_records,
-        "person_organisations": build_organisations(con, config, links, unlinked),
-        "source_deliveries": build_source_deliveries(deliveries, sources),
-        **build_aggregates(child_summary, person, involvement, config.aggregates.min_count),
-    }
-    missing = set(TABLES) - set(tables)
+    )
+    done("person_records", person_records)
+    done("person_organisations", build_organisations(con, config, links, unlinked))
+    done("source_deliveries", build_source_deliveries(deliveries, sources))
+    for name, frame in build_aggregates(
+        child_summary, person, involvement, config.aggregates.min_count
+    ).items():
+        done(name, frame)
+    missing = set(TABLES) - set(finished)
     if missing:
         raise CurationError(f"no builder for curated tables {sorted(missing)}")
+    if set(TABLE_ORDER) != set(finished):
+        raise CurationError(f"TABLE_ORDER does not list exactly {sorted(finished)}")
     return CuratedBuild(
         as_of=as_of,
-        tables={name: conform(name, frame) for name, frame in tables.items()},
+        tables={name: finished[name] for name in TABLE_ORDER},
         unlinked=unlinked,
         lapsed=lapsed,
     )

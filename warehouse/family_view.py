@@ -7,6 +7,8 @@ readers on yesterday's snapshot. ``sdv publish`` runs the same steps.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 from sqlalchemy.engine import Engine
 
 from matching.config import LinkageConfig
@@ -31,7 +34,7 @@ from warehouse.publish import (
     open_snapshot,
     write_tables,
 )
-from warehouse.serving import write_serving
+from warehouse.serving import serving_path, write_serving
 from warehouse.sources import Source
 from warehouse.stages import StageClock
 
@@ -48,6 +51,50 @@ class BuiltSnapshot:
     # seconds and peak resident MiB, so a slow or hungry night says where it went.
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_peak_mib: dict[str, float | None] = field(default_factory=dict)
+
+
+class _Arriving(Mapping[str, pl.DataFrame]):
+    """The curated tables, handed over one at a time as the build finishes them.
+
+    Reading a table waits until it has arrived, so the serving copy (which reads them in
+    order) can be written while later tables are still being built; if the build fails,
+    every wait ends with :class:`_BuildFailed`.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._frames: dict[str, pl.DataFrame] = {}
+        self._failed: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def put(self, name: str, frame: pl.DataFrame) -> None:
+        with self._changed:
+            self._frames[name] = frame
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._failed = error
+            self._changed.notify_all()
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        if name not in self._names:
+            raise KeyError(name)
+        with self._changed:
+            self._changed.wait_for(lambda: name in self._frames or self._failed is not None)
+            if name in self._frames:
+                return self._frames[name]
+        raise _BuildFailed(f"the build failed before {name} was finished") from self._failed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _BuildFailed(RuntimeError):
+    """The curated build failed while its serving copy was being written."""
 
 
 @dataclass(frozen=True)
@@ -73,21 +120,36 @@ def build_snapshot(
     source has overtaken are recorded there as lapsed.
     """
     clock = StageClock()
-    with clock.stage("curate"):
-        active = None
-        if operational is not None:
-            ensure_schema(operational)
-            active = rectification.for_build(operational)
-        built = curate.build(con, linkage, config, sources, active)
-        if operational is not None:
-            rectification.record_lapsed(operational, [(x.id, x.reason) for x in built.lapsed])
-    with clock.stage("write"):
-        snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
-        info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
-        # The serving copy is written by a second thread meanwhile: DuckDB writes with
-        # the GIL released, so on two cores the copy costs little wall time.
-        with ThreadPoolExecutor(1, thread_name_prefix="serving") as pool:
-            copy = pool.submit(write_serving, snapshot_path, built.tables)
+    snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
+    # The serving copy is written by a second thread, table by table as the build finishes
+    # each: the build is mostly one core's work and SQLite inserts another's, so on two
+    # cores the copy is largely done by the time the snapshot itself is written.
+    arriving = _Arriving(curate.TABLE_ORDER)
+    with ThreadPoolExecutor(1, thread_name_prefix="serving") as pool:
+        copy = pool.submit(write_serving, snapshot_path, arriving)
+        try:
+            with clock.stage("curate"):
+                active = None
+                if operational is not None:
+                    ensure_schema(operational)
+                    active = rectification.for_build(operational)
+                built = curate.build(con, linkage, config, sources, active, arriving.put)
+                if operational is not None:
+                    rectification.record_lapsed(
+                        operational, [(x.id, x.reason) for x in built.lapsed]
+                    )
+        except BaseException as err:
+            arriving.fail(err)  # the copy stops; its unfinished file is removed below
+            pool.shutdown(wait=True)
+            unfinished = serving_path(snapshot_path)
+            unfinished.with_name(unfinished.name + ".building").unlink(missing_ok=True)
+            raise
+        with clock.stage("write"):
+            info = {
+                "snapshot": snapshot_path.name,
+                "as_of": built.as_of,
+                "unlinked": built.unlinked,
+            }
             write_tables(snapshot_path, built.tables, info, curated_comments())
             analyst = analyst_tables(built.tables, key)
             write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
