@@ -527,11 +527,16 @@ def build_involvement(
         (pl.col("end_date").is_null() | (pl.col("end_date") > as_of)).alias("_open")
     )
     # The lead practitioner of a service is the one on its latest open row, else latest row.
+    # Two rows as open and as recent (say two GP registrations without dates): the rest of
+    # the row decides, so the same rows give the same lead every night in any order.
     latest = rows.sort(
-        ["person_id", "agency", "service", "_open", "start_date"],
-        descending=[False, False, False, True, True],
+        [
+            "person_id", "agency", "service", "_open", "start_date", "end_date",
+            "organisation", "team", "practitioner", "practitioner_email",
+        ],
+        descending=[False, False, False, True, True, True, False, False, False, False],
         nulls_last=True,
-    )
+    )  # fmt: skip
     return (
         latest.group_by("person_id", "agency", "service", maintain_order=True)
         .agg(
