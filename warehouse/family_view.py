@@ -47,8 +47,10 @@ class BuiltSnapshot:
     rows: dict[str, int]
     unlinked: dict[str, int] = field(default_factory=dict)
     lapsed: int = 0  # rectifications a source overtook tonight (recorded as lapsed)
-    # Per stage ("curate": the curated tables in memory; "write": both files on disk):
-    # seconds and peak resident MiB, so a slow or hungry night says where it went.
+    # Per stage ("curate": the curated tables in memory, while the serving copy is being
+    # written alongside; "write": the snapshot and analysts' file on disk and the serving
+    # copy finished): seconds and peak resident MiB, so a slow or hungry night says where
+    # it went.
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_peak_mib: dict[str, float | None] = field(default_factory=dict)
 
