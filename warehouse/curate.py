@@ -418,14 +418,26 @@ def build_person_names(rows: pl.DataFrame) -> pl.DataFrame:
     """Every (forename, surname) a person's records use, for typo- and nickname-tolerant
     search: preferred and former names included."""
     nicknames = nickname_table()
+    forenames, surnames = (
+        ("forename", "preferred_forename"),
+        (
+            "surname",
+            "preferred_surname",
+            "former_surname",
+        ),
+    )
+    # Each name column normalised once, then paired (not once per pair it is in).
+    normalised = rows.select(
+        "person_id", *(normalise_name(pl.col(c)).alias(c) for c in (*forenames, *surnames))
+    )
     pairs = pl.concat(
-        rows.select(
+        normalised.select(
             "person_id",
-            normalise_name(pl.col(fore)).alias("forename_norm"),
-            normalise_name(pl.col(sur)).alias("surname_norm"),
+            pl.col(fore).alias("forename_norm"),
+            pl.col(sur).alias("surname_norm"),
         )
-        for fore in ("forename", "preferred_forename")
-        for sur in ("surname", "preferred_surname", "former_surname")
+        for fore in forenames
+        for sur in surnames
     )
     pairs = pairs.filter(pl.col("surname_norm").is_not_null()).unique().sort(pl.all())
     return pairs.with_columns(
