@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -94,6 +95,52 @@ def _to_date(column: str) -> pl.Expr:
     return pl.col(column).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
 
 
+def _per_distinct(column: pl.Expr, function, dtype: pl.DataType) -> pl.Expr:
+    """``function`` of each value of ``column`` (null stays null), called once per distinct
+    value: what ``map_elements`` gives, without a Python call for every row."""
+
+    def apply(values: pl.Series) -> pl.Series:
+        distinct = values.drop_nulls().unique()
+        mapping = pl.DataFrame(
+            [distinct.rename("_v"), pl.Series("_f", [function(v) for v in distinct], dtype=dtype)]
+        )
+        return (
+            values.rename("_v")
+            .to_frame()
+            .join(mapping, on="_v", how="left", maintain_order="left")
+            .get_column("_f")
+            .rename(values.name)
+        )
+
+    return column.map_batches(apply, return_dtype=dtype)
+
+
+def _json_values(column: pl.Expr) -> pl.Expr:
+    """``json.dumps`` of each value of a string column (null -> ``null``), byte for byte.
+
+    The curated JSON columns (provenance, key workers, deliveries) are assembled in
+    Polars from these pieces instead of a Python call per row; a column holds few distinct
+    values (table names, teams, practitioners), so each is encoded once.
+    """
+
+    def encode(values: pl.Series) -> pl.Series:
+        distinct = values.drop_nulls().unique()
+        encoded = pl.Series([json.dumps(v) for v in distinct.to_list()], dtype=pl.String)
+        return values.replace_strict(distinct, encoded, return_dtype=pl.String)
+
+    return column.cast(pl.String).map_batches(encode, return_dtype=pl.String).fill_null("null")
+
+
+def _json_object(pairs: list[tuple[str, pl.Expr]]) -> pl.Expr:
+    """``json.dumps`` of a dict with the given (key, value) entries in that order; an entry
+    whose value is null is left out (the caller decides what counts as missing)."""
+    entries = [
+        pl.when(value.is_not_null()).then(pl.lit(json.dumps(key) + ": ") + _json_values(value))
+        for key, value in pairs
+    ]
+    return pl.lit("{") + pl.concat_str(entries, separator=", ", ignore_nulls=True) + pl.lit("}")
+
+
 def _record_links(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     if not table_exists(con, "linked", "person_records"):
         raise CurationError("linkage has not run yet: no linked.person_records")
@@ -135,21 +182,27 @@ def _person_rows(
     sex_values = {k.lower(): v for k, v in linkage.sex_values.items()}
     sex = pl.col("sex").str.strip_chars().str.to_lowercase()
     rows = rows.join(links, on=["source", "source_table", "local_key"], how="inner")
-    return rows.with_columns(
-        (pl.col("source") + "." + pl.col("source_table")).alias("_table"),
-        pl.coalesce(_to_date("updated_at"), _to_date("last_seen"), pl.col("extract_date"))
-        .cast(pl.Date)
-        .alias("_record_date"),
-        pl.when(nhs_valid_expr("nhs_number"))
-        .then(nhs_number_expr("nhs_number"))
-        .alias("nhs_number"),
-        pl.col("upn")
-        .map_elements(lambda v: v if is_valid_upn(v) else None, return_dtype=pl.String)
-        .alias("upn"),
-        sex.replace_strict(sex_values, default=sex.str.to_uppercase())
-        .replace_strict({"M": "M", "F": "F"}, default="U")
-        .alias("sex"),
-        *(pl.col(c).str.strip_chars().replace("", None).alias(c) for c in _NAME_FIELDS),
+    # Lazily, so the NHS number is cleaned once rather than once per check digit (the
+    # engine shares the repeated sub-expressions): same expressions, same values.
+    return (
+        rows.lazy()
+        .with_columns(
+            (pl.col("source") + "." + pl.col("source_table")).alias("_table"),
+            pl.coalesce(_to_date("updated_at"), _to_date("last_seen"), pl.col("extract_date"))
+            .cast(pl.Date)
+            .alias("_record_date"),
+            pl.when(nhs_valid_expr("nhs_number"))
+            .then(nhs_number_expr("nhs_number"))
+            .alias("nhs_number"),
+            pl.col("upn")
+            .pipe(_per_distinct, lambda v: v if is_valid_upn(v) else None, pl.String)
+            .alias("upn"),
+            sex.replace_strict(sex_values, default=sex.str.to_uppercase())
+            .replace_strict({"M": "M", "F": "F"}, default="U")
+            .alias("sex"),
+            *(pl.col(c).str.strip_chars().replace("", None).alias(c) for c in _NAME_FIELDS),
+        )
+        .collect()
     )
 
 
@@ -165,7 +218,12 @@ def _survive(rows: pl.DataFrame, field_name: str, order: list[str]) -> pl.DataFr
             .alias("_rank")
         )
         .filter(pl.col("_rank").is_not_null())
-        .sort(["person_id", "_rank", "_record_date"], descending=[False, False, True])
+        # Two records of a table dated the same day: the lower local key, every night (not
+        # whichever the delivery happened to list first), so a value does not flap.
+        .sort(
+            ["person_id", "_rank", "_record_date", "local_key"],
+            descending=[False, False, True, False],
+        )
         .group_by("person_id", maintain_order=True)
         .first()
         .select(
@@ -214,16 +272,23 @@ def _attributes(
         if resolved is None:
             continue
         frames.append(
-            resolved.drop("source", "source_table", "local_key").with_columns(
-                pl.all().exclude("person_id").cast(pl.String)
+            resolved.with_columns(
+                pl.concat_str(["source", "source_table", "local_key"], separator="|").alias(
+                    "_record"
+                )
             )
+            .drop("source", "source_table", "local_key")
+            .with_columns(pl.all().exclude("person_id", "_record").cast(pl.String))
         )
     if not frames:
         return pl.DataFrame(schema={"person_id": pl.String})
     merged = pl.concat(frames, how="diagonal_relaxed")
-    order = [pl.col("on_roll").fill_null("false")] if "on_roll" in merged.columns else []
-    if order:  # a pupil on roll is preferred over a record at a school they have left
-        merged = merged.sort(order, descending=True)
+    # A pupil on roll is preferred over a record at a school they have left; otherwise
+    # records are taken in (table, local key) order, the same every night.
+    on_roll = [pl.col("on_roll").fill_null("false")] if "on_roll" in merged.columns else []
+    merged = merged.sort(
+        [*on_roll, pl.col("_record")], descending=[True] * len(on_roll) + [False]
+    ).drop("_record")
     return merged.group_by("person_id", maintain_order=True).agg(pl.all().drop_nulls().first())
 
 
@@ -243,7 +308,12 @@ def build_person(
         sources_of[field_name] = f"_src_{field_name}"
     address = (
         rows.filter(pl.col("address_line_1").is_not_null() | pl.col("postcode").is_not_null())
-        .sort(["person_id", "_record_date"], descending=[False, True])
+        # Records dated the same day (often: a record without an update time is dated by
+        # its delivery): the first by table and local key, every night.
+        .sort(
+            ["person_id", "_record_date", "_table", "local_key"],
+            descending=[False, True, False, False],
+        )
         .group_by("person_id", maintain_order=True)
         .first()
         .select(
@@ -282,49 +352,56 @@ def build_person(
             )
         ).cast(pl.Int32)
     )
-    provenance = pl.struct(
-        [pl.col(src).alias(name) for name, src in sources_of.items()]
-    ).map_elements(
-        lambda s: json.dumps({k: v for k, v in s.items() if v}, sort_keys=True),
-        return_dtype=pl.String,
+    # {field: table} of the fields that have a source, keys sorted (as json sort_keys).
+    provenance = _json_object(
+        [
+            (name, pl.when(pl.col(src) != "").then(pl.col(src)))
+            for name, src in sorted(sources_of.items())
+        ]
     )
     valid_postcode = postcode_expr("postcode")
     postcode = pl.coalesce(valid_postcode, pl.col("postcode").str.strip_chars())
-    return golden.select(
-        "person_id",
-        "forename",
-        "middle_names",
-        "surname",
-        pl.col("alternative_names").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-        dob.alias("dob"),
-        (pl.col("dob_estimated").str.to_lowercase() == "true")
-        .fill_null(False)
-        .alias("dob_estimated"),
-        age.cast(pl.Int32).alias("age"),
-        (age < config.child_summary.adult_age).alias("is_child"),
-        pl.col("sex").fill_null("U"),
-        "ethnicity",
-        "nhs_number",
-        "upn",
-        "address_line_1",
-        "address_line_2",
-        "town",
-        postcode.alias("postcode"),
-        # Only a real postcode has a district; "N/K" or "NFA" stay without one.
-        valid_postcode.str.split(" ").list.first().alias("postcode_district"),
-        "uprn",
-        "address_as_of",
-        _to_date("date_of_death").alias("date_of_death"),
-        _to_date("date_of_death").is_not_null().alias("deceased"),
-        "household_id",
-        "school_urn",
-        "school_name",
-        "gp_practice_code",
-        "sen_provision",
-        "sources",
-        "record_count",
-        provenance.alias("field_sources"),
-    ).sort("person_id")
+    # Lazily: the date of birth, age and postcode expressions repeat, and are worked out once.
+    return (
+        golden.lazy()
+        .select(
+            "person_id",
+            "forename",
+            "middle_names",
+            "surname",
+            pl.col("alternative_names").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            dob.alias("dob"),
+            (pl.col("dob_estimated").str.to_lowercase() == "true")
+            .fill_null(False)
+            .alias("dob_estimated"),
+            age.cast(pl.Int32).alias("age"),
+            (age < config.child_summary.adult_age).alias("is_child"),
+            pl.col("sex").fill_null("U"),
+            "ethnicity",
+            "nhs_number",
+            "upn",
+            "address_line_1",
+            "address_line_2",
+            "town",
+            postcode.alias("postcode"),
+            # Only a real postcode has a district; "N/K" or "NFA" stay without one.
+            valid_postcode.str.split(" ").list.first().alias("postcode_district"),
+            "uprn",
+            "address_as_of",
+            _to_date("date_of_death").alias("date_of_death"),
+            _to_date("date_of_death").is_not_null().alias("deceased"),
+            "household_id",
+            "school_urn",
+            "school_name",
+            "gp_practice_code",
+            "sen_provision",
+            "sources",
+            "record_count",
+            provenance.alias("field_sources"),
+        )
+        .sort("person_id")
+        .collect()
+    )
 
 
 def normalise_name(expr: pl.Expr) -> pl.Expr:
@@ -341,19 +418,31 @@ def build_person_names(rows: pl.DataFrame) -> pl.DataFrame:
     """Every (forename, surname) a person's records use, for typo- and nickname-tolerant
     search: preferred and former names included."""
     nicknames = nickname_table()
+    forenames, surnames = (
+        ("forename", "preferred_forename"),
+        (
+            "surname",
+            "preferred_surname",
+            "former_surname",
+        ),
+    )
+    # Each name column normalised once, then paired (not once per pair it is in).
+    normalised = rows.select(
+        "person_id", *(normalise_name(pl.col(c)).alias(c) for c in (*forenames, *surnames))
+    )
     pairs = pl.concat(
-        rows.select(
+        normalised.select(
             "person_id",
-            normalise_name(pl.col(fore)).alias("forename_norm"),
-            normalise_name(pl.col(sur)).alias("surname_norm"),
+            pl.col(fore).alias("forename_norm"),
+            pl.col(sur).alias("surname_norm"),
         )
-        for fore in ("forename", "preferred_forename")
-        for sur in ("surname", "preferred_surname", "former_surname")
+        for fore in forenames
+        for sur in surnames
     )
     pairs = pairs.filter(pl.col("surname_norm").is_not_null()).unique().sort(pl.all())
     return pairs.with_columns(
         pl.col("forename_norm")
-        .map_elements(lambda n: list(nicknames.get(n, (n,))), return_dtype=pl.List(pl.String))
+        .pipe(_per_distinct, lambda n: list(nicknames.get(n, (n,))), pl.List(pl.String))
         .fill_null(pl.lit([], dtype=pl.List(pl.String)))
         .alias("forename_keys")
     )
@@ -366,8 +455,16 @@ def _event_id(agency: str, index: int) -> pl.Expr:
     return pl.concat_str(
         [pl.lit(f"{agency}|{index}"), pl.col("event_key").cast(pl.String), "person_id"],
         separator="|",
-    ).map_elements(
-        lambda v: "E" + hashlib.sha256(v.encode()).hexdigest()[:16], return_dtype=pl.String
+    ).map_batches(_event_hashes, return_dtype=pl.String)
+
+
+def _event_hashes(keys: pl.Series) -> pl.Series:
+    """``E`` + the first 16 hex digits of each key's SHA-256 (null stays null): one tight
+    loop over the column rather than a ``map_elements`` call per row."""
+    sha256 = hashlib.sha256
+    return pl.Series(
+        [None if k is None else "E" + sha256(k.encode()).hexdigest()[:16] for k in keys.to_list()],
+        dtype=pl.String,
     )
 
 
@@ -442,11 +539,16 @@ def build_involvement(
         (pl.col("end_date").is_null() | (pl.col("end_date") > as_of)).alias("_open")
     )
     # The lead practitioner of a service is the one on its latest open row, else latest row.
+    # Two rows as open and as recent (say two GP registrations without dates): the rest of
+    # the row decides, so the same rows give the same lead every night in any order.
     latest = rows.sort(
-        ["person_id", "agency", "service", "_open", "start_date"],
-        descending=[False, False, False, True, True],
+        [
+            "person_id", "agency", "service", "_open", "start_date", "end_date",
+            "organisation", "team", "practitioner", "practitioner_email",
+        ],
+        descending=[False, False, False, True, True, True, False, False, False, False],
         nulls_last=True,
-    )
+    )  # fmt: skip
     return (
         latest.group_by("person_id", "agency", "service", maintain_order=True)
         .agg(
@@ -525,7 +627,13 @@ def build_households(
         at.filter(pl.col("address_line_1").is_not_null() | pl.col("postcode").is_not_null())
         .group_by("household_id", "address_line_1", "town", "postcode", "postcode_district", "uprn")
         .len()
-        .sort(["household_id", "len", "address_line_1"], descending=[False, True, False])
+        # Ties (two addresses as common) are broken on every column, not left to the
+        # sort's whim: the same deliveries always give the same household address.
+        .sort(
+            ["household_id", "len", "address_line_1", "town", "postcode", "uprn"],
+            descending=[False, True, False, False, False, False],
+            nulls_last=[False, False, False, True, True, True],  # the known town etc.
+        )
         .group_by("household_id", maintain_order=True)
         .first()
         .drop("len")
@@ -665,22 +773,31 @@ def build_child_summary(
     workers = (
         open_services.filter(pl.col("practitioner").is_not_null())
         .sort("person_id", "agency", "service")
-        .group_by("person_id", maintain_order=True)
-        .agg(
-            pl.struct(
-                "agency",
-                "service",
-                pl.col("practitioner").alias("name"),
-                pl.col("practitioner_email").alias("email"),
-                "team",
-            ).alias("_workers")
-        )
         .with_columns(
-            pl.col("_workers")
-            .map_elements(lambda ws: json.dumps(list(ws)), return_dtype=pl.String)
-            .alias("key_workers")
+            # One JSON object per worker; a null value is written as null, not left out.
+            pl.concat_str(
+                pl.lit("{"),
+                pl.concat_str(
+                    [
+                        pl.lit(json.dumps(key) + ": ") + _json_values(pl.col(column))
+                        for key, column in (
+                            ("agency", "agency"),
+                            ("service", "service"),
+                            ("name", "practitioner"),
+                            ("email", "practitioner_email"),
+                            ("team", "team"),
+                        )
+                    ],
+                    separator=", ",
+                ),
+                pl.lit("}"),
+            ).alias("_worker")
         )
-        .drop("_workers")
+        .group_by("person_id", maintain_order=True)
+        .agg(pl.col("_worker").str.join(", "))
+        .select(
+            "person_id", pl.concat_str(pl.lit("["), "_worker", pl.lit("]")).alias("key_workers")
+        )
     )
     delivered = (
         records_sources.with_columns(
@@ -688,17 +805,19 @@ def build_child_summary(
             .replace_strict({s: d.isoformat() for s, d in deliveries.items()}, default=None)
             .alias("_date")
         )
-        .group_by("person_id")
-        .agg(pl.struct("source", "_date").alias("_pairs"))
+        # {source: last delivery date or null}, keys sorted (as json sort_keys).
+        .sort("person_id", "source")
         .with_columns(
-            pl.col("_pairs")
-            .map_elements(
-                lambda ps: json.dumps({p["source"]: p["_date"] for p in ps}, sort_keys=True),
-                return_dtype=pl.String,
-            )
-            .alias("sources_last_delivered")
+            pl.concat_str(
+                _json_values(pl.col("source")), pl.lit(": "), _json_values(pl.col("_date"))
+            ).alias("_pair")
         )
-        .drop("_pairs")
+        .group_by("person_id", maintain_order=True)
+        .agg(pl.col("_pair").str.join(", "))
+        .select(
+            "person_id",
+            pl.concat_str(pl.lit("{"), "_pair", pl.lit("}")).alias("sources_last_delivered"),
+        )
     )
     summary = children.select(
         "person_id",
@@ -788,10 +907,17 @@ def build_aggregates(
         .group_by("postcode_district")
         .agg(pl.len().alias("children"), pl.col("domestic_abuse_12m").sum().alias("incidents"))
     )
+    # Sorted by their groups, so a snapshot's rows come out in the same order every time.
     return {
-        "agg_children_by_status": suppress(by_status, ["children"], min_count),
-        "agg_involvement": suppress(by_service, ["people"], min_count),
-        "agg_domestic_abuse": suppress(abuse, ["children", "incidents"], min_count),
+        "agg_children_by_status": suppress(by_status, ["children"], min_count).sort(
+            "postcode_district", "social_care_status", nulls_last=True
+        ),
+        "agg_involvement": suppress(by_service, ["people"], min_count).sort(
+            "agency", "service", "status", nulls_last=True
+        ),
+        "agg_domestic_abuse": suppress(abuse, ["children", "incidents"], min_count).sort(
+            "postcode_district", nulls_last=True
+        ),
     }
 
 
@@ -837,15 +963,47 @@ def latest_deliveries(con: duckdb.DuckDBPyConnection) -> dict[str, date]:
     return {source: extract_date for source, extract_date in rows}
 
 
+# The order the curated tables are written in (snapshot, analysts' file, serving copy).
+TABLE_ORDER: tuple[str, ...] = (
+    "person",
+    "household",
+    "household_members",
+    "relationships",
+    "involvement",
+    "timeline",
+    "child_summary",
+    "person_names",
+    "person_records",
+    "person_organisations",
+    "source_deliveries",
+    "agg_children_by_status",
+    "agg_involvement",
+    "agg_domestic_abuse",
+)
+
+
 def build(
     con: duckdb.DuckDBPyConnection,
     linkage: LinkageConfig,
     config: CuratedConfig,
     sources: dict[str, Source],
     rectifications: pl.DataFrame | None = None,
+    on_table: Callable[[str, pl.DataFrame], None] | None = None,
 ) -> CuratedBuild:
     """Every curated table from the warehouse behind ``con`` (read only), with the active
-    ``rectifications`` (see :mod:`warehouse.corrections`) applied to the golden records."""
+    ``rectifications`` (see :mod:`warehouse.corrections`) applied to the golden records.
+
+    ``on_table(name, frame)`` is called with each finished (conformed) table as soon as it
+    is final, so a caller can start writing it while the rest are built; the tables are
+    built in the same order, and returned in ``TABLE_ORDER``, either way.
+    """
+    finished: dict[str, pl.DataFrame] = {}
+
+    def done(name: str, frame: pl.DataFrame) -> None:
+        finished[name] = conform(name, frame)
+        if on_table is not None:
+            on_table(name, finished[name])
+
     as_of = as_of_date(con)
     links = _record_links(con)
     unlinked: dict[str, int] = {}
@@ -860,41 +1018,47 @@ def build(
     person, lapsed = corrections.apply(
         person, person_records, rectifications, as_of, config.child_summary.adult_age
     )
+    done("person", person)
     household, household_members = build_households(members, person)
+    done("household", household)
+    done("household_members", household_members)
     relationships = con.sql(
         "select person_id, related_person_id, relationship, evidence "
         "from linked.person_relationships order by all"
     ).pl()
+    done("relationships", relationships)
     timeline = build_timeline(con, config, links, unlinked)
     involvement = build_involvement(con, config, links, unlinked, as_of)
+    done("involvement", involvement)
+    done("timeline", timeline)
     deliveries = latest_deliveries(con)
     records_sources = links.select("person_id", "source").unique()
     child_summary = build_child_summary(
         person, involvement, timeline, records_sources, deliveries, config, as_of
     )
-    tables = {
-        "person": person,
-        "household": household,
-        "household_members": household_members,
-        "relationships": relationships,
-        "involvement": involvement,
-        "timeline": timeline,
-        "child_summary": child_summary,
-        # The golden name too: a rectified name is searchable from the night it shows.
-        "person_names": build_person_names(
+    done("child_summary", child_summary)
+    # The golden name too: a rectified name is searchable from the night it shows.
+    done(
+        "person_names",
+        build_person_names(
             pl.concat([rows, person.select("person_id", *_NAME_FIELDS)], how="diagonal_relaxed")
         ),
-        "person_records": person_records,
-        "person_organisations": build_organisations(con, config, links, unlinked),
-        "source_deliveries": build_source_deliveries(deliveries, sources),
-        **build_aggregates(child_summary, person, involvement, config.aggregates.min_count),
-    }
-    missing = set(TABLES) - set(tables)
+    )
+    done("person_records", person_records)
+    done("person_organisations", build_organisations(con, config, links, unlinked))
+    done("source_deliveries", build_source_deliveries(deliveries, sources))
+    for name, frame in build_aggregates(
+        child_summary, person, involvement, config.aggregates.min_count
+    ).items():
+        done(name, frame)
+    missing = set(TABLES) - set(finished)
     if missing:
         raise CurationError(f"no builder for curated tables {sorted(missing)}")
+    if set(TABLE_ORDER) != set(finished):
+        raise CurationError(f"TABLE_ORDER does not list exactly {sorted(finished)}")
     return CuratedBuild(
         as_of=as_of,
-        tables={name: conform(name, frame) for name, frame in tables.items()},
+        tables={name: finished[name] for name in TABLE_ORDER},
         unlinked=unlinked,
         lapsed=lapsed,
     )

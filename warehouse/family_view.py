@@ -7,6 +7,8 @@ readers on yesterday's snapshot. ``sdv publish`` runs the same steps.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 from sqlalchemy.engine import Engine
 
 from matching.config import LinkageConfig
@@ -24,13 +27,14 @@ from warehouse.operational import ensure_schema
 from warehouse.pseudonymise import FORBIDDEN_KINDS, analyst_comments, analyst_tables
 from warehouse.publish import (
     Published,
+    PublishError,
     SnapshotStore,
     curated_comments,
     new_snapshot_id,
     open_snapshot,
     write_tables,
 )
-from warehouse.serving import write_serving
+from warehouse.serving import serving_path, write_serving
 from warehouse.sources import Source
 from warehouse.stages import StageClock
 
@@ -43,10 +47,56 @@ class BuiltSnapshot:
     rows: dict[str, int]
     unlinked: dict[str, int] = field(default_factory=dict)
     lapsed: int = 0  # rectifications a source overtook tonight (recorded as lapsed)
-    # Per stage ("curate": the curated tables in memory; "write": both files on disk):
-    # seconds and peak resident MiB, so a slow or hungry night says where it went.
+    # Per stage ("curate": the curated tables in memory, while the serving copy is being
+    # written alongside; "write": the snapshot and analysts' file on disk and the serving
+    # copy finished): seconds and peak resident MiB, so a slow or hungry night says where
+    # it went.
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_peak_mib: dict[str, float | None] = field(default_factory=dict)
+
+
+class _Arriving(Mapping[str, pl.DataFrame]):
+    """The curated tables, handed over one at a time as the build finishes them.
+
+    Reading a table waits until it has arrived, so the serving copy (which reads them in
+    order) can be written while later tables are still being built; if the build fails,
+    every wait ends with :class:`_BuildFailed`.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._frames: dict[str, pl.DataFrame] = {}
+        self._failed: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def put(self, name: str, frame: pl.DataFrame) -> None:
+        with self._changed:
+            self._frames[name] = frame
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._failed = error
+            self._changed.notify_all()
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        if name not in self._names:
+            raise KeyError(name)
+        with self._changed:
+            self._changed.wait_for(lambda: name in self._frames or self._failed is not None)
+            if name in self._frames:
+                return self._frames[name]
+        raise _BuildFailed(f"the build failed before {name} was finished") from self._failed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _BuildFailed(RuntimeError):
+    """The curated build failed while its serving copy was being written."""
 
 
 @dataclass(frozen=True)
@@ -72,21 +122,36 @@ def build_snapshot(
     source has overtaken are recorded there as lapsed.
     """
     clock = StageClock()
-    with clock.stage("curate"):
-        active = None
-        if operational is not None:
-            ensure_schema(operational)
-            active = rectification.for_build(operational)
-        built = curate.build(con, linkage, config, sources, active)
-        if operational is not None:
-            rectification.record_lapsed(operational, [(x.id, x.reason) for x in built.lapsed])
-    with clock.stage("write"):
-        snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
-        info = {"snapshot": snapshot_path.name, "as_of": built.as_of, "unlinked": built.unlinked}
-        # The serving copy is written by a second thread meanwhile: DuckDB writes with
-        # the GIL released, so on two cores the copy costs little wall time.
-        with ThreadPoolExecutor(1, thread_name_prefix="serving") as pool:
-            copy = pool.submit(write_serving, snapshot_path, built.tables)
+    snapshot_path, analyst_path = store.new_paths(new_snapshot_id())
+    # The serving copy is written by a second thread, table by table as the build finishes
+    # each: the build is mostly one core's work and SQLite inserts another's, so on two
+    # cores the copy is largely done by the time the snapshot itself is written.
+    arriving = _Arriving(curate.TABLE_ORDER)
+    with ThreadPoolExecutor(1, thread_name_prefix="serving") as pool:
+        copy = pool.submit(write_serving, snapshot_path, arriving)
+        try:
+            with clock.stage("curate"):
+                active = None
+                if operational is not None:
+                    ensure_schema(operational)
+                    active = rectification.for_build(operational)
+                built = curate.build(con, linkage, config, sources, active, arriving.put)
+                if operational is not None:
+                    rectification.record_lapsed(
+                        operational, [(x.id, x.reason) for x in built.lapsed]
+                    )
+        except BaseException as err:
+            arriving.fail(err)  # the copy stops; its unfinished file is removed below
+            pool.shutdown(wait=True)
+            unfinished = serving_path(snapshot_path)
+            unfinished.with_name(unfinished.name + ".building").unlink(missing_ok=True)
+            raise
+        with clock.stage("write"):
+            info = {
+                "snapshot": snapshot_path.name,
+                "as_of": built.as_of,
+                "unlinked": built.unlinked,
+            }
             write_tables(snapshot_path, built.tables, info, curated_comments())
             analyst = analyst_tables(built.tables, key)
             write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
@@ -134,22 +199,64 @@ def identifying_values(con: duckdb.DuckDBPyConnection) -> set[str]:
     return values
 
 
+def _identifying_sql(database: str) -> str:
+    """The query giving ``identifying_values`` of the snapshot attached as ``database``
+    (same columns, same casts, same rules), so the comparison can stay inside DuckDB."""
+    parts = []
+    for table in TABLES.values():
+        for column in table.columns:
+            if column.kind not in DIRECT_IDENTIFIERS | {"free_text", "contact"}:
+                continue
+            value = (
+                f'unnest("{column.name}")'
+                if column.type.endswith("[]")
+                else f'cast("{column.name}" as varchar)'
+            )
+            rule = "length(replace(v, ' ', '')) > 4" if column.kind == "postcode" else "true"
+            parts.append(
+                f'select v from (select distinct {value} as v from {database}."{table.name}") '
+                f"where v is not null and v <> '' and {rule}"
+            )
+    return " union ".join(parts)
+
+
 def analyst_leaks(analyst: Path, snapshot: Path) -> list[str]:
     """Columns of the analysts' file holding any value that is a name, date of birth,
-    identifier, address, postcode, contact or free text in the snapshot."""
-    with open_snapshot(snapshot) as source:
-        forbidden = identifying_values(source)
-    leaks = []
-    with open_snapshot(analyst) as con:
-        for table, columns in _tables(con).items():
-            for column in columns:
-                values = con.sql(
-                    f'select distinct cast("{column}" as varchar) from "{table}"'
-                ).fetchall()
-                hits = sum(1 for (v,) in values if v in forbidden)
-                if hits:
-                    leaks.append(f"{table}.{column}: {hits} identifying value(s)")
-    return leaks
+    identifier, address, postcode, contact or free text in the snapshot.
+
+    Every value of both files is still compared (as ``identifying_values`` and a distinct
+    scan of each analyst column would), but as a join inside DuckDB with both files
+    attached read-only, instead of moving every distinct value into Python sets."""
+    for path in (analyst, snapshot):
+        if not path.exists():
+            raise PublishError(f"snapshot {path} does not exist")
+    con = duckdb.connect()
+    try:
+        con.execute(f"attach '{_quote(snapshot)}' as s (read_only)")
+        con.execute(f"attach '{_quote(analyst)}' as a (read_only)")
+        con.execute(f"create temp table forbidden as {_identifying_sql('s')}")
+        columns = con.execute(
+            "select table_name, column_name from duckdb_columns() where schema_name = 'main' "
+            "and database_name = 'a' and not internal order by table_name, column_index"
+        ).fetchall()
+        counts = [
+            f"select {i} as i, count(*) as hits from (select distinct "
+            f'cast("{column}" as varchar) as v from a."{table}") '
+            "where v in (select v from forbidden)"
+            for i, (table, column) in enumerate(columns)
+        ]
+        hits = dict(con.execute(" union all ".join(counts)).fetchall()) if counts else {}
+    finally:
+        con.close()
+    return [
+        f"{table}.{column}: {hits[i]} identifying value(s)"
+        for i, (table, column) in enumerate(columns)
+        if hits.get(i)
+    ]
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def check_snapshot(built: BuiltSnapshot, con: duckdb.DuckDBPyConnection) -> list[Check]:

@@ -110,8 +110,51 @@ def pseudonym(value: str, key: bytes) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:20]
 
 
-def _hash(column: str, key: bytes) -> pl.Expr:
-    return pl.col(column).map_elements(lambda v: pseudonym(v, key), return_dtype=pl.String)
+class Pseudonyms:
+    """``pseudonym`` for whole columns, byte for byte, each distinct value hashed once.
+
+    A night hashes millions of ids (a person's id recurs in every table and on each of
+    their timeline rows) but only a few hundred thousand distinct ones. The keyed HMAC is
+    set up once and copied per value (``hmac.new`` re-derives the key pads every call),
+    and values already hashed for an earlier column or table come from the cache.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._known = pl.DataFrame(schema={"_value": pl.String, "_pseudonym": pl.String})
+
+    def __call__(self, values: pl.Series) -> pl.Series:
+        values = values.cast(pl.String)
+        new = (
+            values.drop_nulls()
+            .unique()
+            .to_frame("_value")
+            .join(self._known, on="_value", how="anti")
+            .get_column("_value")
+            .to_list()
+        )
+        if new:
+            keyed, hashed = self._keyed, []
+            for value in new:
+                mac = keyed.copy()
+                mac.update(value.encode())
+                hashed.append(mac.hexdigest()[:20])
+            self._known = pl.concat(
+                [
+                    self._known,
+                    pl.DataFrame(
+                        {"_value": new, "_pseudonym": hashed},
+                        schema={"_value": pl.String, "_pseudonym": pl.String},
+                    ),
+                ]
+            )
+        return (
+            values.rename("_value")
+            .to_frame()
+            .join(self._known, on="_value", how="left", maintain_order="left")
+            .get_column("_pseudonym")
+            .rename(values.name)
+        )
 
 
 def age_band(column: str) -> pl.Expr:
@@ -125,6 +168,7 @@ def age_band(column: str) -> pl.Expr:
 def analyst_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.DataFrame]:
     """The pseudonymised tables built from the curated ones."""
     out = {}
+    hashed = Pseudonyms(key)
     for name, spec in ANALYST_TABLES.items():
         schema = TABLES[name]
         for column in spec.get("keep", ()):
@@ -133,7 +177,12 @@ def analyst_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.
                 raise ValueError(f"{name}.{column} is {kind}: never in the analyst file")
         frame = tables[name]
         out[name] = frame.select(
-            *(_hash(c, key).alias(c.removesuffix("_id") + "_key") for c in spec.get("hash", ())),
+            *(
+                pl.col(c)
+                .map_batches(hashed, return_dtype=pl.String)
+                .alias(c.removesuffix("_id") + "_key")
+                for c in spec.get("hash", ())
+            ),
             *(pl.col(c) for c in spec.get("keep", ())),
             *(age_band(c) for c in spec.get("band", ())),
             # Months as text ("2026-03"), so no value can equal a date of birth.
