@@ -232,6 +232,7 @@ def review_queue(
     ).sort("match_probability", descending=True)
 
 
+@collector_paused()
 def resolve(
     records: pl.DataFrame,
     pairs: pl.DataFrame,
@@ -247,32 +248,6 @@ def resolve(
     """Cluster, add contact, parent, resident and move links, cluster again, assign stable ids,
     queue review. ``relationships`` are the sources' own relationship tables
     (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
-    with collector_paused():
-        return _resolve(
-            records,
-            pairs,
-            config,
-            model,
-            previous_registry=previous_registry,
-            run_id=run_id,
-            constraints=constraints,
-            used_ids=used_ids,
-            relationships=relationships,
-        )
-
-
-def _resolve(
-    records: pl.DataFrame,
-    pairs: pl.DataFrame,
-    config: LinkageConfig,
-    model: dict[str, Any],
-    *,
-    previous_registry: pl.DataFrame,
-    run_id: str,
-    constraints: pl.DataFrame | None,
-    used_ids: set[str] | None,
-    relationships: pl.DataFrame | None,
-) -> LinkResult:
     t = config.thresholds
     seeds = profile_seeds(records)
 

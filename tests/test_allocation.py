@@ -23,3 +23,16 @@ def test_collector_is_back_on_after_an_error() -> None:
     with pytest.raises(RuntimeError), collector_paused():
         raise RuntimeError("linkage failed")
     assert gc.isenabled()
+
+
+def test_as_a_decorator_each_call_pauses_and_restores() -> None:
+    seen = []
+
+    @collector_paused()
+    def work() -> None:
+        seen.append(gc.isenabled())
+
+    work()
+    work()  # a second call gets a fresh pause, not a spent one
+    assert seen == [False, False]
+    assert gc.isenabled()
