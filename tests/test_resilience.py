@@ -441,7 +441,21 @@ def test_sdv_load_reports_each_broken_delivery_by_file_and_reason(tmp_path, sour
 # (one import of Dagster instead of two, which keeps this test inside its time budget).
 NIGHTLY = """
 import sys
+import time
+
+import assets.ingest
 from pipelines.cli import app
+
+# After each delivery commits, linger a moment with the warehouse connection open: DuckDB
+# checkpoints its write-ahead log when the connection closes, and a small delivery now
+# loads so fast that the kill point "while a delivery commits" could miss the log.
+_load = assets.ingest.load_delivery
+def _load_then_linger(*args, **kwargs):
+    result = _load(*args, **kwargs)
+    time.sleep(0.5)
+    return result
+assets.ingest.load_delivery = _load_then_linger
+
 landing, data = sys.argv[1], sys.argv[2]
 for args in (["load", "--landing", landing, "--data-dir", data], ["publish", "--data-dir", data]):
     code = app(args, standalone_mode=False)
