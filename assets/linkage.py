@@ -52,11 +52,19 @@ def _model_version(path: Path) -> str:
     return path.stem.removeprefix("linkage-model-")
 
 
-def _standardised(con: duckdb.DuckDBPyConnection, config: LinkageConfig) -> pl.DataFrame:
+def _standardised(
+    con: duckdb.DuckDBPyConnection,
+    config: LinkageConfig,
+    relationships: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The current person-level rows, standardised; ``relationships`` when the caller has
+    already read them (``read_relationships``)."""
     rows = read_person_rows(con, config)
     if rows.is_empty():
         raise dg.Failure("no person-level rows in the warehouse yet: load a delivery first")
-    return standardise(rows, config, read_relationships(con, config))
+    if relationships is None:
+        relationships = read_relationships(con, config)
+    return standardise(rows, config, relationships)
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,8 @@ def run_linkage(
     clock = StageClock()
     started = datetime.now(UTC).replace(tzinfo=None)
     with clock.stage("standardise"):
-        records = _standardised(con, config)
         recorded = read_relationships(con, config)
+        records = _standardised(con, config, recorded)
 
     trained = None
     model_path = newest_model(model_dir)

@@ -157,25 +157,6 @@ class Profile:
         self.cannot |= other.cannot
 
 
-# The standardised columns a Profile is made from.
-PROFILE_COLUMNS = [
-    "unique_id",
-    "forename",
-    "forename_keys",
-    "forename_alt",
-    "middle_name",
-    "surname",
-    "dob",
-    "dob_exact",
-    "nhs_number",
-    "upn_keys",
-    "child_upn",
-    "suffix",
-    "year_lo",
-    "year_hi",
-]
-
-
 def profile_seeds(records: pl.DataFrame) -> dict[str, Profile]:
     """Each record's own Profile by unique id, made once and never changed.
 
