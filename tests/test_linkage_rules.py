@@ -28,7 +28,7 @@ from matching.identifiers import (
 )
 from matching.link import changed_records, fingerprints, merge_scores, review_queue
 from matching.residents import RESIDENT_LINK_PROBABILITY, resident_links
-from matching.rules import Profile, dates_compatible, names_related, profile_seeds
+from matching.rules import Profile, breaches, dates_compatible, names_related, profile_seeds
 from matching.standardise import AGE_SLACK, nickname_table, standardise
 
 EXTRACT = dt.date(2026, 3, 1)
@@ -748,6 +748,54 @@ def test_absorbed_profile_carries_its_members_rules() -> None:
     merged.absorb(profile(out, "health|patients|1"))
     assert merged.members == {"school|pupils|2", "health|patients|1"}
     assert merged.conflict(profile(out, "health|patients|3")) == "different NHS numbers"
+
+
+def _kaur(nhs_number: str | None, police_nhs: str | None = None) -> pl.DataFrame:
+    """Sunit (early help) and Suntia (health) Kaur, one birthday: a typo or twins."""
+    return std(
+        rec("council_eh|people|1", forename="Sunit", surname="Kaur", dob="1979-03-26",
+            nhs_number=nhs_number),
+        rec("police|persons|2", forename="Sunita", surname="Kaur", dob="1979-03-26",
+            nhs_number=police_nhs),
+        rec("health|patients|3", forename="Suntia", surname="Kaur", dob="1979-03-26",
+            nhs_number=nhs_number),
+    )  # fmt: skip
+
+
+def test_check_accepts_a_misspelt_name_that_a_shared_nhs_number_vouches_for() -> None:
+    records = _kaur(NHS_A)
+    one_person = person_records(dict.fromkeys(records["unique_id"].to_list(), "P1"))
+    # Clustering let the misspelling through because the NHS number is shared; the
+    # nightly check must apply the same rule, whatever order the rows come in.
+    assert breaches(records, one_person).is_empty()
+    assert breaches(records.reverse(), one_person).is_empty()
+
+
+def test_check_flags_twins_that_no_identifier_vouches_for() -> None:
+    records = _kaur(None)
+    one_person = person_records(dict.fromkeys(records["unique_id"].to_list(), "P1"))
+    assert breaches(records, one_person).to_dicts() == [{"person_id": "P1", "rule": "twins"}]
+
+
+def test_check_flags_two_nhs_numbers_and_disjoint_upns() -> None:
+    records = std(
+        rec("health|patients|1", forename="Amy", surname="Lee", nhs_number=NHS_A),
+        rec("health|patients|2", forename="Amy", surname="Lee", nhs_number=NHS_B),
+        rec("school|pupils|3", forename="Ben", surname="Lee", upn=UPN_X),
+        rec("school|pupils|4", forename="Ben", surname="Lee", upn=UPN_Y),
+        rec("school|pupils|5", forename="Cat", surname="Lee", upn=UPN_X),
+    )
+    assignment = {
+        "health|patients|1": "P1",
+        "health|patients|2": "P1",
+        "school|pupils|3": "P2",
+        "school|pupils|4": "P2",
+        "school|pupils|5": "P3",
+    }
+    assert breaches(records, person_records(assignment)).to_dicts() == [
+        {"person_id": "P1", "rule": "two valid NHS numbers"},
+        {"person_id": "P2", "rule": "UPNs with nothing in common"},
+    ]
 
 
 # --- cluster -------------------------------------------------------------------------------
