@@ -105,15 +105,45 @@ def nhs_number_expr(col: str) -> pl.Expr:
 
 
 def nhs_valid_expr(col: str) -> pl.Expr:
-    """Modulus 11 validity of an NHS number column, spaces allowed (null stays null)."""
-    cleaned = nhs_number_expr(col)
-    digits = [cleaned.str.slice(i, 1).cast(pl.Int64, strict=False) for i in range(10)]
-    total = sum(d * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    check = pl.when(check == 11).then(0).otherwise(check)
-    shape_ok = cleaned.str.contains(r"^\d{10}$")
-    valid = (shape_ok & (check != 10) & (check == digits[9])).fill_null(False)
-    return pl.when(cleaned.is_null()).then(pl.lit(None, dtype=pl.Boolean)).otherwise(valid)
+    """Modulus 11 validity of an NHS number column, spaces allowed (null stays null).
+
+    Worked out in steps over the column (:func:`_nhs_valid_series`): written as one
+    expression, each use of a step repeated the steps beneath it, and the ten digits and
+    the check made that 1.5 s per half a million rows in staging, linkage and curation.
+    """
+    return nhs_number_expr(col).map_batches(
+        _nhs_valid_series, return_dtype=pl.Boolean, is_elementwise=True
+    )
+
+
+def _nhs_valid_series(cleaned: pl.Series) -> pl.Series:
+    """Validity of cleaned NHS numbers (``nhs_number_expr``), one step per column."""
+    weights = range(10, 1, -1)
+    steps = (
+        pl.DataFrame({"cleaned": cleaned})
+        .with_columns(pl.col("cleaned").str.contains(r"^\d{10}$").alias("shape_ok"))
+        .with_columns(
+            pl.when("shape_ok").then("cleaned").cast(pl.Int64, strict=False).alias("number")
+        )
+        .with_columns((pl.col("number") // 10 ** (9 - i) % 10).alias(f"d{i}") for i in range(10))
+        .with_columns(
+            (11 - pl.sum_horizontal(pl.col(f"d{i}") * w for i, w in enumerate(weights)) % 11).alias(
+                "check"
+            )
+        )
+        .with_columns(pl.when(pl.col("check") == 11).then(0).otherwise("check").alias("check"))
+        .select(
+            pl.when(pl.col("cleaned").is_null())
+            .then(pl.lit(None, dtype=pl.Boolean))
+            .otherwise(
+                (
+                    pl.col("shape_ok") & (pl.col("check") != 10) & (pl.col("check") == pl.col("d9"))
+                ).fill_null(False)
+            )
+            .alias(cleaned.name)
+        )
+    )
+    return steps.to_series()
 
 
 # What ``str.strip()`` removes from an ASCII string: Python counts the four information

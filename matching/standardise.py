@@ -154,7 +154,32 @@ def _join(tokens: pl.Expr) -> pl.Expr:
     return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)
 
 
+_NAME_INPUTS = [
+    "preferred_forename",
+    "middle_names",
+    "former_surname",
+    "preferred_surname",
+]
+
+
 def _names(frame: pl.DataFrame) -> pl.DataFrame:
+    """The name columns, worked out once per distinct set of written names and joined back:
+    a county's records share their names about five to a set (one person in several
+    agencies, a family's surname), and the token work costs more than the join."""
+    frame = frame.rename({"forename": "_in_forename", "surname": "_in_surname"})
+    keys = ["_in_forename", "_in_surname", *_NAME_INPUTS]
+    distinct = frame.select(keys).unique()
+    named = _name_columns(
+        distinct.with_columns(
+            pl.col("_in_forename").alias("forename"), pl.col("_in_surname").alias("surname")
+        )
+    )
+    return frame.join(named, on=keys, how="left", nulls_equal=True, maintain_order="left").drop(
+        "_in_forename", "_in_surname"
+    )
+
+
+def _name_columns(frame: pl.DataFrame) -> pl.DataFrame:
     nick = nickname_table()
     fore = _tokens(pl.col("forename"))
     sur = _tokens(pl.col("surname"))
@@ -250,6 +275,16 @@ def _street(expr: pl.Expr) -> pl.Expr:
     return words.list.join(" ")
 
 
+def _per_distinct(frame: pl.DataFrame, keys: list[str], derived: list[pl.Expr]) -> pl.DataFrame:
+    """``derived`` columns worked out once per distinct value of ``keys`` and joined back.
+
+    A county's half a million rows hold far fewer addresses and postcodes (a household's
+    members share them), and the regular expressions cost more than the join.
+    """
+    distinct = frame.select(keys).unique().with_columns(derived)
+    return frame.join(distinct, on=keys, how="left", nulls_equal=True, maintain_order="left")
+
+
 def _addresses(frame: pl.DataFrame) -> pl.DataFrame:
     """``flat|number-or-house-name|street`` from the address lines, blank when unknown."""
     lines = pl.concat_str(
@@ -276,12 +311,22 @@ def _addresses(frame: pl.DataFrame) -> pl.DataFrame:
         ],
         separator="|",
     )
-    postcode = postcode_expr("postcode")
+    postcode = postcode_expr("_postcode_given")
+    frame = _per_distinct(
+        frame,
+        ["address_line_1", "address_line_2"],
+        [pl.when(key.str.replace_all(r"\|", "") != "").then(key).alias("address_key")],
+    )
+    frame = _per_distinct(
+        frame.rename({"postcode": "_postcode_given"}),
+        ["_postcode_given"],
+        [
+            postcode.alias("postcode"),
+            postcode.str.slice(0, postcode.str.len_chars() - 2).alias("postcode_sector"),
+            postcode.str.split(" ").list.first().alias("postcode_district"),
+        ],
+    ).drop("_postcode_given")
     return frame.with_columns(
-        pl.when(key.str.replace_all(r"\|", "") != "").then(key).alias("address_key"),
-        postcode.alias("postcode"),
-        postcode.str.slice(0, postcode.str.len_chars() - 2).alias("postcode_sector"),
-        postcode.str.split(" ").list.first().alias("postcode_district"),
         pl.col("uprn").str.replace_all(r"\D", "").str.strip_chars_start("0").alias("uprn"),
         pl.col("phone").str.replace_all(r"\D", "").alias("phone"),
     )
