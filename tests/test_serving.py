@@ -125,6 +125,36 @@ def test_the_first_copy_makes_the_snapshots_folder(tmp_path):
     assert path == serving.serving_path(snapshot) and path.exists()
 
 
+def test_empty_tables_and_columns_with_no_values_are_copied(tmp_path):
+    """A night can deliver no relationships at all, and a column can be null in every row
+    (Polars then types it Null): both go through the bulk insert and read back as such."""
+    import datetime as dt
+
+    import polars as pl
+
+    snapshot = tmp_path / "family-view-x.duckdb"
+    members = pl.DataFrame(
+        {"person_id": ["P1", "P2"], "household_id": ["H1", "H1"], "role": [None, None]}
+    )
+    assert members.schema["role"] == pl.Null
+    people = pl.DataFrame(
+        {"person_id": ["P1"], "dob": [dt.date(2015, 4, 30)], "is_child": [True]}
+    ).with_columns(pl.lit(None).alias("sources"))
+    empty = pl.DataFrame(schema={"person_id": pl.String, "related_person_id": pl.String})
+    path = serving.write_serving(
+        snapshot, {"household_members": members, "person": people, "relationships": empty}
+    )
+    copy = sqlite3.connect(path, detect_types=sqlite3.PARSE_DECLTYPES)
+    assert copy.execute("select * from household_members order by person_id").fetchall() == [
+        ("P1", "H1", None),
+        ("P2", "H1", None),
+    ]
+    assert copy.execute("select person_id, dob, is_child, sources from person").fetchall() == [
+        ("P1", dt.date(2015, 4, 30), True, None)
+    ]
+    assert copy.execute("select count(*) from relationships").fetchone() == (0,)
+
+
 def test_connections_to_a_replaced_snapshot_are_closed_when_the_pointer_moves(county):
     """After a publish (or an erasure rewriting the snapshot) nothing keeps the old file
     open: idle connections close at the next request, busy ones when their request ends."""
