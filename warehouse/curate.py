@@ -26,7 +26,12 @@ import duckdb
 import polars as pl
 
 from matching.config import LinkageConfig
-from matching.identifiers import is_valid_upn, nhs_number_expr, nhs_valid_expr, postcode_expr
+from matching.identifiers import (
+    nhs_number_expr,
+    nhs_valid_expr,
+    postcode_expr,
+    upn_valid_expr,
+)
 from matching.standardise import nickname_table
 from warehouse import corrections
 from warehouse.curated_config import CuratedConfig, Query
@@ -194,9 +199,7 @@ def _person_rows(
             pl.when(nhs_valid_expr("nhs_number"))
             .then(nhs_number_expr("nhs_number"))
             .alias("nhs_number"),
-            pl.col("upn")
-            .pipe(_per_distinct, lambda v: v if is_valid_upn(v) else None, pl.String)
-            .alias("upn"),
+            pl.when(upn_valid_expr("upn")).then(pl.col("upn")).alias("upn"),
             sex.replace_strict(sex_values, default=sex.str.to_uppercase())
             .replace_strict({"M": "M", "F": "F"}, default="U")
             .alias("sex"),
