@@ -253,10 +253,15 @@ def test_analyst_file_pseudonyms_are_keyed_and_consistent(db, analyst_file):
 
 def test_analysts_can_use_sqlalchemy_on_their_file(analyst_file):
     engine = sa.create_engine(f"duckdb:///{analyst_file}", connect_args={"read_only": True})
-    with engine.connect() as connection:
-        bands = connection.execute(
-            sa.text("select age_band, count(*) from person group by 1 order by 1")
-        ).all()
+    try:
+        with engine.connect() as connection:
+            bands = connection.execute(
+                sa.text("select age_band, count(*) from person group by 1 order by 1")
+            ).all()
+    finally:
+        # The pool keeps the file open until disposed: later tests open it with other
+        # settings, which DuckDB refuses while this connection lives.
+        engine.dispose()
     assert bands and all(band is None or re.match(r"^\d+(-\d+|\+)$", band) for band, _ in bands)
 
 
