@@ -64,7 +64,8 @@ import polars as pl
 
 from matching.config import LinkageConfig
 from matching.model import MODEL_COLUMNS
-from matching.moves import MIN_MEMBERS, _fits
+from matching.moves import MIN_MEMBERS
+from matching.rules import names_related
 
 # Every standardised column resolve() and the rule modules read (pairs are scored from
 # ``link.FINGERPRINT_COLUMNS``, a subset). A test resolves records cut down to these.
@@ -147,60 +148,106 @@ def _identifier_edges(records: pl.DataFrame) -> list[pl.DataFrame]:
 
 def _move_edges(records: pl.DataFrame) -> pl.DataFrame:
     """``unique_id, key``: a record at A joined to the full-address key of each address B
-    that ``moves.move_links`` could ever link A with (module doc, step 2)."""
-    placed = records.filter(
-        pl.col("postcode").is_not_null()
-        & pl.col("address_key").is_not_null()
-        & pl.col("forename").is_not_null()
-        & pl.col("surname").is_not_null()
-        & pl.col("child_upn").is_null()
-    ).select(
-        "unique_id",
-        pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
-        "forename",
-        "forename_keys",
-        "surname",
-        "sex",
-        "dob",
-        "dob_exact",
-        "year_lo",
-        "year_hi",
-        (
-            pl.col("dob_exact").fill_null(False)
-            | pl.col("nhs_number").is_not_null()
-            | (pl.col("upn_keys").list.len().fill_null(0) > 0)
-        ).alias("identity"),
+    that ``moves.move_links`` could ever link A with (module doc, step 2).
+
+    The surname join is the county's largest, so it is pruned by what a link needs first
+    (two weak records at A, two records at B) and made on integer codes only; names and
+    dates are read for the rows that are left.
+    """
+    placed = (
+        records.filter(
+            pl.col("postcode").is_not_null()
+            & pl.col("address_key").is_not_null()
+            & pl.col("forename").is_not_null()
+            & pl.col("surname").is_not_null()
+            & pl.col("child_upn").is_null()
+        )
+        .select(
+            "unique_id",
+            pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
+            "forename",
+            "forename_keys",
+            "surname",
+            "sex",
+            "dob",
+            "dob_exact",
+            "year_lo",
+            "year_hi",
+            (
+                pl.col("dob_exact").fill_null(False)
+                | pl.col("nhs_number").is_not_null()
+                | (pl.col("upn_keys").list.len().fill_null(0) > 0)
+            ).alias("identity"),
+        )
+        .filter(pl.len().over("address") >= MIN_MEMBERS)
+        .with_row_index("row")
+        .with_columns(
+            pl.col("address").rank("dense").cast(pl.UInt32).alias("place"),
+            pl.col("surname").rank("dense").cast(pl.UInt32).alias("name"),
+        )
     )
-    weak = placed.filter(~pl.col("identity")).drop("identity")
-    pairs = weak.join(placed.drop("identity"), on="surname", suffix="_c").filter(
-        (pl.col("address") != pl.col("address_c"))
-        & ~(pl.col("year_lo") > pl.col("year_hi_c")).fill_null(False)
-        & ~(pl.col("year_lo_c") > pl.col("year_hi")).fill_null(False)
-        & ~(pl.col("sex") != pl.col("sex_c")).fill_null(False)
+    narrow = ["row", "place", "name", "sex", "year_lo", "year_hi"]
+    weak = placed.filter(~pl.col("identity")).filter(pl.len().over("address") >= MIN_MEMBERS)
+    two_each = (pl.col("row").n_unique().over("place", "place_c") >= MIN_MEMBERS) & (
+        pl.col("row_c").n_unique().over("place", "place_c") >= MIN_MEMBERS
     )
-    two_each = (pl.col("unique_id").n_unique().over("address", "address_c") >= MIN_MEMBERS) & (
-        pl.col("unique_id_c").n_unique().over("address", "address_c") >= MIN_MEMBERS
+    pairs = (
+        weak.lazy()
+        .select(narrow)
+        .join(placed.lazy().select(narrow), on="name", suffix="_c")
+        .filter(
+            (pl.col("place") != pl.col("place_c"))
+            & ~(pl.col("year_lo") > pl.col("year_hi_c")).fill_null(False)
+            & ~(pl.col("year_lo_c") > pl.col("year_hi")).fill_null(False)
+            & ~(pl.col("sex") != pl.col("sex_c")).fill_null(False)
+        )
+        .select("row", "place", "row_c", "place_c")
+        .collect(engine="streaming")
+        .filter(two_each)
     )
-    pairs = pairs.filter(two_each)
     if pairs.is_empty():
         return pl.DataFrame(schema={"unique_id": pl.String, "key": pl.String})
-    fits = [
-        _fits(row)
-        for row in pairs.select(
-            "forename",
-            "forename_c",
-            "forename_keys",
-            "forename_keys_c",
-            "dob",
-            "dob_c",
-            "dob_exact",
-            "dob_exact_c",
-        ).iter_rows()
+    details = ["forename", "forename_keys", "dob", "dob_exact"]
+    side = placed.select("row", *details)
+    pairs = (
+        pairs.join(side, on="row")
+        .join(side.rename({"row": "row_c", **{c: f"{c}_c" for c in details}}), on="row_c")
+        .filter(_dates_fit())
+    )
+    # ``moves._fits`` is names_related and then the dates, done above in Polars; the names
+    # once per distinct pair of names (most rows repeat one).
+    names = pairs.select("forename", "forename_c", "forename_keys", "forename_keys_c").unique()
+    related = [
+        names_related(a, b, set(ka or []), set(kb or [])) for a, b, ka, kb in names.iter_rows()
     ]
-    pairs = pairs.filter(pl.Series(fits, dtype=pl.Boolean)).filter(two_each)
-    return pairs.select(
-        "unique_id", pl.concat_str([pl.lit("full"), "address_c"], separator="#").alias("key")
-    ).unique()
+    names = names.filter(pl.Series(related, dtype=pl.Boolean))
+    pairs = pairs.join(
+        names, on=["forename", "forename_c", "forename_keys", "forename_keys_c"], nulls_equal=True
+    ).filter(two_each)
+    names = placed.select("row", "unique_id", "address")
+    return (
+        pairs.select("row", "row_c")
+        .join(names.select("row", "unique_id"), on="row")
+        .join(names.select(pl.col("row").alias("row_c"), "address"), on="row_c")
+        .select("unique_id", pl.concat_str([pl.lit("full"), "address"], separator="#").alias("key"))
+        .unique()
+    )
+
+
+def _dates_fit() -> pl.Expr:
+    """``rules.dates_compatible`` when both dates are exact (``moves._fits``), in Polars:
+    equal, day and month swapped, or one of day, month and year different."""
+    a, b = pl.col("dob"), pl.col("dob_c")
+    same = (
+        (a.dt.year() == b.dt.year()).cast(pl.Int8)
+        + (a.dt.month() == b.dt.month()).cast(pl.Int8)
+        + (a.dt.day() == b.dt.day()).cast(pl.Int8)
+    )
+    swapped = (
+        (a.dt.year() == b.dt.year()) & (a.dt.month() == b.dt.day()) & (a.dt.day() == b.dt.month())
+    )
+    both = pl.col("dob_exact").fill_null(False) & pl.col("dob_exact_c").fill_null(False)
+    return (~both | (a == b) | swapped | (same == 2)).fill_null(True)
 
 
 def _pair_edges(
