@@ -643,3 +643,20 @@ def test_address_keys_join_a_building_without_a_flat_and_a_street_without_a_post
         records = standardise(rows(flat, other_flat, third), config)
         joined = {s for s in _region_sets(records) if len(s) > 1}
         assert joined, third
+
+
+def test_a_warehouse_without_stored_regions_resolves_everything(base: Base, tmp_path: Path) -> None:
+    # A warehouse linked before regions were stored: the next run clusters every record,
+    # and stores regions for the run after.
+    data = tmp_path / "data"
+    shutil.copytree(base.data, data)
+    con = connect(data / "warehouse.duckdb")
+    try:
+        con.execute("drop table linked.record_regions")
+        engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+        first = run_linkage(con, engine, base.config, data / "models")
+        assert first.run["reclustered"]["records"] == first.run["records"]
+        again = run_linkage(con, engine, base.config, data / "models")
+        assert again.run["reclustered"]["records"] == 0
+    finally:
+        con.close()
