@@ -308,31 +308,28 @@ def regions(
 ) -> pl.DataFrame:
     """``unique_id, region``: each record's region, named by its smallest unique id."""
     ids = records.select("unique_id")
-    edges = pl.concat(
+    shared = pl.concat(
         [
             e.rename({e.columns[1]: "key"})
-            for e in [
-                _pair_edges(ids, pairs, threshold, constraints, relationships),
-                *_address_edges(records),
-                *_identifier_edges(records),
-                _move_edges(records),
-            ]
+            for e in [*_address_edges(records), *_identifier_edges(records), _move_edges(records)]
         ]
     ).drop_nulls()
-    # Nodes: the records first (sorted, so a component's smallest node is its smallest
-    # record id), then the keys that are not records.
+    # Records sharing a key are joined through the key's first record (a star, so the
+    # union-find below sees only records and no more edges than it needs).
+    edges = pl.concat(
+        [
+            _pair_edges(ids, pairs, threshold, constraints, relationships).rename({"key": "other"}),
+            shared.select("unique_id", pl.col("unique_id").min().over("key").alias("other")),
+        ]
+    ).filter(pl.col("unique_id") != pl.col("other"))
+    # Records numbered in sorted order, so a component's smallest number is its smallest id.
     names = ids.sort("unique_id")["unique_id"]
-    keys = (
-        edges.select(pl.col("key").alias("unique_id"))
-        .unique()
-        .join(ids, on="unique_id", how="anti")
+    index = names.to_frame("unique_id").with_row_index("i")
+    numbered = edges.join(index.rename({"i": "a"}), on="unique_id").join(
+        index.rename({"unique_id": "other", "i": "b"}), on="other"
     )
-    index = pl.concat([names, keys["unique_id"].sort()]).to_frame("name").with_row_index("i")
-    numbered = edges.join(index.rename({"name": "unique_id", "i": "a"}), on="unique_id").join(
-        index.rename({"name": "key", "i": "b"}), on="key"
-    )
-    roots = _components(index.height, numbered["a"].to_list(), numbered["b"].to_list())
-    root_of = pl.Series("root", roots[: names.len()], dtype=pl.UInt32)
+    roots = _components(names.len(), numbered["a"].to_list(), numbered["b"].to_list())
+    root_of = pl.Series("root", roots, dtype=pl.UInt32)
     frame = pl.DataFrame({"unique_id": names, "root": root_of})
     return (
         records.select("unique_id")
