@@ -302,7 +302,9 @@ def link_clusters(
                 .over("unique_id_l", "unique_id_r")
                 .alias("asserted")
             )
-            .sort("match_probability", descending=True)
+            # Stable: a pair a score and a rule give one probability keeps the row listed
+            # first, whichever records are resolved with it (a region or the county).
+            .sort("match_probability", descending=True, maintain_order=True)
             .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
         )
         final = clustered(links)

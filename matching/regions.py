@@ -56,6 +56,7 @@ clusters as resolving everything at once. The argument, step by step of ``resolv
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,9 +379,11 @@ def salt(config: LinkageConfig, extra: str) -> str:
     version) and the code of the modules that resolve records."""
     digest = hashlib.sha256(repr(config.thresholds).encode())
     digest.update(extra.encode())
-    here = Path(__file__).parent
     for name in _RESOLVE_MODULES:
-        digest.update((here / f"{name}.py").read_bytes())
+        # The file the module was loaded from: its source, or its compiled code where a
+        # deployment ships only that; either changes when the code does.
+        origin = importlib.import_module(f"matching.{name}").__spec__.origin
+        digest.update(Path(origin).read_bytes())
     return digest.hexdigest()[:20]
 
 
