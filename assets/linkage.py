@@ -32,6 +32,7 @@ from matching.config import LinkageConfig
 from matching.evaluate import evaluate, read_truth, summary_lines
 from matching.households import households, relationships
 from matching.link import changed_records, fingerprints, merge_scores, resolve, run_id_for
+from matching.regions import Reusable
 from matching.rules import breaches
 from matching.standardise import standardise
 from warehouse import erasure, linked, operational, review
@@ -67,6 +68,19 @@ def _standardised(
     return standardise(rows, config, relationships)
 
 
+def _reusable(con: duckdb.DuckDBPyConnection) -> Reusable | None:
+    """Last night's regions and persons, or None when the warehouse has none stored."""
+    stored = linked.reusable(con)
+    if stored is None:
+        return None
+    state, persons, ambiguous = stored
+    return Reusable(
+        state=state.rename({"record_id": "unique_id"}),
+        persons=persons.rename({"record_id": "unique_id"}),
+        ambiguous=ambiguous,
+    )
+
+
 @dataclass(frozen=True)
 class LinkageRun:
     run: dict[str, Any]
@@ -82,8 +96,13 @@ def run_linkage(
     *,
     full: bool = False,
     truth_dir: Path | None = None,
+    reuse_regions: bool = True,
 ) -> LinkageRun:
-    """One night's linkage from the warehouse's current deliveries (see module docstring)."""
+    """One night's linkage from the warehouse's current deliveries (see module docstring).
+
+    When scoring was incremental, regions of records that did not change keep last night's
+    persons (``matching.regions``); ``reuse_regions=False`` clusters everything anyway
+    (same result, for comparing)."""
     clock = StageClock()
     started = datetime.now(UTC).replace(tzinfo=None)
     with clock.stage("standardise"):
@@ -113,6 +132,7 @@ def run_linkage(
     with clock.stage("cluster"):
         operational.ensure_schema(engine)
         run_id = run_id_for(prints, version, started)
+        previous = _reusable(con) if incremental and reuse_regions else None
         result = resolve(
             records,
             pairs,
@@ -123,6 +143,8 @@ def run_linkage(
             constraints=review.constraints(engine),
             used_ids=linked.issued_ids(con) | erasure.erased_person_ids(engine),
             relationships=recorded,
+            previous=previous,
+            salt=version,
         )
 
     with clock.stage("households"):
@@ -155,8 +177,12 @@ def run_linkage(
             events=result.assignment.events,
             scored_pairs=pairs,
             fingerprints=prints,
+            regions=result.state.rename({"unique_id": "record_id"}),
+            ambiguous=result.ambiguous,
         )
     run["timings"]["publish"] = clock.rounded_seconds()["publish"]
+    # Not in linked.runs either: records and regions clustered tonight, of how many.
+    run["reclustered"] = dict(result.reclustered)
     # Not in linked.runs (its columns are fixed): shown in the run's Dagster metadata.
     run["peak_rss_mib"] = dict(clock.peak_mib)
     evaluation = None
@@ -244,6 +270,9 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
             "events": dg.MetadataValue.json(run["events"]),
             "stage_seconds": dg.MetadataValue.json(run["timings"]),
             "stage_peak_rss_mib": dg.MetadataValue.json(run["peak_rss_mib"]),
+            "reclustered_records": run["reclustered"]["records"],
+            "reclustered_regions": run["reclustered"]["regions"],
+            "regions": dg.MetadataValue.json(run["reclustered"]),
         }
         if outcome.trained is not None:
             meta["trained_first"] = "no saved model: trained one before linking"

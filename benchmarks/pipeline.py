@@ -165,6 +165,7 @@ def _child_link(args: argparse.Namespace) -> dict[str, Any]:
         "scored_pairs": meta["scored_pairs"],
         "stage_seconds": meta["stage_seconds"],
         "stage_peak_mib": meta["stage_peak_rss_mib"],
+        "regions": meta.get("regions"),
     }
 
 
@@ -180,6 +181,7 @@ def _child_publish(args: argparse.Namespace) -> dict[str, Any]:
         "curated_rows": meta["rows"],
         "stage_seconds": meta["stage_seconds"],
         "stage_peak_mib": meta["stage_peak_rss_mib"],
+        "regions": meta.get("regions"),
     }
 
 

@@ -30,13 +30,16 @@ from typing import Any
 
 import polars as pl
 
+from matching import regions as regions_module
 from matching.allocation import collector_paused
 from matching.cluster import Clustering, cluster
 from matching.config import LinkageConfig
 from matching.contacts import contact_links
+from matching.edges import EDGE_SCHEMA
 from matching.model import MODEL_COLUMNS
 from matching.moves import move_links
 from matching.parents import parent_links
+from matching.regions import Reusable
 from matching.registry import Assignment, assign_person_ids
 from matching.residents import resident_links
 from matching.rules import pair_vetoes, profile_seeds
@@ -71,9 +74,32 @@ LINK_ROUNDS = 2
 @dataclass(frozen=True)
 class LinkResult:
     person_records: pl.DataFrame
+    # Tonight's persons: ``clusters`` for every record, ``vetoed`` its ambiguous pairs,
+    # ``links`` only those made tonight (none in regions that kept last night's persons).
     clustering: Clustering
     assignment: Assignment
     review: pl.DataFrame
+    state: pl.DataFrame  # unique_id, region, resolve_hash (``matching.regions``)
+    ambiguous: pl.DataFrame  # the final clustering's pairs held back as ambiguous
+    reclustered: dict[str, int]  # records and regions clustered tonight, of how many
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Persons of a set of records: ``clusters`` (unique_id, cluster_id), ``confidence``
+    (unique_id, match_confidence) and the ``ambiguous`` pairs held back."""
+
+    clusters: pl.DataFrame
+    confidence: pl.DataFrame
+    ambiguous: pl.DataFrame
+
+
+AMBIGUOUS = "ambiguous: fits two people"
+AMBIGUOUS_SCHEMA = {
+    "unique_id_l": pl.String,
+    "unique_id_r": pl.String,
+    "match_probability": pl.Float64,
+}
 
 
 # Everything a record's scores and hard rules depend on.
@@ -232,22 +258,15 @@ def review_queue(
     ).sort("match_probability", descending=True)
 
 
-@collector_paused()
-def resolve(
+def link_clusters(
     records: pl.DataFrame,
     pairs: pl.DataFrame,
     config: LinkageConfig,
-    model: dict[str, Any],
     *,
-    previous_registry: pl.DataFrame,
-    run_id: str,
     constraints: pl.DataFrame | None = None,
-    used_ids: set[str] | None = None,
     relationships: pl.DataFrame | None = None,
-) -> LinkResult:
-    """Cluster, add contact, parent, resident and move links, cluster again, assign stable ids,
-    queue review. ``relationships`` are the sources' own relationship tables
-    (``warehouse.person_rows.read_relationships``), read by ``matching.parents``."""
+) -> Clustering:
+    """Steps 1 and 2 of the module doc: cluster, add the rules' links, cluster again."""
     t = config.thresholds
     seeds = profile_seeds(records)
 
@@ -283,28 +302,148 @@ def resolve(
                 .over("unique_id_l", "unique_id_r")
                 .alias("asserted")
             )
-            .sort("match_probability", descending=True)
+            # Stable: a pair a score and a rule give one probability keeps the row listed
+            # first, whichever records are resolved with it (a region or the county).
+            .sort("match_probability", descending=True, maintain_order=True)
             .unique(["unique_id_l", "unique_id_r"], keep="first", maintain_order=True)
         )
         final = clustered(links)
+    return final
+
+
+def _finish(
+    records: pl.DataFrame,
+    pairs: pl.DataFrame,
+    config: LinkageConfig,
+    model: dict[str, Any],
+    outcome: Outcome,
+    *,
+    previous_registry: pl.DataFrame,
+    run_id: str,
+    used_ids: set[str] | None,
+    links: pl.DataFrame,
+    state: pl.DataFrame,
+    reclustered: dict[str, int],
+) -> LinkResult:
+    """Steps 3 and 4 of the module doc, on every record's person (``outcome``)."""
+    t = config.thresholds
+    clusters = outcome.clusters.with_columns(
+        pl.len().over("cluster_id").alias("cluster_size")
+    ).with_columns((pl.col("cluster_size") > t.max_cluster_size).alias("oversized"))
+    clustering = Clustering(
+        clusters=records.select("unique_id").join(clusters, on="unique_id", maintain_order="left"),
+        links=links,
+        vetoed=outcome.ambiguous.with_columns(pl.lit(AMBIGUOUS).alias("reason")),
+    )
     assignment = assign_person_ids(
         previous_registry,
-        final.clusters.select(pl.col("unique_id").alias("record_id"), "cluster_id"),
+        clustering.clusters.select(pl.col("unique_id").alias("record_id"), "cluster_id"),
         run_id,
         used_ids=used_ids,
     )
     person_records = (
         records.select("unique_id", "source", "source_table", "local_key", "from_quarantine")
         .join(assignment.registry.rename({"record_id": "unique_id"}), on="unique_id")
-        .join(_confidence(records, final.links), on="unique_id")
-        .join(final.clusters.select("unique_id", "cluster_size", "oversized"), on="unique_id")
+        .join(outcome.confidence, on="unique_id")
+        .join(clusters.select("unique_id", "cluster_size", "oversized"), on="unique_id")
         .rename({"unique_id": "record_id"})
     )
     return LinkResult(
         person_records=person_records,
-        clustering=final,
+        clustering=clustering,
         assignment=assignment,
-        review=review_queue(records, pairs, final, config, model),
+        review=review_queue(records, pairs, clustering, config, model),
+        state=state,
+        ambiguous=outcome.ambiguous,
+        reclustered=reclustered,
+    )
+
+
+def _outcome(records: pl.DataFrame, clustering: Clustering) -> Outcome:
+    """What the rest of the night needs from one clustering of ``records``."""
+    ambiguous = clustering.vetoed.filter(pl.col("reason").str.starts_with("ambiguous"))
+    return Outcome(
+        clusters=clustering.clusters.select(
+            "unique_id", pl.concat_str(pl.lit("r#"), "cluster_id").alias("cluster_id")
+        ),
+        confidence=_confidence(records, clustering.links),
+        ambiguous=ambiguous.select(*AMBIGUOUS_SCHEMA).cast(AMBIGUOUS_SCHEMA),
+    )
+
+
+@collector_paused()
+def resolve(
+    records: pl.DataFrame,
+    pairs: pl.DataFrame,
+    config: LinkageConfig,
+    model: dict[str, Any],
+    *,
+    previous_registry: pl.DataFrame,
+    run_id: str,
+    constraints: pl.DataFrame | None = None,
+    used_ids: set[str] | None = None,
+    relationships: pl.DataFrame | None = None,
+    previous: Reusable | None = None,
+    salt: str = "",
+) -> LinkResult:
+    """Cluster, add contact, parent, resident and move links, cluster again, assign stable ids,
+    queue review. ``relationships`` are the sources' own relationship tables
+    (``warehouse.person_rows.read_relationships``), read by ``matching.parents``.
+
+    With ``previous`` (last night's regions and outcomes, ``matching.regions``), regions
+    whose records, pairs, constraints and relationships are all unchanged keep last night's
+    persons and only the others are clustered again (one ``link_clusters`` call on all of
+    them); the result is the same as clustering everything. ``salt`` names what else the
+    stored outcomes depend on (the model version): a different salt re-clusters everything.
+    """
+    state = regions_module.region_state(
+        records,
+        pairs,
+        threshold=config.thresholds.match,
+        constraints=constraints,
+        relationships=relationships,
+        salt=regions_module.salt(config, salt),
+    )
+    clean = regions_module.clean_records(state, previous)
+    dirty = records.join(clean, on="unique_id", how="anti")
+    dirty_ids = dirty["unique_id"].implode()
+    dirty_pairs = pairs.filter(
+        pl.col("unique_id_l").is_in(dirty_ids) & pl.col("unique_id_r").is_in(dirty_ids)
+    )
+    parts: list[Outcome] = []
+    links = pl.DataFrame(schema=EDGE_SCHEMA)
+    if dirty.height:
+        clustering = link_clusters(
+            dirty, dirty_pairs, config, constraints=constraints, relationships=relationships
+        )
+        parts.append(_outcome(dirty, clustering))
+        links = clustering.links
+    if clean.height and previous is not None:
+        parts.append(Outcome(*regions_module.reused(previous, clean)))
+    outcome = Outcome(
+        clusters=pl.concat([p.clusters for p in parts]),
+        confidence=pl.concat([p.confidence for p in parts]),
+        ambiguous=pl.concat([p.ambiguous for p in parts]),
+    )
+    dirty_regions = state.join(dirty.select("unique_id"), on="unique_id")["region"].n_unique()
+    reclustered = {
+        "records": dirty.height,
+        "regions": dirty_regions,
+        "regions_total": state["region"].n_unique(),
+        "largest_region": int(state.group_by("region").len()["len"].max() or 0),
+    }
+    return _finish(
+        records,
+        pairs,
+        config,
+        model,
+        outcome,
+        previous_registry=previous_registry,
+        run_id=run_id,
+        used_ids=used_ids,
+        links=links,
+        state=state,
+        reclustered=reclustered,
     )
 
 

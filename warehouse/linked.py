@@ -8,6 +8,9 @@ Tables (all documented in DuckDB's catalog comments, see ``DICTIONARY``):
 - ``linked.person_ids``: every person id ever issued, so an id is never reused;
 - ``linked.scored_pairs`` and ``linked.record_fingerprints``: last night's scores and what
   each record looked like, so tonight only new or changed records are re-scored;
+- ``linked.record_regions`` and ``linked.ambiguous_pairs``: each record's independence
+  region and what resolve read about it, and the pairs held back as ambiguous, so tonight
+  only regions that changed are clustered again (``matching.regions``);
 - ``linked.runs``: one row per linkage run (model version, counts, stage timings).
 
 A run is written in one transaction: readers see last night's linkage or tonight's, never
@@ -71,6 +74,23 @@ DICTIONARY: dict[str, tuple[str, dict[str, str]]] = {
             "records": "records held after the event",
         },
     ),
+    "record_regions": (
+        "Each record's independence region in the last run: regions whose records did not"
+        " change keep their persons on the next run.",
+        {
+            "record_id": "source|table|local key",
+            "region": "the region's smallest record_id",
+            "resolve_hash": "digest of everything linkage read about the record",
+        },
+    ),
+    "ambiguous_pairs": (
+        "Scored pairs the last run held back as ambiguous (a record fitting two people).",
+        {
+            "unique_id_l": "record_id of one side",
+            "unique_id_r": "record_id of the other side",
+            "match_probability": "the pair's score",
+        },
+    ),
 }
 
 _DDL = """
@@ -122,6 +142,24 @@ def last_model_version(con: duckdb.DuckDBPyConnection) -> str | None:
     return rows[0][0] if rows else None
 
 
+def reusable(
+    con: duckdb.DuckDBPyConnection,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None:
+    """Last run's ``record_regions``, persons (record_id, person_id, match_confidence) and
+    ``ambiguous_pairs``; None when a warehouse has not stored them (an older one)."""
+    tables = ("record_regions", "person_records", "ambiguous_pairs")
+    if not all(_exists(con, t) for t in tables):
+        return None
+    persons = con.sql(
+        "select record_id, person_id, match_confidence from linked.person_records"
+    ).pl()
+    return (
+        con.sql("select record_id, region, resolve_hash from linked.record_regions").pl(),
+        persons,
+        con.sql("select * from linked.ambiguous_pairs").pl(),
+    )
+
+
 def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
     con.register("_frame", frame)
     try:
@@ -152,8 +190,15 @@ def write_run(
     events: pl.DataFrame,
     scored_pairs: pl.DataFrame,
     fingerprints: pl.DataFrame,
+    regions: pl.DataFrame | None = None,
+    ambiguous: pl.DataFrame | None = None,
 ) -> None:
-    """Publish one linkage run atomically (replace current tables, append history)."""
+    """Publish one linkage run atomically (replace current tables, append history).
+
+    ``regions`` (record_id, region, resolve_hash) and ``ambiguous`` are what the next run
+    needs to keep unchanged regions' persons; without them the stored ones are dropped,
+    so the next run clusters everything.
+    """
     ensure_linked_schema(con)
     con.execute("begin transaction")
     try:
@@ -166,6 +211,12 @@ def write_run(
         _replace(con, "person_relationships", relationships)
         _replace(con, "scored_pairs", scored_pairs)
         _replace(con, "record_fingerprints", fingerprints)
+        if regions is not None and ambiguous is not None:
+            _replace(con, "record_regions", regions)
+            _replace(con, "ambiguous_pairs", ambiguous)
+        else:
+            con.execute("drop table if exists linked.record_regions")
+            con.execute("drop table if exists linked.ambiguous_pairs")
         con.register("_events", events)
         con.execute("insert into linked.person_events select * from _events")
         con.unregister("_events")

@@ -199,6 +199,11 @@ _LINKED_DELETES: dict[str, str] = {
     "scored_pairs": "unique_id_l in (select id from _purge_records) "
     "or unique_id_r in (select id from _purge_records)",
     "record_fingerprints": "unique_id in (select id from _purge_records)",
+    # A region losing a record is not the region stored: all of it is clustered again.
+    "record_regions": "region in (select region from linked.record_regions "
+    "where record_id in (select id from _purge_records))",
+    "ambiguous_pairs": "unique_id_l in (select id from _purge_records) "
+    "or unique_id_r in (select id from _purge_records)",
     "household_members": "person_id in (select id from _purge_persons) "
     "or household_id in (select 'H-' || id from _purge_persons)",
     "person_relationships": "person_id in (select id from _purge_persons) "
