@@ -47,6 +47,18 @@ _COLUMNS = [
 ]
 
 
+# Which records a move can place at an address, and the address: shared with
+# ``matching.regions``, whose superset of move links must follow any change here.
+PLACEABLE = (
+    pl.col("postcode").is_not_null()
+    & pl.col("address_key").is_not_null()
+    & pl.col("forename").is_not_null()
+    & pl.col("surname").is_not_null()
+    & pl.col("child_upn").is_null()
+)
+ADDRESS = pl.concat_str(["postcode", "address_key"], separator="#").alias("address")
+
+
 def _placed(records: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
     """Records with a full address (postcode and first line), forename and surname, and
     whether their person has an identity (NHS number, UPN or exact date of birth).
@@ -62,15 +74,9 @@ def _placed(records: pl.DataFrame, cluster_of: pl.DataFrame) -> pl.DataFrame:
     with_cluster = records.join(cluster_of, on="unique_id")
     strong = with_cluster.group_by("cluster_id").agg(identity.any().alias("identified"))
     return (
-        with_cluster.filter(
-            pl.col("postcode").is_not_null()
-            & pl.col("address_key").is_not_null()
-            & pl.col("forename").is_not_null()
-            & pl.col("surname").is_not_null()
-            & pl.col("child_upn").is_null()
-        )
+        with_cluster.filter(PLACEABLE)
         .join(strong, on="cluster_id")
-        .with_columns(pl.concat_str(["postcode", "address_key"], separator="#").alias("address"))
+        .with_columns(ADDRESS)
         .select(*_COLUMNS, "identified")
     )
 

@@ -65,7 +65,7 @@ import polars as pl
 
 from matching.config import LinkageConfig
 from matching.model import MODEL_COLUMNS
-from matching.moves import MIN_MEMBERS
+from matching.moves import ADDRESS, MIN_MEMBERS, PLACEABLE
 from matching.rules import names_related
 
 # Every standardised column resolve() and the rule modules read (pairs are scored from
@@ -156,16 +156,10 @@ def _move_edges(records: pl.DataFrame) -> pl.DataFrame:
     dates are read for the rows that are left.
     """
     placed = (
-        records.filter(
-            pl.col("postcode").is_not_null()
-            & pl.col("address_key").is_not_null()
-            & pl.col("forename").is_not_null()
-            & pl.col("surname").is_not_null()
-            & pl.col("child_upn").is_null()
-        )
+        records.filter(PLACEABLE)
         .select(
             "unique_id",
-            pl.concat_str(["postcode", "address_key"], separator="#").alias("address"),
+            ADDRESS,
             "forename",
             "forename_keys",
             "surname",
