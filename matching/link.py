@@ -35,6 +35,7 @@ from matching.allocation import collector_paused
 from matching.cluster import Clustering, cluster
 from matching.config import LinkageConfig
 from matching.contacts import contact_links
+from matching.digests import fields_text, sha256_hex
 from matching.edges import EDGE_SCHEMA
 from matching.model import MODEL_COLUMNS
 from matching.moves import move_links
@@ -117,17 +118,8 @@ def fingerprints(records: pl.DataFrame) -> pl.DataFrame:
 
     Nulls are written as a marker of their own, so "no postcode" differs from any postcode.
     """
-    parts = []
-    for c in FINGERPRINT_COLUMNS:
-        column = pl.col(c)
-        if records.schema[c] == pl.List(pl.String):
-            column = column.list.join(";")
-        parts.append(column.cast(pl.String).fill_null("\x00"))
-    text = records.select(pl.concat_str(parts, separator="\x1f").alias("t"))["t"]
-    digests = [hashlib.sha256(t.encode()).hexdigest()[:20] for t in text]
-    return records.select("unique_id").with_columns(
-        pl.Series("fingerprint", digests, dtype=pl.String)
-    )
+    text = records.select(fields_text(records, FINGERPRINT_COLUMNS).alias("t"))["t"]
+    return records.select("unique_id").with_columns(sha256_hex(text, 20, "fingerprint"))
 
 
 def changed_records(current: pl.DataFrame, previous: pl.DataFrame | None) -> set[str]:

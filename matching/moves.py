@@ -32,10 +32,8 @@ MOVE_LINK_PROBABILITY = 0.99
 # People who must match, one to one, for two addresses to be one family's old and new home.
 MIN_MEMBERS = 2
 
-_COLUMNS = [
-    "unique_id",
-    "cluster_id",
-    "address",
+# What a move compares of two placed records (``matching.regions`` reads the same).
+PLACED_FIELDS = [
     "forename",
     "forename_keys",
     "surname",
@@ -45,6 +43,7 @@ _COLUMNS = [
     "year_lo",
     "year_hi",
 ]
+_COLUMNS = ["unique_id", "cluster_id", "address", *PLACED_FIELDS]
 
 
 # Which records a move can place at an address, and the address: shared with

@@ -64,8 +64,9 @@ from pathlib import Path
 import polars as pl
 
 from matching.config import LinkageConfig
+from matching.digests import fields_text, sha256_hex
 from matching.model import MODEL_COLUMNS
-from matching.moves import ADDRESS, MIN_MEMBERS, PLACEABLE
+from matching.moves import ADDRESS, MIN_MEMBERS, PLACEABLE, PLACED_FIELDS
 from matching.rules import names_related
 
 # Every standardised column resolve() and the rule modules read (pairs are scored from
@@ -160,14 +161,7 @@ def _move_edges(records: pl.DataFrame) -> pl.DataFrame:
         .select(
             "unique_id",
             ADDRESS,
-            "forename",
-            "forename_keys",
-            "surname",
-            "sex",
-            "dob",
-            "dob_exact",
-            "year_lo",
-            "year_hi",
+            *PLACED_FIELDS,
             (
                 pl.col("dob_exact").fill_null(False)
                 | pl.col("nhs_number").is_not_null()
@@ -410,14 +404,8 @@ def record_hashes(
     its ``RESOLVE_COLUMNS`` and model columns, the reviewers' decisions and relationship
     rows that name it, and ``salt``. Nulls are a marker of their own."""
     columns = [*RESOLVE_COLUMNS, *(c for c in MODEL_COLUMNS if c in records.columns)]
-    parts = []
-    for c in dict.fromkeys(columns):
-        column = pl.col(c)
-        if isinstance(records.schema[c], pl.List):
-            column = column.list.join(";")
-        parts.append(column.cast(pl.String).fill_null("\x00"))
     text = (
-        records.select("unique_id", pl.concat_str(parts, separator="\x1f").alias("fields"))
+        records.select("unique_id", fields_text(records, dict.fromkeys(columns)).alias("fields"))
         .join(
             _touching(constraints, "record_id_l", "record_id_r").rename({"text": "decided"}),
             on="unique_id",
@@ -443,8 +431,7 @@ def record_hashes(
             ).alias("t"),
         )
     )
-    digests = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in text["t"]]
-    return text.select("unique_id", pl.Series("resolve_hash", digests, dtype=pl.String))
+    return text.select("unique_id", sha256_hex(text["t"], 24, "resolve_hash"))
 
 
 def region_state(

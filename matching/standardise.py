@@ -275,7 +275,9 @@ def _street(expr: pl.Expr) -> pl.Expr:
     return words.list.join(" ")
 
 
-def _per_distinct(frame: pl.DataFrame, keys: list[str], derived: list[pl.Expr]) -> pl.DataFrame:
+def _derived_per_distinct(
+    frame: pl.DataFrame, keys: list[str], derived: list[pl.Expr]
+) -> pl.DataFrame:
     """``derived`` columns worked out once per distinct value of ``keys`` and joined back.
 
     A county's half a million rows hold far fewer addresses and postcodes (a household's
@@ -312,12 +314,12 @@ def _addresses(frame: pl.DataFrame) -> pl.DataFrame:
         separator="|",
     )
     postcode = postcode_expr("_postcode_given")
-    frame = _per_distinct(
+    frame = _derived_per_distinct(
         frame,
         ["address_line_1", "address_line_2"],
         [pl.when(key.str.replace_all(r"\|", "") != "").then(key).alias("address_key")],
     )
-    frame = _per_distinct(
+    frame = _derived_per_distinct(
         frame.rename({"postcode": "_postcode_given"}),
         ["_postcode_given"],
         [
