@@ -312,7 +312,14 @@ def breaches(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFram
     )
     upn_sets = held.filter(pl.col("upn_keys").list.len() > 0).select("person_id", "upn_keys")
     upn_bad = []
-    for person, sets in upn_sets.group_by("person_id").agg("upn_keys").iter_rows():
+    # Records agreeing on their UPNs share them: only a person whose records give more
+    # than one set of UPNs needs comparing set by set.
+    several = (
+        upn_sets.group_by("person_id")
+        .agg("upn_keys", pl.col("upn_keys").n_unique().alias("sets"))
+        .filter(pl.col("sets") > 1)
+    )
+    for person, sets, _ in several.iter_rows():
         groups = [set(s) for s in sets]
         if any(not a & b for i, a in enumerate(groups) for b in groups[i + 1 :]):
             upn_bad.append(person)
@@ -343,7 +350,17 @@ def breaches(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFram
             "middle_name",
         )
     )
-    multi = born.filter(pl.len().over("person_id") > 1)
+    # Only a person with two dated records of one birthday and surname under different
+    # forenames can break the twin rule; the rest (nearly everyone) need no profiles.
+    candidates = (
+        born.filter(pl.col("dob").is_not_null() & (pl.col("forename").fill_null("") != ""))
+        .group_by("person_id", "dob", "surname")
+        .agg(pl.col("forename").n_unique().alias("forenames"))
+        .filter(pl.col("forenames") > 1)
+        .get_column("person_id")
+        .unique()
+    )
+    multi = born.filter(pl.col("person_id").is_in(candidates.implode()))
     names = [c for c in multi.columns if c != "person_id"]
     # One row of lists per person, read as tuples: slicing a frame per person cost seconds.
     for person, *values in multi.group_by("person_id", maintain_order=True).agg(names).iter_rows():

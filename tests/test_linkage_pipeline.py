@@ -28,18 +28,20 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import polars as pl
 import pytest
 from conftest import sdv_load
 from typer.testing import CliRunner
 
-from assets.linkage import newest_model, run_linkage
+from assets.linkage import check_rules, newest_model, run_linkage
 from matching.config import load_linkage_config
 from matching.model import MODEL_COLUMNS
 from matching.registry import registry_changes
 from matching.rules import Profile, breaches
 from matching.standardise import standardise
 from pipelines.cli import app
+from pipelines.definitions import LINK_JOB, build_defs
 from pipelines.settings import Settings
 from synth.generate import generate_county
 from warehouse import linked, review
@@ -631,3 +633,79 @@ def test_review_show_renders_a_queued_pair(first_night):
     assert item.levels
     for comparison, level in item.levels.items():
         assert comparison in shown and str(level) in shown
+
+
+def _copy_data(county: County, target: Path) -> Settings:
+    """The county's data directory as it stands, copied, so a test may change it."""
+    shutil.copytree(county.data, target, ignore=shutil.ignore_patterns("dagster"))
+    return Settings(
+        data_dir=target,
+        landing=county.landing,
+        warehouse=target / "warehouse.duckdb",
+        config_dir=DEFAULT_CONFIG_DIR,
+    )
+
+
+def test_the_link_job_checks_the_hard_rules_on_what_it_wrote(county, first_night, tmp_path):
+    settings = _copy_data(county, tmp_path / "data")
+    result = (
+        build_defs(settings)
+        .resolve_job_def(LINK_JOB)
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    )
+    assert result.success
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "hard_rules_hold"]
+    assert check.asset_key.to_user_string() == "linked/person_records"
+    assert check.passed
+    con = connect(settings.warehouse, read_only=True)
+    try:
+        rows = read_person_rows(con, load_linkage_config()).height
+    finally:
+        con.close()
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert meta["person_level_rows"] == meta["linked_rows"] == rows
+    assert meta["persons_breaking_rules"] == meta["rows_without_person"] == 0
+
+
+def test_the_rule_check_fails_on_a_broken_person_or_a_record_left_unlinked(
+    county, first_night, tmp_path
+):
+    settings = _copy_data(county, tmp_path / "data")
+    con = connect(settings.warehouse)
+    try:
+        config = load_linkage_config()
+        rows, recorded = read_person_rows(con, config), read_relationships(con, config)
+        records = standardise(rows, config, recorded)
+        persons = linked.read_table(con, "person_records")
+        assert check_rules(con, records, persons).passed
+        # Two records of two valid NHS numbers put under one person (a clustering bug).
+        a, b = (
+            records.filter(pl.col("nhs_number").is_not_null())
+            .unique("nhs_number", keep="first", maintain_order=True)
+            .get_column("unique_id")
+            .head(2)
+            .to_list()
+        )
+        person_of_a = persons.filter(record_id=a).item(0, "person_id")
+        joined = persons.with_columns(
+            pl.when(pl.col("record_id") == b)
+            .then(pl.lit(person_of_a))
+            .otherwise("person_id")
+            .alias("person_id")
+        )
+        broken = check_rules(con, records, joined)
+        assert not broken.passed
+        assert broken.broken.to_dicts() == [
+            {"person_id": person_of_a, "rule": "two valid NHS numbers"}
+        ]
+        # A record whose linked row is missing from the warehouse.
+        con.execute("delete from linked.person_records where record_id = ?", [a])
+        unlinked = check_rules(con, records, persons)
+        assert not unlinked.passed
+        assert (unlinked.unlinked, unlinked.linked, unlinked.records) == (
+            1,
+            records.height - 1,
+            records.height,
+        )
+    finally:
+        con.close()

@@ -798,6 +798,47 @@ def test_check_flags_two_nhs_numbers_and_disjoint_upns() -> None:
     ]
 
 
+def test_check_flags_twins_among_many_records_and_without_surnames() -> None:
+    # The check looks closely only at persons with two forenames on one birthday and
+    # surname; a missing surname is the same surname (None == None) as clustering saw it.
+    records = std(
+        rec("health|patients|1", forename="Amy", surname="Lee", dob="2015-06-01"),
+        rec("school|pupils|2", forename="Amy", surname="Lee", dob="2015-06-01"),
+        rec("police|persons|3", forename="Zoe", surname="Lee", dob="2015-06-01"),
+        rec("health|patients|4", forename="Kit", dob="2016-01-02"),
+        rec("school|pupils|5", forename="Max", dob="2016-01-02"),
+        rec("health|patients|6", forename="Ian", surname="Roe", dob="2017-03-04"),
+        rec("school|pupils|7", forename="Ian", surname="Roe", dob="2017-03-04"),
+        rec("police|persons|8", surname="Roe", dob="2017-03-04"),
+    )
+    assignment = {
+        **dict.fromkeys(["health|patients|1", "school|pupils|2", "police|persons|3"], "P1"),
+        **dict.fromkeys(["health|patients|4", "school|pupils|5"], "P2"),
+        **dict.fromkeys(["health|patients|6", "school|pupils|7", "police|persons|8"], "P3"),
+    }
+    assert breaches(records, person_records(assignment)).to_dicts() == [
+        {"person_id": "P1", "rule": "twins"},
+        {"person_id": "P2", "rule": "twins"},
+    ]
+
+
+def test_check_compares_upn_sets_however_many_records_repeat_one() -> None:
+    records = std(
+        rec("school|pupils|1", forename="Ben", surname="Lee", upn=UPN_X),
+        rec("school|pupils|2", forename="Ben", surname="Lee", upn=UPN_X),
+        rec("school|pupils|3", forename="Ben", surname="Lee", upn=UPN_Y),
+        rec("school|pupils|4", forename="Cat", surname="Lee", upn=UPN_Y),
+        rec("school|pupils|5", forename="Cat", surname="Lee", upn=UPN_Y),
+    )
+    assignment = {
+        **dict.fromkeys(["school|pupils|1", "school|pupils|2", "school|pupils|3"], "P1"),
+        **dict.fromkeys(["school|pupils|4", "school|pupils|5"], "P2"),
+    }
+    assert breaches(records, person_records(assignment)).to_dicts() == [
+        {"person_id": "P1", "rule": "UPNs with nothing in common"},
+    ]
+
+
 # --- cluster -------------------------------------------------------------------------------
 
 
