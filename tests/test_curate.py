@@ -380,3 +380,39 @@ def test_a_death_ends_household_membership_but_keeps_the_history():
     assert gran["deceased"] and gran["to_date"] == died
     assert listed.filter(pl.col("deceased")).height == 1
     assert household.select("members", "children").row(0) == (2, 1)
+
+
+def test_survivorship_takes_the_best_table_then_the_newest_record_then_the_lower_key():
+    import polars as pl
+
+    from warehouse.curate import _newest_first, _survive
+
+    day, earlier = date(2026, 11, 20), date(2026, 10, 1)
+    rows = pl.DataFrame(
+        {
+            "person_id": ["P1"] * 5 + ["P2"] * 2,
+            "_table": [
+                "school.pupils",
+                "health.patients",
+                "health.patients",
+                "health.patients",
+                "police.persons",
+                "police.persons",
+                "police.persons",
+            ],
+            "local_key": ["9", "7", "3", "1", "5", "2", "4"],
+            "_record_date": [day, day, day, earlier, day, earlier, earlier],
+            "dob_estimated": [None] * 7,
+            "surname": ["School", "Seven", "Three", "Older", "Police", "Two", "Four"],
+        },
+        schema_overrides={"_record_date": pl.Date, "dob_estimated": pl.String},
+    )
+    order = ["health.patients", "school.pupils"]
+    got = _survive(_newest_first(rows, ["surname"]), "surname", order)
+    # P1: health before school; of health's records the newest two tie on the date, so
+    # the lower local key ("3", listed after "7"); P2: no table in the order holds it.
+    assert got.select("person_id", "surname", "_src_surname").rows() == [
+        ("P1", "Three", "health.patients")
+    ]
+    # However the delivery lists them.
+    assert _survive(_newest_first(rows.reverse(), ["surname"]), "surname", order).equals(got)

@@ -209,24 +209,29 @@ def _person_rows(
     )
 
 
-def _survive(rows: pl.DataFrame, field_name: str, order: list[str]) -> pl.DataFrame:
+def _newest_first(rows: pl.DataFrame, fields: list[str]) -> pl.DataFrame:
+    """Each person's records (``fields`` and what :func:`_survive` needs), the most recent
+    first; two of one date by the lower local key, every night (not whichever the delivery
+    happened to list first), so a surviving value does not flap. Sorted once for all."""
+    needed = ["person_id", "_record_date", "local_key", "_table", "dob_estimated", *fields]
+    return rows.select(list(dict.fromkeys(needed))).sort(
+        ["person_id", "_record_date", "local_key"], descending=[False, True, False]
+    )
+
+
+def _survive(newest_first: pl.DataFrame, field_name: str, order: list[str]) -> pl.DataFrame:
     """Per person, the value of ``field_name`` from the first table in ``order`` holding it
-    (the most recent record of that table when it holds several)."""
+    (the most recent record of that table when it holds several).
+
+    ``newest_first`` is :func:`_newest_first`'s order: keeping each person's rows of their
+    best table, in that order, the first row is the one to take, with no sort per field.
+    """
     preference = {name: i for i, name in enumerate(order)}
+    rank = pl.col("_table").replace_strict(preference, default=None, return_dtype=pl.Int32)
     return (
-        rows.filter(pl.col(field_name).is_not_null())
-        .with_columns(
-            pl.col("_table")
-            .replace_strict(preference, default=None, return_dtype=pl.Int32)
-            .alias("_rank")
-        )
-        .filter(pl.col("_rank").is_not_null())
-        # Two records of a table dated the same day: the lower local key, every night (not
-        # whichever the delivery happened to list first), so a value does not flap.
-        .sort(
-            ["person_id", "_rank", "_record_date", "local_key"],
-            descending=[False, False, True, False],
-        )
+        newest_first.filter(pl.col(field_name).is_not_null())
+        .with_columns(rank.alias("_rank"))
+        .filter(pl.col("_rank") == pl.col("_rank").min().over("person_id"))
         .group_by("person_id", maintain_order=True)
         .first()
         .select(
@@ -305,8 +310,9 @@ def build_person(
     persons = rows.select("person_id").unique()
     golden = persons
     sources_of: dict[str, str] = {}
+    newest_first = _newest_first(rows, list(config.survivorship))
     for field_name, order in config.survivorship.items():
-        survived = _survive(rows, field_name, order)
+        survived = _survive(newest_first, field_name, order)
         golden = golden.join(survived, on="person_id", how="left")
         sources_of[field_name] = f"_src_{field_name}"
     address = (
