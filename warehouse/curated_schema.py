@@ -36,8 +36,8 @@ Kind = Literal[
     "attribute",
 ]
 DIRECT_IDENTIFIERS: frozenset[str] = frozenset({"name", "dob", "identifier", "address", "postcode"})
-# The columns the API looks rows up by (one person, one household): every published copy
-# of the tables (the DuckDB snapshot, its serving copy) indexes them.
+# The columns the API looks rows up by (one person, one household): the serving copy the
+# API reads (warehouse.serving) indexes them.
 LOOKUP_COLUMNS: tuple[str, ...] = ("person_id", "household_id")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.curated_schema import LOOKUP_COLUMNS, TABLES
+from warehouse.curated_schema import TABLES
 from warehouse.serving import SUFFIX as SERVING_SUFFIX
 from warehouse.serving import serving_path, write_serving_from
 
@@ -97,10 +97,10 @@ def write_tables(
             con.register("_frame", frame.to_arrow())
             con.execute(f'create table "{name}" as select * from _frame')
             con.unregister("_frame")
-            # The API reads one person (or household) at a time: an index turns each of
-            # those reads from a scan of the table into a lookup.
-            for column in (c for c in LOOKUP_COLUMNS if c in frame.columns):
-                con.execute(f'create index "ix_{name}_{column}" on "{name}" ("{column}")')
+            # No indexes: the API reads the SQLite serving copy (warehouse.serving), which
+            # has them. What reads one person here (subject access, erasure, rectification)
+            # is run by hand and takes ~20 ms a person without; indexes cost every night
+            # about 1-2 s and tripled the file (55 to 165 MiB) at 100,000 households.
             description, columns = comments.get(name, ("", {}))
             con.execute(f"comment on table \"{name}\" is '{_comment(description)}'")
             for column, text in columns.items():
