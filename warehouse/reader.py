@@ -175,10 +175,10 @@ def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.Da
     text = _decode(data, source.encoding, path)
     if not text.strip():
         raise DeliveryError(path, "file is empty: expected a header row")
+    csv.field_size_limit(MAX_FIELD_CHARS)  # process-wide, so set whichever reader reads
     bulk = _parse_bulk(text, path, source, table)
     if bulk is not None:
         return bulk
-    csv.field_size_limit(MAX_FIELD_CHARS)
     # Parsing makes millions of small objects and no reference cycles; left on, the cyclic
     # garbage collector rescans them again and again (half the parse time of a big file).
     with collector_paused():
