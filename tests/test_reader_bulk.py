@@ -68,6 +68,7 @@ ADVERSARIAL = {
     "unicode": (HEAD + "\r\nÉcole,ß,٣,１,\u00a0,\u2028\r\n", True),
     "bom inside a field": (HEAD + "\r\n\ufeffB1,1,T,2,3,4\r\n", True),
     "bom at the start": ("\ufeff" + HEAD + "\r\nB1,1,T,2,3,4\r\n", True),
+    "two boms at the start": ("\ufeff\ufeff" + HEAD + "\r\nB1,1,T,2,3,4\r\n", False),
     "quoted empty field": (HEAD + '\r\nB1,"",T,2,3,4\r\n', False),
     "needlessly quoted field": (HEAD + '\r\n"B1",1,T,2,3,4\r\n', False),
     "quote inside an unquoted field": (HEAD + '\r\nB1,1"5,T,2,3,4\r\n', False),
