@@ -259,9 +259,14 @@ def stage_table(
         expr for name, kind in table.identifiers().items() for expr in _identifier(name, kind)
     ]
 
+    # Typed values and the row rules are evaluated lazily: Polars then computes an
+    # expression they share once (the cleaned value, a parsed date, a normalised postcode
+    # used for both the value and its flag), where an eager select computes it for each use.
     def typed_rows(rows: pl.DataFrame) -> pl.DataFrame:
-        staged = rows.select(ROW_NUMBER, *typed_exprs, RECORD_HASH)
-        return staged.with_columns(identifier_exprs) if identifier_exprs else staged
+        staged = rows.lazy().select(ROW_NUMBER, *typed_exprs, RECORD_HASH)
+        if identifier_exprs:
+            staged = staged.with_columns(identifier_exprs)
+        return staged.collect()
 
     frame = raw.frame.with_columns(record_hashes(raw.frame, source, raw.table))
     if previous is not None and RECORD_HASH in previous.columns:
@@ -275,9 +280,14 @@ def stage_table(
     # the problems themselves for those few rows only. _PROBLEM is null for a clean row.
     fresh = frame.filter(~pl.col(_KNOWN))
     any_problem = pl.any_horizontal([r.condition for r in rules]).fill_null(False)
-    flagged = fresh.filter(any_problem).select(
-        ROW_NUMBER,
-        pl.concat_list([r.problem for r in rules]).list.drop_nulls().alias(_PROBLEM),
+    flagged = (
+        fresh.lazy()
+        .filter(any_problem)
+        .select(
+            ROW_NUMBER,
+            pl.concat_list([r.problem for r in rules]).list.drop_nulls().alias(_PROBLEM),
+        )
+        .collect()
     )
     frame = frame.join(flagged, on=ROW_NUMBER, how="left", maintain_order="left")
     if table.local_key:
