@@ -12,12 +12,15 @@ We parse with the standard library's ``csv`` module rather than a fast bulk read
 we need record-level control: a record with a missing field must be quarantined with its
 number, not abort the file or shift its neighbours' columns.
 
-Nearly every file is well formed, so a file is first read in one pass of the ``csv`` module
-and handed to Polars column by column (:func:`_parse_uniform`); only if anything at all is
-unusual (a record of another width, a blank line, the header again, a CSV error) is it
-read again record by record (:func:`_parse_careful`), which decides the outcome and the
-error message exactly as before. Both read with the same ``csv`` settings, so they agree
-on every well-formed file.
+Nearly every file is well formed, so a file is first read by Polars' CSV reader
+(:func:`_parse_bulk`), whose result is kept only when it is provably what the ``csv``
+module reads (the records written back as the ``csv`` module writes them are the file's
+text itself); otherwise it is read in one pass of the ``csv`` module and handed to Polars
+column by column (:func:`_parse_uniform`); only if anything at all is unusual (a record of
+another width, a blank line, the header again, a CSV error) is it read again record by
+record (:func:`_parse_careful`), which decides the outcome and the error message exactly as
+before. All three give the same frame on a file any of them accepts, so which one read a
+file never shows.
 """
 
 from __future__ import annotations
@@ -172,7 +175,10 @@ def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.Da
     text = _decode(data, source.encoding, path)
     if not text.strip():
         raise DeliveryError(path, "file is empty: expected a header row")
-    csv.field_size_limit(MAX_FIELD_CHARS)
+    csv.field_size_limit(MAX_FIELD_CHARS)  # process-wide, so set whichever reader reads
+    bulk = _parse_bulk(text, path, source, table)
+    if bulk is not None:
+        return bulk
     # Parsing makes millions of small objects and no reference cycles; left on, the cyclic
     # garbage collector rescans them again and again (half the parse time of a big file).
     with collector_paused():
@@ -184,6 +190,86 @@ def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.Da
 
 def _reader(text: str, source: Source) -> Any:
     return csv.reader(io.StringIO(text, newline=""), delimiter=source.delimiter, strict=True)
+
+
+def _render_field(name: str, delimiter: str) -> pl.Expr:
+    """One field as the ``csv`` module's writer writes it by default (``QUOTE_MINIMAL``):
+    quoted, with its quotes doubled, when it holds the delimiter, a quote or a line break,
+    else as it is. Null and empty are both written empty."""
+    value = pl.col(name).fill_null("")
+    quoted = pl.concat_str(pl.lit('"'), value.str.replace_all('"', '""', literal=True), pl.lit('"'))
+    special = value.str.contains_any([delimiter, '"', "\r", "\n"])
+    return pl.when(special).then(quoted).otherwise(value)
+
+
+def _parse_bulk(text: str, path: Path, source: Source, table: Table) -> pl.DataFrame | None:
+    """The raw frame of a plainly written, well-formed file, read by Polars' CSV reader;
+    None for anything else, which the ``csv`` module then reads as before.
+
+    Polars is many times faster than the ``csv`` module but does not read every file as it
+    does (a quote inside an unquoted field, a lone carriage return, a blank line, a ragged
+    record...). So its result is not trusted but checked: every record is written back the
+    way the ``csv`` module's writer writes (:func:`_render_field`, fields joined by the
+    delimiter, records by the file's line ending) and the result must be the delivered text
+    itself, character for character. The ``csv`` module reads such text back into exactly
+    the fields it was written from: outside quotes only the delimiter and line breaks mean
+    anything and a rendered unquoted field holds neither, nor a quote; inside quotes
+    everything is literal but a doubled quote, and a closing quote is followed by a
+    delimiter or the line end. So when the check holds, the ``csv`` module would give
+    these records, field for field, and any file where the two readers might differ fails
+    the check. Two more conditions keep the rest of the careful reader's judgement: at
+    least two columns (a record of one empty field is a blank line to the ``csv`` module),
+    and no field near ``MAX_FIELD_CHARS``. The header repeated is looked for as
+    :func:`_parse_uniform` does, and declines too. Null and empty are not told apart here,
+    but the raw frame makes both null anyway.
+    """
+    delimiter = source.delimiter
+    data = text.encode()
+    try:
+        grid = pl.read_csv(
+            data,
+            has_header=False,
+            separator=delimiter,
+            quote_char='"',
+            comment_prefix=None,
+            infer_schema=False,
+            empty_string_is_null=False,
+            truncate_ragged_lines=False,
+            raise_if_empty=True,
+        )
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException):
+        return None  # a file Polars cannot read: the csv module judges it
+    if grid.width < 2 or grid.height < 2:
+        return None
+    ending = "\r\n" if "\r\n" in text[: text.find("\n") + 1] else "\n"
+    raw = grid.columns
+    rendered = grid.select(
+        pl.concat_str([_render_field(c, delimiter) for c in raw], separator=delimiter)
+        .str.join(ending)
+        .cast(pl.Binary)
+    ).item()
+    if data != rendered and data != rendered + ending.encode():
+        return None
+    longest = grid.select(pl.max_horizontal(pl.col(raw).str.len_chars().max())).item()
+    if longest >= MAX_FIELD_CHARS:
+        return None
+    header = [v or "" for v in grid.row(0)]
+    _check_delimiter(header, table, delimiter, path)
+    columns = _map_header(header, table, path)
+    records = grid.slice(1).rename(dict(zip(raw, columns, strict=True)))
+    header_again = _cells(header)
+    first = header_again[0]
+    maybe_header = records.filter(
+        pl.col(columns[0]).fill_null("").str.contains(first, literal=True)
+    )
+    if any(_cells([v or "" for v in fields]) == header_again for fields in maybe_header.rows()):
+        return None
+    return records.select(
+        [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in table.columns]
+    ).with_columns(
+        pl.int_range(1, records.height + 1, dtype=pl.Int64).alias(ROW_NUMBER),
+        pl.lit(None, dtype=pl.String).alias(SHAPE_ERROR),
+    )
 
 
 def _parse_uniform(text: str, path: Path, source: Source, table: Table) -> pl.DataFrame | None:

@@ -191,13 +191,29 @@ def record_hashes(frame: pl.DataFrame, source: Source, table_name: str) -> pl.Se
     tells null from any text and cannot be confused by a delimiter inside a value.
     SHA-256 rather than a fast 64-bit hash: a collision would silently give a record
     another record's values, and 128 bits make that beyond reach.
+
+    The hash is of the rules' fingerprint followed by the record's JSON (UTF-8), given as
+    the first 32 hex digits. Polars has no SHA-256 (and DuckDB's ``sha256`` measured no
+    faster than ``hashlib``), so the one step left in Python is the digest itself, kept as
+    small as it goes: the JSON comes out of Polars as bytes (no string objects, no encoding
+    in Python), each digest continues a copy of one already fed the fingerprint, and the
+    hex is made by Polars.
     """
     columns = [*source.tables[table_name].columns, SHAPE_ERROR]
-    prefix = rules_fingerprint(source, table_name).encode()
-    encoded = frame.select(pl.struct(columns).struct.json_encode()).to_series().to_list()
-    sha256 = hashlib.sha256
-    return pl.Series(
-        RECORD_HASH, [sha256(prefix + r.encode()).hexdigest()[:32] for r in encoded], pl.String
+    start = hashlib.sha256(rules_fingerprint(source, table_name).encode())
+    encoded = frame.select(pl.struct(columns).struct.json_encode().cast(pl.Binary)).to_series()
+    digests = []
+    append = digests.append
+    copy = start.copy
+    for record in encoded.to_list():
+        digest = copy()
+        digest.update(record)
+        append(digest.digest())
+    return (
+        pl.Series(RECORD_HASH, digests, pl.Binary)
+        .bin.slice(0, 16)
+        .bin.encode("hex")
+        .alias(RECORD_HASH)
     )
 
 
@@ -243,9 +259,14 @@ def stage_table(
         expr for name, kind in table.identifiers().items() for expr in _identifier(name, kind)
     ]
 
+    # Typed values and the row rules are evaluated lazily: Polars then computes an
+    # expression they share once (the cleaned value, a parsed date, a normalised postcode
+    # used for both the value and its flag), where an eager select computes it for each use.
     def typed_rows(rows: pl.DataFrame) -> pl.DataFrame:
-        staged = rows.select(ROW_NUMBER, *typed_exprs, RECORD_HASH)
-        return staged.with_columns(identifier_exprs) if identifier_exprs else staged
+        staged = rows.lazy().select(ROW_NUMBER, *typed_exprs, RECORD_HASH)
+        if identifier_exprs:
+            staged = staged.with_columns(identifier_exprs)
+        return staged.collect()
 
     frame = raw.frame.with_columns(record_hashes(raw.frame, source, raw.table))
     if previous is not None and RECORD_HASH in previous.columns:
@@ -259,9 +280,14 @@ def stage_table(
     # the problems themselves for those few rows only. _PROBLEM is null for a clean row.
     fresh = frame.filter(~pl.col(_KNOWN))
     any_problem = pl.any_horizontal([r.condition for r in rules]).fill_null(False)
-    flagged = fresh.filter(any_problem).select(
-        ROW_NUMBER,
-        pl.concat_list([r.problem for r in rules]).list.drop_nulls().alias(_PROBLEM),
+    flagged = (
+        fresh.lazy()
+        .filter(any_problem)
+        .select(
+            ROW_NUMBER,
+            pl.concat_list([r.problem for r in rules]).list.drop_nulls().alias(_PROBLEM),
+        )
+        .collect()
     )
     frame = frame.join(flagged, on=ROW_NUMBER, how="left", maintain_order="left")
     if table.local_key:

@@ -150,12 +150,23 @@ def _columns(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> list[str
     return [r[0] for r in rows]
 
 
-def _write(con: duckdb.DuckDBPyConnection, schema: str, name: str, frame: pl.DataFrame) -> None:
-    """Insert by column name, creating the table or adding columns new in the config."""
+def _write(
+    con: duckdb.DuckDBPyConnection,
+    schema: str,
+    name: str,
+    frame: pl.DataFrame,
+    existing: list[str] | None = None,
+) -> None:
+    """Insert by column name, creating the table or adding columns new in the config.
+
+    ``existing``: the table's columns when the caller has just looked them up (each look-up
+    is a catalog query, a few milliseconds, and a delivery writes dozens of tables).
+    """
     view = f"_incoming_{schema}"
     con.register(view, frame)
     try:
-        existing = _columns(con, schema, name)
+        if existing is None:
+            existing = _columns(con, schema, name)
         if not existing:
             con.execute(f'CREATE TABLE {schema}."{name}" AS SELECT * FROM {view} LIMIT 0')
         else:
@@ -339,12 +350,13 @@ def load_delivery(
             }
             _write(con, "raw", name, raw.frame.with_columns(**provenance))
             for schema, frame in (("staged", stage.staged), ("quarantine", stage.quarantine)):
-                if _columns(con, schema, name):
+                existing = _columns(con, schema, name)
+                if existing:
                     con.execute(
                         f'DELETE FROM {schema}."{name}" WHERE _extract_date = ?',
                         [delivery.extract_date],
                     )
-                _write(con, schema, name, frame.with_columns(**provenance))
+                _write(con, schema, name, frame.with_columns(**provenance), existing)
         con.execute(
             "UPDATE meta.deliveries SET status = 'replaced' "
             "WHERE source = ? AND extract_date = ? AND status = 'loaded'",
