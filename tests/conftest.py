@@ -14,6 +14,15 @@ import pytest
 from warehouse.sources import Source, load_sources
 
 Row = dict[str, str | None]
+# school/attendance's header, as the reader tests write it by hand.
+ATTENDANCE_HEADER = [
+    "upn",
+    "school_urn",
+    "term",
+    "sessions_possible",
+    "sessions_authorised_absent",
+    "sessions_unauthorised_absent",
+]
 
 
 @pytest.fixture(scope="session")

@@ -9,19 +9,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import ATTENDANCE_HEADER as HEADER
 from polars.testing import assert_frame_equal
 
 from warehouse.landing import DeliveryError
 from warehouse.reader import MAX_FIELD_CHARS, _parse_bulk, _parse_careful, _render_field, parse_csv
 
-HEADER = [
-    "upn",
-    "school_urn",
-    "term",
-    "sessions_possible",
-    "sessions_authorised_absent",
-    "sessions_unauthorised_absent",
-]
 PATH = Path("attendance.csv")
 HEAD = ",".join(HEADER)
 

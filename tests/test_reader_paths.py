@@ -7,19 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import ATTENDANCE_HEADER as HEADER
 from polars.testing import assert_frame_equal
 
 from warehouse.landing import DeliveryError
 from warehouse.reader import _parse_careful, _parse_uniform, parse_csv
 
-HEADER = [
-    "upn",
-    "school_urn",
-    "term",
-    "sessions_possible",
-    "sessions_authorised_absent",
-    "sessions_unauthorised_absent",
-]
 PATH = Path("attendance.csv")
 
 

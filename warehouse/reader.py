@@ -202,6 +202,17 @@ def _render_field(name: str, delimiter: str) -> pl.Expr:
     return pl.when(special).then(quoted).otherwise(value)
 
 
+def _well_formed(records: pl.DataFrame, table: Table) -> pl.DataFrame:
+    """The raw frame of a file with no shape errors, from its records as text columns
+    named as in the spec: the spec's columns in order, empty fields null, numbered 1.."""
+    return records.select(
+        [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in table.columns]
+    ).with_columns(
+        pl.int_range(1, records.height + 1, dtype=pl.Int64).alias(ROW_NUMBER),
+        pl.lit(None, dtype=pl.String).alias(SHAPE_ERROR),
+    )
+
+
 def _parse_bulk(text: str, path: Path, source: Source, table: Table) -> pl.DataFrame | None:
     """The raw frame of a plainly written, well-formed file, read by Polars' CSV reader;
     None for anything else, which the ``csv`` module then reads as before.
@@ -264,12 +275,7 @@ def _parse_bulk(text: str, path: Path, source: Source, table: Table) -> pl.DataF
     )
     if any(_cells([v or "" for v in fields]) == header_again for fields in maybe_header.rows()):
         return None
-    return records.select(
-        [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in table.columns]
-    ).with_columns(
-        pl.int_range(1, records.height + 1, dtype=pl.Int64).alias(ROW_NUMBER),
-        pl.lit(None, dtype=pl.String).alias(SHAPE_ERROR),
-    )
+    return _well_formed(records, table)
 
 
 def _parse_uniform(text: str, path: Path, source: Source, table: Table) -> pl.DataFrame | None:
@@ -307,12 +313,7 @@ def _parse_uniform(text: str, path: Path, source: Source, table: Table) -> pl.Da
         ]
     )
     del records
-    return frame.select(
-        [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in table.columns]
-    ).with_columns(
-        pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(ROW_NUMBER),
-        pl.lit(None, dtype=pl.String).alias(SHAPE_ERROR),
-    )
+    return _well_formed(frame, table)
 
 
 def _parse_careful(text: str, path: Path, source: Source, table: Table) -> pl.DataFrame:
