@@ -158,6 +158,17 @@ def _cells(fields: Sequence[str]) -> list[str]:
     return [f.strip().removeprefix("\ufeff") for f in fields]
 
 
+def _header_repeated(header: Sequence[str], records: Iterable[Sequence[str]]) -> bool:
+    """Whether a record is the header again (two exports joined): the one-pass readers
+    then decline the file, for :func:`_parse_careful` to name the line."""
+    again = _cells(header)
+    first = again[0]
+    return any(
+        fields[0].strip().removeprefix("\ufeff") == first and _cells(fields) == again
+        for fields in records
+    )
+
+
 def parse_csv(data: bytes, path: Path, source: Source, table_name: str) -> pl.DataFrame:
     """Parse delivered CSV bytes into a raw frame (see module docstring)."""
     table = source.tables[table_name]
@@ -268,12 +279,11 @@ def _parse_bulk(text: str, path: Path, source: Source, table: Table) -> pl.DataF
     _check_delimiter(header, table, delimiter, path)
     columns = _map_header(header, table, path)
     records = grid.slice(1).rename(dict(zip(raw, columns, strict=True)))
-    header_again = _cells(header)
-    first = header_again[0]
+    # Only records whose first field holds the header's first name can repeat it.
     maybe_header = records.filter(
-        pl.col(columns[0]).fill_null("").str.contains(first, literal=True)
+        pl.col(columns[0]).fill_null("").str.contains(_cells(header)[0], literal=True)
     )
-    if any(_cells([v or "" for v in fields]) == header_again for fields in maybe_header.rows()):
+    if _header_repeated(header, ([v or "" for v in row] for row in maybe_header.rows())):
         return None
     return _well_formed(records, table)
 
@@ -299,12 +309,7 @@ def _parse_uniform(text: str, path: Path, source: Source, table: Table) -> pl.Da
     width = len(columns)
     if any(len(fields) != width for fields in records):
         return None
-    header_again = _cells(header)
-    first = header_again[0]
-    if any(
-        fields[0].strip().removeprefix("\ufeff") == first and _cells(fields) == header_again
-        for fields in records
-    ):
+    if _header_repeated(header, records):
         return None
     frame = pl.DataFrame(
         [
