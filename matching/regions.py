@@ -57,11 +57,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from matching.config import LinkageConfig
 from matching.digests import fields_text, sha256_hex
@@ -270,21 +272,18 @@ def _pair_edges(
     return edges.filter(pl.col("unique_id").is_in(present) & pl.col("key").is_in(present))
 
 
-def _components(nodes: int, left: Iterable[int], right: Iterable[int]) -> list[int]:
-    """Each node's component root, by union-find over integer edges."""
-    parent = list(range(nodes))
+def _components(nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Each node's component, named by its smallest node.
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(left, right, strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return [find(x) for x in range(nodes)]
+    SciPy's connected components (compiled; a Python union-find took ~1.2 s of every
+    night at 100,000 households) number components arbitrarily; nodes are visited in
+    order, so the first node carrying each label is that component's smallest."""
+    graph = coo_array(
+        (np.ones(len(left), dtype=np.int8), (left, right)), shape=(nodes, nodes)
+    ).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    _, smallest = np.unique(labels, return_index=True)
+    return smallest[labels]
 
 
 def regions(
@@ -304,7 +303,7 @@ def regions(
         ]
     ).drop_nulls()
     # Records sharing a key are joined through the key's first record (a star, so the
-    # union-find below sees only records and no more edges than it needs).
+    # component search below sees only records and no more edges than it needs).
     edges = pl.concat(
         [
             _pair_edges(ids, pairs, threshold, constraints, relationships).rename({"key": "other"}),
@@ -317,7 +316,7 @@ def regions(
     numbered = edges.join(index.rename({"i": "a"}), on="unique_id").join(
         index.rename({"unique_id": "other", "i": "b"}), on="other"
     )
-    roots = _components(names.len(), numbered["a"].to_list(), numbered["b"].to_list())
+    roots = _components(names.len(), numbered["a"].to_numpy(), numbered["b"].to_numpy())
     root_of = pl.Series("root", roots, dtype=pl.UInt32)
     frame = pl.DataFrame({"unique_id": names, "root": root_of})
     return (
