@@ -414,9 +414,22 @@ def bench_size(households: int, out: Path, *, seed: int, extract_date: str, keep
     report["train"] = asdict(training)
     first, second = report["night_1"]["total_wall_seconds"], report["night_2"]["total_wall_seconds"]
     report["second_night_ratio"] = round(second / first, 3) if first else None
+    report["job_ratios"] = job_ratios(report["night_1"], report["night_2"])
     if not keep:
         shutil.rmtree(work)
     return report
+
+
+def job_ratios(first: dict[str, Any], second: dict[str, Any]) -> dict[str, float | None]:
+    """Night 2 / night 1 per job: which parts of a night the second delivery makes
+    cheaper (the link job, which re-scores and re-clusters only what changed) and which it
+    does not (ingest and publish read and write every delivered row each night)."""
+    ratios: dict[str, float | None] = {}
+    for job, measured in first["jobs"].items():
+        before = measured["wall_seconds"]
+        after = second["jobs"][job]["wall_seconds"]
+        ratios[job] = round(after / before, 3) if before else None
+    return ratios
 
 
 def targets(sizes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -527,6 +540,10 @@ def table_lines(report: dict[str, Any]) -> list[str]:
             f"changed records scored on night 2: {size['night_2']['changed_records_scored']:,}"
             f" of {size['night_2']['person_level_rows']:,}"
         )
+        per_job = ", ".join(
+            f"{job} {_fmt(ratio, 2)}" for job, ratio in size.get("job_ratios", {}).items()
+        )
+        lines.append(f"{h:>10} per job, night 2 / night 1: {per_job}")
         lines.append("")
     lines.append(f"targets: {json.dumps(report['targets'])}")
     return lines

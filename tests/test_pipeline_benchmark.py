@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks import pipeline
 from benchmarks.pipeline import NIGHTS, STAGES, Measured, child_argv, child_main, main, run_child
+from warehouse.sources import DEFAULT_CONFIG_DIR
 from warehouse.stages import StageClock, process_peak_mib
 
 
@@ -75,8 +76,11 @@ def _in_process(job: str, log_dir: Path, label: str, **options: Any) -> Measured
 def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, monkeypatch):
     # The jobs point Dagster and the settings at their data directory through the
     # environment: let monkeypatch put it back afterwards.
-    for name in ("SDV_DATA_DIR", "SDV_LANDING", "SDV_WAREHOUSE", "SDV_CONFIG_DIR"):
+    for name in ("SDV_DATA_DIR", "SDV_LANDING", "SDV_WAREHOUSE"):
         monkeypatch.setenv(name, str(tmp_path / "unused"))
+    # The real configuration: importing pipelines.definitions builds its module-level
+    # ``defs`` from the environment, and this test may be the first to import it.
+    monkeypatch.setenv("SDV_CONFIG_DIR", str(DEFAULT_CONFIG_DIR))
     monkeypatch.setenv("SDV_OPERATIONAL_URL", "")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     monkeypatch.delenv("SDV_TRUTH_DIR", raising=False)
@@ -100,7 +104,12 @@ def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, mon
     assert 0 < size["night_2"]["changed_records_scored"] < size["night_2"]["person_level_rows"]
     assert size["train"]["wall_seconds"] > 0 and size["generate"]["wall_seconds"] > 0
     assert size["second_night_ratio"] > 0
+    assert set(size["job_ratios"]) == {"ingest", "link", "publish"}
+    link = size["job_ratios"]["link"]
+    jobs = size["night_1"]["jobs"]["link"], size["night_2"]["jobs"]["link"]
+    assert link == pytest.approx(jobs[1]["wall_seconds"] / jobs[0]["wall_seconds"], abs=1e-3)
     assert "second_night_under_quarter" in report["targets"]
     assert len(report["load_average_at_start"]) == 3
     assert not (tmp_path / "work" / "30").exists()  # data removed without --keep
-    assert "TOTAL" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "TOTAL" in printed and "per job, night 2 / night 1: ingest" in printed
