@@ -23,6 +23,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from conftest import sdv_load
@@ -660,3 +661,39 @@ def test_a_warehouse_without_stored_regions_resolves_everything(base: Base, tmp_
         assert again.run["reclustered"]["records"] == 0
     finally:
         con.close()
+
+
+def _components_by_search(nodes: int, edges: list[tuple[int, int]]) -> list[int]:
+    """Each node's component named by its smallest node, by plain graph search."""
+    neighbours: dict[int, set[int]] = {n: set() for n in range(nodes)}
+    for a, b in edges:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    name = [-1] * nodes
+    for start in range(nodes):  # in order: the first node reached names its component
+        if name[start] >= 0:
+            continue
+        name[start], stack = start, [start]
+        while stack:
+            for other in neighbours[stack.pop()]:
+                if name[other] < 0:
+                    name[other] = start
+                    stack.append(other)
+    return name
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_components_are_named_by_their_smallest_record(seed: int) -> None:
+    # A region's name is stored and compared with the next night's: a component named any
+    # other way would make every region look new, and every night cluster everything.
+    rng = random.Random(seed)
+    nodes = rng.randint(0, 300)
+    edges = (
+        [(rng.randrange(nodes), rng.randrange(nodes)) for _ in range(rng.randint(0, nodes))]
+        if nodes
+        else []
+    )
+    left = np.array([a for a, _ in edges], dtype=np.int64)
+    right = np.array([b for _, b in edges], dtype=np.int64)
+    found = regions_module._components(nodes, left, right)
+    assert found.tolist() == _components_by_search(nodes, edges)
