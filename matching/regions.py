@@ -278,9 +278,7 @@ def _components(nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     SciPy's connected components (compiled; a Python union-find took ~1.2 s of every
     night at 100,000 households) number components arbitrarily; nodes are visited in
     order, so the first node carrying each label is that component's smallest."""
-    graph = coo_array(
-        (np.ones(len(left), dtype=np.int8), (left, right)), shape=(nodes, nodes)
-    ).tocsr()
+    graph = coo_array((np.ones(len(left), dtype=np.int8), (left, right)), shape=(nodes, nodes))
     _, labels = connected_components(graph, directed=False)
     _, smallest = np.unique(labels, return_index=True)
     return smallest[labels]
