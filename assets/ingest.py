@@ -68,7 +68,10 @@ def _specs(source: Source) -> list[dg.AssetSpec]:
         specs.append(
             dg.AssetSpec(
                 raw_key(source.name, table),
-                description=f"{source.name}/{table} as delivered ({where}), every delivery kept.",
+                description=(
+                    f"{source.name}/{table} as delivered ({where}): each record once, and "
+                    "in delivered.* which deliveries carried it."
+                ),
                 **common,
             )
         )

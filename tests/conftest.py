@@ -129,3 +129,35 @@ def published_county(tmp_path_factory):
     from family_view_county import make_county
 
     return make_county(tmp_path_factory.mktemp("family_view") / "county")
+
+
+def to_per_delivery_layout(con, *, keep_hashes: bool = True) -> None:
+    """Rewrite a warehouse's ingest tables as they were stored before each record was
+    kept once: every delivery's copy of every record in ``raw`` and ``staged``, no
+    ``delivered`` (and, without ``keep_hashes``, staged rows without their hashes, as
+    before those existed). For the tests of :func:`warehouse.store.migrate_layout`."""
+    from warehouse.store import per_delivery_sql
+
+    names = [
+        n
+        for (n,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'delivered'"
+        ).fetchall()
+    ]
+    for name in names:
+        for schema in ("raw", "staged"):
+            drop = "_record_hash" if schema == "raw" or not keep_hashes else None
+            exclude = f" EXCLUDE ({drop})" if drop else ""
+            con.execute(
+                f"CREATE TEMP TABLE _old AS SELECT *{exclude} FROM "
+                f"({per_delivery_sql(schema, name)}) ORDER BY _extract_date, _row_number"
+            )
+            con.execute(f'DROP TABLE {schema}."{name}"')
+            con.execute(f'CREATE TABLE {schema}."{name}" AS SELECT * FROM _old')
+            con.execute("DROP TABLE _old")
+        con.execute(f'DROP TABLE delivered."{name}"')
+        con.execute(
+            f'CREATE OR REPLACE VIEW current."{name}" AS SELECT * FROM staged."{name}" '
+            "WHERE _extract_date = (SELECT max(extract_date) FROM meta.deliveries "
+            f"WHERE source = '{name.split('__')[0]}' AND status = 'loaded')"
+        )

@@ -8,6 +8,7 @@ from conftest import sdv_load
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from warehouse.store import per_delivery_sql
 
 HOUSEHOLDS = 300
 
@@ -71,8 +72,8 @@ def test_every_delivered_row_is_in_raw_and_in_staged_or_quarantine(county):
         counts = query(
             county,
             f"""
-            SELECT (SELECT count(*) FROM raw."{name}") AS raw,
-                   (SELECT count(*) FROM staged."{name}") AS staged,
+            SELECT (SELECT count(*) FROM ({per_delivery_sql("raw", name)})) AS raw,
+                   (SELECT count(*) FROM ({per_delivery_sql("staged", name)})) AS staged,
                    (SELECT count(*) FROM quarantine."{name}") AS quarantined""",
         ).row(0)
         assert counts[0] == counts[1] + counts[2], name
@@ -110,7 +111,7 @@ def test_flagged_identifiers_are_kept_and_marked_invalid(county):
         name = f"{row['source']}__{row['table']}"
         found = query(
             county,
-            f"""SELECT "{row["column"]}_valid" AS valid FROM staged."{name}"
+            f"""SELECT "{row["column"]}_valid" AS valid FROM ({per_delivery_sql("staged", name)})
                                   WHERE _row_number = {int(row["row_number"])}
                                     AND _extract_date = DATE '{row["extract_date"]}'""",
         )

@@ -280,6 +280,22 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     for path in after_files:
         assert _hits(path, who) == [], path
         assert _in_bytes(path, who) == set(), path
+    # No delivery still says it carried an erased record (raw holds each record once;
+    # ``delivered`` names it by hash for every delivery).
+    con = connect(county.warehouse, read_only=True)
+    try:
+        delivered = [t for (t,) in con.sql(
+            "select table_name from duckdb_tables() where schema_name = 'delivered'"
+        ).fetchall()]  # fmt: skip
+        assert len(delivered) == 14
+        for table in delivered:
+            orphans = con.sql(
+                f'select count(*) from delivered."{table}" d anti join raw."{table}" r '
+                "on r._record_hash = d._record_hash"
+            ).fetchall()[0][0]
+            assert orphans == 0, table
+    finally:
+        con.close()
     # Each rewritten snapshot has a rewritten serving copy; the old copies are gone.
     serving_after = {p.name for p in after_files if p.name.endswith(SERVING_SUFFIX)}
     assert serving_after == {

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import police_tables
+from conftest import police_tables, to_per_delivery_layout
 from polars.testing import assert_frame_equal
 
 from warehouse.landing import Delivery
 from warehouse.reader import RawTable, parse_csv
 from warehouse.staging import RECORD_HASH, StagedTable, stage_table
-from warehouse.store import connect, load_delivery
+from warehouse.store import connect, load_delivery, migrate_layout, per_delivery_sql
 from warehouse.tombstone import Tombstones, record_hash
 
 KEY = b"k" * 32
@@ -136,9 +136,14 @@ def test_same_fields_with_a_shape_error_are_not_reused(sources):
 
 
 def _rows(con, schema: str, table: str, day: str) -> pl.DataFrame:
+    """What the delivery of ``day`` left in ``schema`` (one row per record it carried)."""
+    name = f"police__{table}"
+    relation = (
+        f'quarantine."{name}"' if schema == "quarantine" else f"({per_delivery_sql(schema, name)})"
+    )
     return (
         con.sql(
-            f'SELECT * EXCLUDE (_loaded_at) FROM {schema}."police__{table}" '
+            f"SELECT * EXCLUDE (_loaded_at) FROM {relation} "
             "WHERE _extract_date = ? ORDER BY _row_number",
             params=[date.fromisoformat(day)],
         )
@@ -159,12 +164,13 @@ def _police_nights() -> tuple[dict, dict]:
     return night_1, night_2
 
 
-@pytest.mark.parametrize("old_warehouse", [False, True])
+@pytest.mark.parametrize("old_warehouse", ["", "per_delivery", "per_delivery_unhashed"])
 def test_second_delivery_loads_as_if_from_scratch(
     tmp_path, delivery_writer, sources, old_warehouse
 ):
     """Night 2 loaded on top of night 1 (tombstone added in between) equals night 2 loaded
-    into an empty warehouse; also for a warehouse staged before record hashes existed."""
+    into an empty warehouse; also when night 1 was stored as every delivery's copy of each
+    record (converted on opening), with or without staged record hashes."""
     police = sources["police"]
     night_1, night_2 = _police_nights()
     stones = Tombstones.of([record_hash("police|persons|N6", KEY)], KEY)
@@ -174,8 +180,8 @@ def test_second_delivery_loads_as_if_from_scratch(
     nightly = connect(tmp_path / "nightly.duckdb")
     load_delivery(nightly, Delivery("police", date(2026, 11, 19), first), police)
     if old_warehouse:
-        for table in police.tables:
-            nightly.execute(f'ALTER TABLE staged."police__{table}" DROP COLUMN {RECORD_HASH}')
+        to_per_delivery_layout(nightly, keep_hashes=old_warehouse == "per_delivery")
+        assert migrate_layout(nightly) == [f"police__{t}" for t in sorted(police.tables)]
     result = load_delivery(nightly, Delivery("police", date(2026, 11, 20), second), police, stones)
     scratch = connect(tmp_path / "scratch.duckdb")
     fresh = load_delivery(scratch, Delivery("police", date(2026, 11, 20), second), police, stones)
@@ -194,8 +200,8 @@ def test_second_delivery_loads_as_if_from_scratch(
     )
     assert reasons == {"N5": "unparseable_date", "N4": "duplicate_key", "N6": "erased"}
     hashes = nightly.execute(
-        f'SELECT count(*), count({RECORD_HASH}) FROM staged."police__persons" '
-        "WHERE _extract_date = '2026-11-20'"
+        f"SELECT count(*), count({RECORD_HASH}) FROM "
+        f"({per_delivery_sql('staged', 'police__persons')}) WHERE _extract_date = '2026-11-20'"
     ).fetchall()
     assert hashes[0][0] == hashes[0][1] > 0  # tonight's rows can be reused tomorrow
     nightly.close()

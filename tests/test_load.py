@@ -4,10 +4,10 @@ import json
 from datetime import date
 
 import pytest
-from conftest import police_tables
+from conftest import police_tables, to_per_delivery_layout
 
 from warehouse.landing import Delivery, DeliveryError
-from warehouse.store import connect, load_delivery
+from warehouse.store import connect, load_delivery, per_delivery_sql
 
 LAYERS = ("raw", "staged", "quarantine")
 
@@ -20,7 +20,8 @@ def snapshot(con) -> dict[str, list[tuple]]:
     """Every row of every ingest table, for before/after comparisons."""
     tables = con.execute(
         "SELECT table_schema, table_name FROM information_schema.tables "
-        "WHERE table_schema IN ('raw','staged','quarantine','meta') AND table_type='BASE TABLE' "
+        "WHERE table_schema IN ('raw','staged','quarantine','delivered','meta') "
+        "AND table_type='BASE TABLE' "
         "ORDER BY 1, 2"
     ).fetchall()
     return {
@@ -120,10 +121,64 @@ def test_newer_delivery_supersedes_and_older_stays_in_raw(con, delivery_writer, 
     assert current == [(date(2026, 11, 20), 5)]
     raw = dict(
         con.execute(
-            'SELECT _extract_date, count(*) FROM raw."police__persons" GROUP BY 1'
+            f"SELECT _extract_date, count(*) FROM ({per_delivery_sql('raw', 'police__persons')}) "
+            "GROUP BY 1"
         ).fetchall()
     )
     assert raw == {date(2026, 11, 18): 1, date(2026, 11, 19): 2, date(2026, 11, 20): 5}
+    # ... each record held once: the two earlier deliveries repeat records of the newest.
+    assert count(con, "raw") == 5
+
+
+def _per_delivery(con, schema: str, table: str = "persons") -> list[tuple]:
+    return con.execute(
+        f"SELECT _extract_date, _row_number, nominal_id FROM "
+        f"({per_delivery_sql(schema, f'police__{table}')}) ORDER BY 1, 2"
+    ).fetchall()
+
+
+def test_a_record_is_stored_once_however_many_deliveries_repeat_it(con, delivery_writer, sources):
+    """Full snapshots repeat nearly every record nightly: raw and staged grow by what is
+    new or changed, while ``delivered`` keeps which delivery carried each record, where."""
+    night_1 = police_tables(3)
+    night_2 = police_tables(3)
+    night_2["persons"].insert(0, night_2["persons"].pop())  # N3 moves to the top of the file
+    night_2["persons"][1]["surname"] = "Changed"  # N1 changes
+    load_delivery(
+        con,
+        delivery(delivery_writer("police", "2026-11-19", night_1), "2026-11-19"),
+        sources["police"],
+    )
+    load_delivery(
+        con,
+        delivery(delivery_writer("police", "2026-11-20", night_2), "2026-11-20"),
+        sources["police"],
+    )
+    assert count(con, "raw") == count(con, "staged") == 4  # N1 to N3, and N1 changed
+    assert count(con, "delivered") == 6
+    assert count(con, "raw", "incidents") == 1 and count(con, "delivered", "incidents") == 2
+    n19, n20 = date(2026, 11, 19), date(2026, 11, 20)
+    expected = [(n19, 1, "N1"), (n19, 2, "N2"), (n19, 3, "N3"),
+                (n20, 1, "N3"), (n20, 2, "N1"), (n20, 3, "N2")]  # fmt: skip
+    assert _per_delivery(con, "raw") == _per_delivery(con, "staged") == expected
+    current = con.execute(
+        'SELECT _row_number, nominal_id, surname, _extract_date FROM current."police__persons"'
+    ).fetchall()
+    assert current == [(1, "N3", "Example", n20), (2, "N1", "Changed", n20),
+                       (3, "N2", "Example", n20)]  # fmt: skip
+
+
+def test_a_record_that_leaves_and_comes_back_is_held_once_with_both_deliveries(
+    con, delivery_writer, sources
+):
+    for day, n in (("2026-11-18", 2), ("2026-11-19", 1), ("2026-11-20", 2)):
+        folder = delivery_writer("police", day, police_tables(n))
+        load_delivery(con, delivery(folder, day), sources["police"])
+    assert count(con, "raw") == 2
+    n2 = [d for d, _, nominal in _per_delivery(con, "raw") if nominal == "N2"]
+    assert n2 == [date(2026, 11, 18), date(2026, 11, 20)]
+    current = con.execute('SELECT nominal_id FROM current."police__persons"').fetchall()
+    assert current == [("N1",), ("N2",)]
 
 
 def test_corrected_redelivery_of_a_date_replaces_staged_but_keeps_raw(
@@ -160,3 +215,60 @@ def test_quarantined_rows_are_kept_with_provenance(con, delivery_writer, sources
             "column 'dob': '31/02/2015' is not a date (%Y-%m-%d)",
         )
     ]
+
+
+def _layers(con) -> dict[str, list[tuple]]:
+    """Every delivery's rows in every layer, and every current view."""
+    out = {}
+    for table in ("persons", "incidents", "involvements"):
+        name = f"police__{table}"
+        for schema in ("raw", "staged"):
+            out[f"{schema}.{name}"] = con.execute(
+                f"SELECT * EXCLUDE (_record_hash) FROM ({per_delivery_sql(schema, name)}) "
+                "ORDER BY _extract_date, _loaded_at, _row_number"
+            ).fetchall()
+        for relation in (f'quarantine."{name}"', f'current."{name}"'):
+            out[relation] = sorted(
+                con.execute(f"SELECT * EXCLUDE (_record_hash) FROM {relation}").fetchall()
+                if relation.startswith("current")
+                else con.execute(f"SELECT * FROM {relation}").fetchall(),
+                key=repr,
+            )
+    return out
+
+
+@pytest.mark.parametrize("keep_hashes", [True, False])
+def test_a_warehouse_stored_per_delivery_is_converted_without_losing_a_row(
+    tmp_path, delivery_writer, sources, keep_hashes
+):
+    """Every delivery's copy of every record (the layout before records were stored once,
+    with or without staged hashes) converts on opening: each delivery's rows, quarantine
+    and the current view come back the same, a replaced delivery stays replaced, and the
+    next delivery loads on top."""
+    police = sources["police"]
+    con = connect(tmp_path / "old.duckdb")
+    nights = [
+        ("2026-11-19", police_tables(3)),
+        ("2026-11-20", police_tables(4)),
+        ("2026-11-20", police_tables(4, surname="Corrected")),  # replaces the 20th
+        ("2026-11-18", police_tables(2)),
+    ]  # fmt: skip  (arrives late)
+    nights[0][1]["persons"][1]["forename"] = None  # quarantined
+    for day, tables in nights:
+        load_delivery(con, delivery(delivery_writer("police", day, tables), day), police)
+    before = _layers(con)
+    assert before['current."police__persons"'] and before['quarantine."police__persons"']
+    to_per_delivery_layout(con, keep_hashes=keep_hashes)
+    assert count(con, "raw") == 3 + 4 + 4 + 2  # every delivery's copy
+    con.close()
+
+    con = connect(tmp_path / "old.duckdb")  # converts on opening for writing
+    assert _layers(con) == before
+    # N1 to N3 of the 19th (N2 without a forename), N2 and N4 of the 20th, its four
+    # corrected records; the late delivery repeats records of the 20th.
+    assert count(con, "raw") == 3 + 2 + 4
+    folder = delivery_writer("police", "2026-11-21", police_tables(5, surname="Corrected"))
+    load_delivery(con, delivery(folder, "2026-11-21"), police)
+    current = con.execute('SELECT nominal_id, surname FROM current."police__persons"').fetchall()
+    assert current == [(f"N{i}", "Corrected") for i in range(1, 6)]
+    con.close()

@@ -41,7 +41,7 @@ from conftest import police_tables, sdv_load, write_delivery
 from pipelines.settings import PROJECT_ROOT
 from warehouse.landing import Delivery, DeliveryError
 from warehouse.publish import SnapshotStore, open_snapshot
-from warehouse.store import connect, load_delivery
+from warehouse.store import connect, load_delivery, per_delivery_sql
 
 LAYERS = ("raw", "staged", "quarantine")
 POLICE_TABLES = ("persons", "incidents", "involvements")
@@ -353,7 +353,8 @@ def test_delivery_older_than_current_loads_for_its_date_and_current_stays(
     assert result.current_extract_date == date.fromisoformat(NEXT)
     assert current_rows(con) == current_before
     staged = con.execute(
-        'SELECT count(*) FROM staged."police__persons" WHERE _extract_date = ? AND surname = ?',
+        f"SELECT count(*) FROM ({per_delivery_sql('staged', 'police__persons')}) "
+        "WHERE _extract_date = ? AND surname = ?",
         [date.fromisoformat(PREVIOUS), "Late"],
     ).fetchall()
     assert staged == [(2,)]
@@ -427,7 +428,8 @@ def test_sdv_load_reports_each_broken_delivery_by_file_and_reason(tmp_path, sour
         current = con.execute('SELECT count(*), max(_extract_date) FROM current."police__persons"')
         assert current.fetchall() == [(2, date(2026, 11, 1))]
         late = con.execute(
-            'SELECT count(*) FROM staged."police__persons" WHERE _extract_date = ?',
+            f"SELECT count(*) FROM ({per_delivery_sql('staged', 'police__persons')}) "
+            "WHERE _extract_date = ?",
             [date(2026, 10, 31)],
         )
         assert late.fetchall() == [(1,)]
@@ -563,19 +565,22 @@ def assert_warehouse_whole(warehouse: Path) -> dict[str, str]:
         ids = {r[0] for r in recorded}
         for delivery_id, source, day, status, tables in recorded:
             for t in json.loads(tables):
-                name = f'"{source}__{t["table"]}"'
+                name = f"{source}__{t['table']}"
+                layers = {
+                    layer: f"({per_delivery_sql(layer, name)})" for layer in ("raw", "staged")
+                } | {"quarantine": f'quarantine."{name}"'}
                 raw = con.execute(
-                    f"SELECT count(*) FROM raw.{name} WHERE _delivery_id = ?", [delivery_id]
+                    f"SELECT count(*) FROM {layers['raw']} WHERE _delivery_id = ?", [delivery_id]
                 ).fetchall()
                 assert raw == [(t["rows"],)], (source, day, t["table"])
                 if status == "loaded":
                     for layer, key in (("staged", "staged"), ("quarantine", "quarantined")):
                         rows = con.execute(
-                            f"SELECT count(*) FROM {layer}.{name} WHERE _delivery_id = ?",
+                            f"SELECT count(*) FROM {layers[layer]} WHERE _delivery_id = ?",
                             [delivery_id],
                         ).fetchall()
                         assert rows == [(t[key],)], (layer, source, day, t["table"])
-        for layer in LAYERS:
+        for layer in (*LAYERS, "delivered"):
             for (name,) in con.execute(
                 "SELECT table_name FROM information_schema.tables "
                 "WHERE table_schema = ? AND table_type = 'BASE TABLE'",

@@ -15,12 +15,12 @@ from test_load import snapshot
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from warehouse import audit, retention
+from warehouse import audit, purge, retention
 from warehouse.landing import Delivery
 from warehouse.operational import engine_for, ensure_schema
 from warehouse.serving import serving_path
 from warehouse.sources import ConfigError, load_source
-from warehouse.store import connect, load_delivery
+from warehouse.store import connect, load_delivery, per_delivery_sql
 from warehouse.subjects import INGEST_SCHEMAS
 
 D = date.fromisoformat
@@ -40,11 +40,21 @@ def warehouse(tmp_path, delivery_writer, sources):
 
 
 def keys(con, source: str, table: str, column: str) -> dict[str, list[str]]:
-    """Per layer, the sorted values of ``column`` still stored (one per row)."""
+    """Per layer, the sorted values of ``column`` still stored, one per row of each
+    delivery (raw and staged hold a record once, ``delivered`` each delivery of it)."""
     found = {}
+    name = f"{source}__{table}"
     for layer in INGEST_SCHEMAS:
-        rows = con.execute(f'select "{column}" from {layer}."{source}__{table}"').fetchall()
+        relation = (
+            f'quarantine."{name}"'
+            if layer == "quarantine"
+            else (f"({per_delivery_sql(layer, name)})")
+        )
+        rows = con.execute(f'select "{column}" from {relation}').fetchall()
         found[layer] = sorted(str(r[0]) for r in rows)
+    # No delivery is left naming a record that is gone.
+    (delivered,) = con.execute(f'select count(*) from delivered."{name}"').fetchall()[0]
+    assert delivered == len(found["raw"]), name
     return found
 
 
@@ -95,7 +105,7 @@ SCHOOL = {"A900000000001": "2001-11-20", "A900000000002": "2001-11-21"}
 def test_school_rows_go_on_the_25th_birthday_in_every_layer_and_delivery(warehouse, sources):
     con, load = warehouse
     load("school", "2026-10-01", school_tables(SCHOOL))
-    load("school", "2026-11-01", school_tables(SCHOOL))  # raw keeps both deliveries
+    load("school", "2026-11-01", school_tables(SCHOOL))  # the same records again
     before = snapshot(con)
 
     day_before = retention.plan(con, {"school": sources["school"]}, D("2026-11-19"))
@@ -103,11 +113,12 @@ def test_school_rows_go_on_the_25th_birthday_in_every_layer_and_delivery(warehou
 
     on_birthday = retention.plan(con, {"school": sources["school"]}, D("2026-11-20"))
     assert snapshot(con) == before  # planning is a dry run
-    assert destroyed(on_birthday, "school", "pupils") == {"raw": 2, "staged": 2, "quarantine": 0}
-    assert destroyed(on_birthday, "school", "contacts") == {"raw": 2, "staged": 2, "quarantine": 0}
+    # raw and staged hold each record once; quarantine holds each delivery's rows.
+    assert destroyed(on_birthday, "school", "pupils") == {"raw": 1, "staged": 1, "quarantine": 0}
+    assert destroyed(on_birthday, "school", "contacts") == {"raw": 1, "staged": 1, "quarantine": 0}
     assert destroyed(on_birthday, "school", "attendance") == {
-        "raw": 4,
-        "staged": 2,
+        "raw": 2,
+        "staged": 1,
         "quarantine": 2,
     }
     assert on_birthday.expired_records == (
@@ -403,7 +414,14 @@ def test_apply_records_counts_per_source_table_and_layer_without_identifiers(war
     )
     text = " ".join(str(v) for row in recorded.iter_rows() for v in row)
     assert "A900000000001" not in text and "Pupil" not in text
-    assert sum(done.destroyed.values()) == plan.destroyed == 8
+    assert purge.targeted_rows(done.destroyed) == plan.destroyed == 8
+    # ... and the deliveries that carried those records: one delivery here.
+    delivered = {k: v for k, v in done.destroyed.items() if ":delivered." in k}
+    assert delivered == {
+        "warehouse.duckdb:delivered.school__attendance": 2,
+        "warehouse.duckdb:delivered.school__contacts": 1,
+        "warehouse.duckdb:delivered.school__pupils": 1,
+    }
 
 
 def test_apply_refuses_a_plan_the_warehouse_has_moved_on_from(warehouse, sources):

@@ -43,6 +43,7 @@ from warehouse.pseudonymise import pseudonym
 from warehouse.publish import ANALYST_LINK, HISTORY, POINTER
 from warehouse.serving import serving_path, write_serving_from
 from warehouse.sources import Source
+from warehouse.staging import RECORD_HASH
 from warehouse.store import relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
@@ -171,9 +172,15 @@ def purge_ingest(
     con: duckdb.DuckDBPyConnection, targets: Mapping[Relation, Collection[int]]
 ) -> Counts:
     """Delete ``targets`` (rowids per relation, from :func:`erasure_targets` or a retention
-    rule). Run it inside the caller's transaction, before anything else changes rowids."""
+    rule). Run it inside the caller's transaction, before anything else changes rowids.
+
+    A record is held once in ``raw`` and ``staged`` and its deliveries in ``delivered``
+    (:mod:`warehouse.store`): once a record's raw row is gone, so are the ``delivered``
+    rows naming its hash, which would otherwise say it was delivered and when.
+    """
     label = _file_label(con)
     counts: Counts = {}
+    emptied: set[str] = set()
     for relation, rowids in targets.items():
         if not rowids:
             continue
@@ -185,9 +192,24 @@ def purge_ingest(
             )
         finally:
             con.unregister("_purge_rowids")
-        name = f"{relation.schema}.{relation_name(relation.source, relation.table)}"
-        counts[f"{label}:{name}"] = removed
+        name = relation_name(relation.source, relation.table)
+        counts[f"{label}:{relation.schema}.{name}"] = removed
+        if relation.schema == "raw":
+            emptied.add(name)
+    for name in sorted(emptied):
+        if table_exists(con, "delivered", name):
+            counts[f"{label}:delivered.{name}"] = _changed(
+                con,
+                f'delete from delivered."{name}" d where not exists (select 1 from raw."{name}" '
+                f"r where r.{RECORD_HASH} = d.{RECORD_HASH})",
+            )
     return counts
+
+
+def targeted_rows(counts: Counts) -> int:
+    """Rows :func:`purge_ingest` deleted by rowid, leaving out the ``delivered`` rows that
+    went with them: what a caller compares with the rows it asked to destroy."""
+    return sum(n for key, n in counts.items() if not key.partition(":")[2].startswith("delivered."))
 
 
 # --- the linked schema --------------------------------------------------------------------

@@ -13,7 +13,7 @@ from datetime import date
 import duckdb
 
 from warehouse.sources import Source
-from warehouse.store import relation_name
+from warehouse.store import per_delivery_sql, relation_name
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,16 @@ def reconcile(
     name = relation_name(source, table)
     return Reconciliation(
         expected=expected,
-        raw=_count(con, f'SELECT count(*) FROM raw."{name}" WHERE _delivery_id = ?', [delivery_id]),
+        raw=_count(
+            con,
+            f"SELECT count(*) FROM ({per_delivery_sql('raw', name)}) "
+            "WHERE _extract_date = ? AND _delivery_id = ?",
+            [extract_date, delivery_id],
+        ),
         staged=_count(
             con,
-            f'SELECT count(*) FROM staged."{name}" WHERE _extract_date = ? AND _delivery_id = ?',
+            f"SELECT count(*) FROM ({per_delivery_sql('staged', name)}) "
+            "WHERE _extract_date = ? AND _delivery_id = ?",
             [extract_date, delivery_id],
         ),
         quarantined=_count(
@@ -69,7 +75,8 @@ def required_nulls(
         return {}
     selects = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in required)
     row = con.execute(
-        f'SELECT {selects} FROM staged."{name}" WHERE _extract_date = ?', [extract_date]
+        f"SELECT {selects} FROM ({per_delivery_sql('staged', name)}) WHERE _extract_date = ?",
+        [extract_date],
     ).fetchall()[0]
     return dict(zip(required, (int(v) for v in row), strict=True))
 
@@ -81,7 +88,7 @@ def identifier_validity(
     name = relation_name(source, table)
     row = con.execute(
         f'SELECT count(*) FILTER (WHERE "{column}_valid"), count("{column}_valid") '
-        f'FROM staged."{name}" WHERE _extract_date = ?',
+        f"FROM ({per_delivery_sql('staged', name)}) WHERE _extract_date = ?",
         [extract_date],
     ).fetchall()[0]
     return int(row[0]), int(row[1])

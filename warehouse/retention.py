@@ -4,7 +4,8 @@ Every source's agreement sets a retention rule (``agreement.retention``), option
 overridden per table (``agreement.table_retention``), and each table says which columns
 date its rows (``event_dates``, ``event_terms``) and, for a person table, which holds the
 date of birth (``dob_column``). :func:`plan` works out, as of one date, exactly which rows
-of ``raw`` (every delivery ever loaded), ``staged`` and ``quarantine`` have expired;
+of ``raw`` (every record ever delivered), ``staged`` and ``quarantine`` have expired
+(and with them the ``delivered`` rows saying which deliveries carried those records);
 :func:`apply` destroys them in one transaction and records how many per source, table and
 layer in ``meta.retention_runs`` (counts only: the proof of destruction must not itself
 hold what was destroyed). ``current`` is a view over ``staged`` and follows.
@@ -68,7 +69,8 @@ import polars as pl
 
 from warehouse import purge
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
-from warehouse.store import table_exists
+from warehouse.staging import RECORD_HASH
+from warehouse.store import relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
 RUNS_DDL = """
@@ -215,9 +217,19 @@ def _rows(con: duckdb.DuckDBPyConnection, source: Source, rel: Relation) -> pl.D
         if spec.person_level
         else "null"
     )
+    # A raw or staged record is held once however many deliveries carried it: its newest
+    # delivery is in ``delivered`` (warehouse.store).
+    name = relation_name(source.name, rel.table)
+    delivered, last = "", "t._extract_date"
+    if rel.schema in ("raw", "staged") and table_exists(con, "delivered", name):
+        delivered = (
+            f" left join (select {RECORD_HASH} as _hash, max(_extract_date) as _last "
+            f'from delivered."{name}" group by 1) d on d._hash = t.{RECORD_HASH}'
+        )
+        last = "coalesce(d._last, t._extract_date)"
     frame = con.sql(
-        f"select t.rowid as _rowid, cast(t._extract_date as date) as _extract_date, "
-        f"cast({self_sql} as varchar) as _self{selected} from {rel.name} t"
+        f"select t.rowid as _rowid, cast({last} as date) as _extract_date, "
+        f"cast({self_sql} as varchar) as _self{selected} from {rel.name} t{delivered}"
     ).pl()
     events = [_as_date(frame, c, source) for c in spec.event_dates]
     events += [_term_end(c) for c in spec.event_terms]
@@ -409,9 +421,10 @@ def apply(
                 )
         destroyed = purge.purge_ingest(con, plan.targets)
         planned = sum(len(rowids) for rowids in plan.targets.values())
-        if sum(destroyed.values()) != planned:
+        if purge.targeted_rows(destroyed) != planned:
             raise RetentionError(
-                f"destroyed {sum(destroyed.values())} rows of the {planned} planned: nothing kept"
+                f"destroyed {purge.targeted_rows(destroyed)} rows of the {planned} planned: "
+                "nothing kept"
             )
         # Linkage's own copies of expired records (scores, fingerprints, record links); the
         # people themselves are retired by the next linkage run, which keeps their ids.

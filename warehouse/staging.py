@@ -70,6 +70,9 @@ RULES_VERSION = 1
 class StagedTable:
     staged: pl.DataFrame
     quarantine: pl.DataFrame
+    # ``_record_hash`` of every delivered record, in the raw table's order: how the
+    # warehouse stores a record once however many deliveries repeat it (warehouse.store).
+    hashes: pl.Series | None = None
 
 
 def _clean(name: str) -> pl.Expr:
@@ -268,7 +271,8 @@ def stage_table(
             staged = staged.with_columns(identifier_exprs)
         return staged.collect()
 
-    frame = raw.frame.with_columns(record_hashes(raw.frame, source, raw.table))
+    hashes = record_hashes(raw.frame, source, raw.table)
+    frame = raw.frame.with_columns(hashes)
     if previous is not None and RECORD_HASH in previous.columns:
         known_hashes = previous[RECORD_HASH].drop_nulls().unique()
         known = frame[RECORD_HASH].is_in(known_hashes.implode())
@@ -319,7 +323,7 @@ def stage_table(
             ).unique(RECORD_HASH, keep="any")
             carried = carried.join(values, on=RECORD_HASH, how="left").select(staged.columns)
             staged = pl.concat([staged, carried]).sort(ROW_NUMBER)
-    return StagedTable(staged=staged, quarantine=quarantine)
+    return StagedTable(staged=staged, quarantine=quarantine, hashes=hashes)
 
 
 def _flag_erased(frame: pl.DataFrame, erased: pl.Series) -> pl.DataFrame:

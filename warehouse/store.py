@@ -2,27 +2,41 @@
 
 Schemas:
 
-* ``raw.<source>__<table>`` — every record of every delivery as delivered (text), with
-  file name, record number, file sha256, delivery id and load time. Append-only: a newer
-  delivery never changes an older one's raw rows.
-* ``staged.<source>__<table>`` — typed, validated rows per extract date (the partition),
-  each with ``_record_hash`` so that the next delivery, a full snapshot again, stages only
-  the records that are new or changed and takes the others' values from the current one
-  (:mod:`warehouse.staging`; rows staged before hashes were kept have none and are simply
-  staged afresh).
-* ``quarantine.<source>__<table>`` — rows that broke a rule, as delivered, with the reason.
+* ``raw.<source>__<table>`` — every distinct record ever delivered, as delivered (text),
+  once: with its ``_record_hash`` and where it was first delivered (file name, record
+  number, file sha256, delivery id and load time). Append-only.
+* ``staged.<source>__<table>`` — every distinct record that passed the staging rules,
+  typed and validated, once, keyed by ``_record_hash`` (:mod:`warehouse.staging`).
+* ``delivered.<source>__<table>`` — one narrow row per record per delivery: which
+  delivery carried which record (``_record_hash``) at which record number, and whether
+  that delivery staged it. So which deliveries said what is kept exactly.
+* ``quarantine.<source>__<table>`` — rows that broke a rule, as delivered, with the reason,
+  per delivery (the reason can depend on the delivery: a repeated key).
 * ``current.<source>__<table>`` — a view of the staged rows of the source's latest loaded
-  delivery: a newer delivery supersedes an older one, an older one arriving late does not.
+  delivery, with that delivery's record numbers: a newer delivery supersedes an older one,
+  an older one arriving late does not.
 * ``meta.deliveries`` — one row per delivery attempt: loaded, replaced or rejected.
+
+**Why a record is stored once.** A delivery is a full snapshot (``extract-spec.md``) in
+which nearly every record is last night's again. Storing each delivery's copy of every
+record made ``raw`` and ``staged`` grow by the whole delivery every night (about 50 MiB a
+night, 18 GiB a year at 100,000 households), slowed every load's writes, and made
+retention, subject access and erasure (which rewrites the file) scan and copy all those
+copies. Now a night writes its new or changed records and one ``delivered`` row per
+record. :func:`per_delivery_sql` gives any layer back as one row per record per delivery,
+as it was once stored.
 
 A delivery is written in one transaction: all its tables or none, so a load killed at any
 point leaves either the whole delivery or none of it (DuckDB replays or discards its WAL
 when the file is next opened). Loading a delivery that is already loaded (same files,
 same checksums) is a no-op reported as ``unchanged``, so re-running a night's job changes
-nothing. A delivery older than the source's current one (arriving late) is loaded into
-raw, staged and quarantine for its own date but does not replace ``current``; its
-:class:`LoadResult` says so (``is_current`` false). A delivery dated after today is
-rejected (:func:`warehouse.landing.check_not_future`).
+nothing. A delivery older than the source's current one (arriving late) is loaded for its
+own date but does not replace ``current``; its :class:`LoadResult` says so (``is_current``
+false). A delivery for a date already loaded replaces that date's delivery: the old one's
+``delivered`` rows stay (raw keeps what was delivered) but are no longer staged. A
+delivery dated after today is rejected (:func:`warehouse.landing.check_not_future`).
+A warehouse written when each delivery's copy was stored is converted on first opening
+for writing (:func:`migrate_layout`).
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import duckdb
 import polars as pl
 
 from warehouse.landing import Delivery, DeliveryError, check_not_future, read_manifest
-from warehouse.reader import RawTable, file_checksums, read_delivery
+from warehouse.reader import ROW_NUMBER, RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import RECORD_HASH, StagedTable, stage_table
 from warehouse.tombstone import Tombstones
@@ -46,6 +60,7 @@ _META_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staged;
 CREATE SCHEMA IF NOT EXISTS quarantine;
+CREATE SCHEMA IF NOT EXISTS delivered;
 CREATE SCHEMA IF NOT EXISTS current;
 CREATE SCHEMA IF NOT EXISTS meta;
 CREATE TABLE IF NOT EXISTS meta.deliveries (
@@ -68,6 +83,31 @@ def relation_name(source: str, table: str) -> str:
     return f"{source}__{table}"
 
 
+# Where a record sat in each delivery: the columns ``delivered`` keeps per delivery, and
+# ``raw`` and ``staged`` keep for the delivery that first carried the record.
+PROVENANCE = (
+    ROW_NUMBER,
+    "_delivery_id",
+    "_extract_date",
+    "_loaded_at",
+    "_source_file",
+    "_file_sha256",
+)
+STAGED_FLAG = "_staged"  # delivered: the delivery staged this record (else quarantined)
+
+
+def per_delivery_sql(schema: str, name: str) -> str:
+    """SQL for ``raw`` or ``staged`` as one row per record per delivery (the record's
+    columns, that delivery's provenance): what each delivery said, for the checks and
+    views that ask about one delivery. ``staged`` rows are those the delivery staged."""
+    provenance = ", ".join(f"d.{c} AS {c}" for c in PROVENANCE)
+    staged_only = f" WHERE d.{STAGED_FLAG}" if schema == "staged" else ""
+    return (
+        f'SELECT t.* REPLACE ({provenance}) FROM delivered."{name}" d '
+        f'JOIN {schema}."{name}" t ON t.{RECORD_HASH} = d.{RECORD_HASH}{staged_only}'
+    )
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
     """Whether ``schema.name`` exists (a table or a view)."""
     rows = con.execute(
@@ -78,8 +118,10 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the ingest schemas and ``meta.deliveries`` if this is a new warehouse."""
+    """Create the ingest schemas and ``meta.deliveries`` if this is a new warehouse, and
+    convert one that stored every delivery's copy of each record (:func:`migrate_layout`)."""
     con.execute(_META_DDL)
+    migrate_layout(con)
 
 
 def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -156,11 +198,15 @@ def _write(
     name: str,
     frame: pl.DataFrame,
     existing: list[str] | None = None,
+    *,
+    new_only: bool = False,
 ) -> None:
     """Insert by column name, creating the table or adding columns new in the config.
 
     ``existing``: the table's columns when the caller has just looked them up (each look-up
     is a catalog query, a few milliseconds, and a delivery writes dozens of tables).
+    ``new_only``: insert only rows whose ``_record_hash`` the table does not hold yet
+    (``raw`` and ``staged`` keep each record once).
     """
     view = f"_incoming_{schema}"
     con.register(view, frame)
@@ -177,18 +223,139 @@ def _write(
                     con.execute(
                         f'ALTER TABLE {schema}."{name}" ADD COLUMN "{column}" {types[column]}'
                     )
-        con.execute(f'INSERT INTO {schema}."{name}" BY NAME SELECT * FROM {view}')
+        target = f'{schema}."{name}"'
+        if new_only and existing:
+            con.execute(
+                f"INSERT INTO {target} BY NAME SELECT v.* FROM {view} v "
+                f"ANTI JOIN {target} t ON t.{RECORD_HASH} = v.{RECORD_HASH}"
+            )
+        else:
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {view}")
     finally:
         con.unregister(view)
 
 
-def _refresh_current_view(con: duckdb.DuckDBPyConnection, source: str, table: str) -> None:
-    name = relation_name(source, table)
+def _refresh_current_view(con: duckdb.DuckDBPyConnection, source: str, name: str) -> None:
+    """``current.<name>``: the staged rows of the source's newest loaded delivery, in its
+    record order. Only one delivery per date is staged (a replaced one is not).
+
+    The date is written into the view, refreshed by every load (only a load changes which
+    delivery is current), so reading it scans that delivery's ``delivered`` rows alone
+    however many nights are kept, rather than comparing every night's with a subquery.
+    """
+    current = _current_date(con, source)
+    # Nothing loaded (a migrated table of a rejected-only source): an empty view.
+    day = "NULL" if current is None else f"DATE '{current.isoformat()}'"
     con.execute(
-        f'CREATE OR REPLACE VIEW current."{name}" AS SELECT * FROM staged."{name}" '
-        "WHERE _extract_date = (SELECT max(extract_date) FROM meta.deliveries "
-        f"WHERE source = '{source}' AND status = 'loaded')"
+        f'CREATE OR REPLACE VIEW current."{name}" AS SELECT * FROM ('
+        f"{per_delivery_sql('staged', name)}) WHERE _extract_date = {day} ORDER BY {ROW_NUMBER}"
     )
+
+
+def migrate_layout(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Convert every ingest table still stored as each delivery's copy of every record (a
+    warehouse written before records were stored once) and return their names.
+
+    Each raw row keeps its place in its delivery as a ``delivered`` row; ``raw`` and
+    ``staged`` keep the first copy of each record. A record's hash is the one staging gave
+    it to this or an identical copy (so the next delivery finds it), else a digest of its
+    delivered columns marked ``legacy-`` (a record only ever quarantined, or staged before
+    hashes were kept: the next delivery of it is then stored once more, nothing is lost).
+    One transaction: all or nothing.
+    """
+    names = [
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw' "
+            "AND table_type = 'BASE TABLE' AND table_name NOT IN (SELECT table_name FROM "
+            "information_schema.tables WHERE table_schema = 'delivered') ORDER BY 1"
+        ).fetchall()
+    ]
+    if not names:
+        return []
+    sources = [r[0] for r in con.execute("SELECT DISTINCT source FROM meta.deliveries").fetchall()]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name in names:
+            _migrate_table(con, name)
+            owner = [s for s in sources if name.startswith(f"{s}__")]
+            if owner and table_exists(con, "staged", name):
+                _refresh_current_view(con, max(owner, key=len), name)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return names
+
+
+def _legacy_digest(columns: list[str], alias: str) -> str:
+    fields = ", ".join(f'"{c}" := {alias}."{c}"' for c in columns)
+    return f"'legacy-' || md5(CAST(to_json(struct_pack({fields})) AS VARCHAR))"
+
+
+def _migrate_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """One table of :func:`migrate_layout`."""
+    content = [c for c in _columns(con, "raw", name) if c not in PROVENANCE]
+    has_staged = table_exists(con, "staged", name)
+    staged_columns = _columns(con, "staged", name) if has_staged else []
+    staged_hash = f"s.{RECORD_HASH}" if RECORD_HASH in staged_columns else "NULL"
+    join = (
+        f'LEFT JOIN staged."{name}" s ON s._delivery_id = r._delivery_id '
+        "AND s._row_number = r._row_number"
+        if has_staged
+        else "LEFT JOIN (SELECT NULL AS _row_number) s ON false"
+    )
+    first = (
+        "QUALIFY row_number() OVER (PARTITION BY {h} ORDER BY {a}._extract_date, "
+        "{a}._loaded_at, {a}._row_number) = 1 ORDER BY _extract_date, _loaded_at, _row_number"
+    )
+    # A copy staging did not hash (quarantined, or in a replaced delivery) takes the hash
+    # of an identical copy it did hash, so the record is still held once.
+    digest = _legacy_digest(content, "r")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _migrating AS SELECT r.*, coalesce({staged_hash}, "
+        f"min({staged_hash}) OVER (PARTITION BY {digest}), {digest}) AS __hash, "
+        f's._row_number IS NOT NULL AS __staged FROM raw."{name}" r {join}'
+    )
+    provenance = ", ".join(PROVENANCE[1:])
+    con.execute(
+        f'CREATE TABLE delivered."{name}" AS SELECT __hash AS {RECORD_HASH}, _row_number, '
+        f"__staged AS {STAGED_FLAG}, {provenance} FROM _migrating "
+        "ORDER BY _extract_date, _loaded_at, _row_number"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _once AS SELECT * EXCLUDE (__hash, __staged), "
+        f"__hash AS {RECORD_HASH} FROM _migrating " + first.format(h="__hash", a="_migrating")
+    )
+    con.execute(f'DROP TABLE raw."{name}"')
+    con.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _once')
+    if has_staged:
+        own = [c for c in staged_columns if c not in PROVENANCE and c != RECORD_HASH]
+        hash_sql = f"coalesce(m.__hash, {staged_hash}, {_legacy_digest(own, 's')})"
+        select = (
+            f"s.* REPLACE ({hash_sql} AS {RECORD_HASH})"
+            if RECORD_HASH in staged_columns
+            else f"s.*, {hash_sql} AS {RECORD_HASH}"
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _staged_rows AS SELECT {select}, m.__hash IS NULL "
+            f'AS __unmatched FROM staged."{name}" s LEFT JOIN _migrating m '
+            "ON m._delivery_id = s._delivery_id AND m._row_number = s._row_number"
+        )
+        # A staged row without its raw row (none should exist) keeps its own place.
+        con.execute(
+            f'INSERT INTO delivered."{name}" BY NAME SELECT {RECORD_HASH}, _row_number, '
+            f"true AS {STAGED_FLAG}, {provenance} FROM _staged_rows WHERE __unmatched"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _once AS SELECT * EXCLUDE (__unmatched) "
+            "FROM _staged_rows " + first.format(h=RECORD_HASH, a="_staged_rows")
+        )
+        con.execute(f'DROP TABLE staged."{name}"')
+        con.execute(f'CREATE TABLE staged."{name}" AS SELECT * FROM _once')
+        con.execute("DROP TABLE _staged_rows")
+    con.execute("DROP TABLE _once")
+    con.execute("DROP TABLE _migrating")
 
 
 def record_rejection(
@@ -245,6 +412,54 @@ def _already_loaded(con: duckdb.DuckDBPyConnection, delivery_id: str) -> list[Ta
     ]
 
 
+def _write_delivery(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    raw: RawTable,
+    stage: StagedTable,
+    provenance: dict[str, pl.Expr],
+    extract_date: date,
+    replacing: bool,
+) -> None:
+    """Write one table of a delivery: its ``delivered`` rows, the records ``raw`` and
+    ``staged`` do not hold yet, its quarantined rows. When it replaces the date's loaded
+    delivery, that one's rows are no longer staged, and staged records nothing staged
+    any more are deleted, as the old delivery's staged copy used to be."""
+    assert stage.hashes is not None, "stage_table gives every record's hash"
+    hashed = raw.frame.with_columns(stage.hashes)
+    delivered = hashed.select(
+        RECORD_HASH,
+        ROW_NUMBER,
+        pl.col(ROW_NUMBER).is_in(stage.staged[ROW_NUMBER].implode()).alias(STAGED_FLAG),
+    )
+    if replacing and table_exists(con, "delivered", name):
+        con.execute(
+            f'UPDATE delivered."{name}" SET {STAGED_FLAG} = false WHERE _extract_date = ?',
+            [extract_date],
+        )
+    if replacing and table_exists(con, "quarantine", name):
+        con.execute(f'DELETE FROM quarantine."{name}" WHERE _extract_date = ?', [extract_date])
+    _write(con, "delivered", name, delivered.with_columns(**provenance))
+    for schema, frame in (("raw", hashed), ("staged", stage.staged)):
+        once = frame.unique(RECORD_HASH, keep="first", maintain_order=True)
+        _write(con, schema, name, once.with_columns(**provenance), new_only=True)
+    if replacing:
+        con.execute(
+            f'DELETE FROM staged."{name}" t WHERE NOT EXISTS (SELECT 1 FROM delivered."{name}" '
+            f"d WHERE d.{RECORD_HASH} = t.{RECORD_HASH} AND d.{STAGED_FLAG})"
+        )
+    _write(con, "quarantine", name, stage.quarantine.with_columns(**provenance))
+
+
+def _loaded_on(con: duckdb.DuckDBPyConnection, source: str, extract_date: date) -> bool:
+    rows = con.execute(
+        "SELECT count(*) FROM meta.deliveries "
+        "WHERE source = ? AND extract_date = ? AND status = 'loaded'",
+        [source, extract_date],
+    ).fetchall()
+    return rows[0][0] > 0
+
+
 def _current_date(con: duckdb.DuckDBPyConnection, source: str) -> date | None:
     rows = con.execute(
         "SELECT max(extract_date) FROM meta.deliveries WHERE source = ? AND status = 'loaded'",
@@ -260,12 +475,12 @@ def _previous_staged(
     :func:`warehouse.staging.stage_table` to reuse; None when there are none (a first
     delivery, or a warehouse whose rows were staged before hashes were kept)."""
     name = relation_name(source, table)
-    if current is None or RECORD_HASH not in _columns(con, "staged", name):
+    if current is None or not table_exists(con, "delivered", name):
         return None
     frame = con.sql(
-        f"SELECT * EXCLUDE (_row_number, _delivery_id, _extract_date, _loaded_at, "
-        f'_source_file, _file_sha256) FROM staged."{name}" '
-        f"WHERE _extract_date = ? AND {RECORD_HASH} IS NOT NULL",
+        f'SELECT t.* EXCLUDE ({", ".join(PROVENANCE)}) FROM staged."{name}" t '
+        f'SEMI JOIN delivered."{name}" d ON d.{RECORD_HASH} = t.{RECORD_HASH} '
+        f"AND d._extract_date = ? AND d.{STAGED_FLAG}",
         params=[current],
     ).pl()
     return frame if frame.height else None
@@ -339,6 +554,7 @@ def load_delivery(
         "_extract_date": pl.lit(delivery.extract_date),
         "_loaded_at": pl.lit(loaded_at),
     }
+    replacing = _loaded_on(con, source.name, delivery.extract_date)
     con.execute("BEGIN TRANSACTION")
     try:
         for raw, stage in zip(raws, staged, strict=True):
@@ -348,15 +564,7 @@ def load_delivery(
                 "_source_file": pl.lit(raw.origin),
                 "_file_sha256": pl.lit(raw.sha256),
             }
-            _write(con, "raw", name, raw.frame.with_columns(**provenance))
-            for schema, frame in (("staged", stage.staged), ("quarantine", stage.quarantine)):
-                existing = _columns(con, schema, name)
-                if existing:
-                    con.execute(
-                        f'DELETE FROM {schema}."{name}" WHERE _extract_date = ?',
-                        [delivery.extract_date],
-                    )
-                _write(con, schema, name, frame.with_columns(**provenance), existing)
+            _write_delivery(con, name, raw, stage, provenance, delivery.extract_date, replacing)
         con.execute(
             "UPDATE meta.deliveries SET status = 'replaced' "
             "WHERE source = ? AND extract_date = ? AND status = 'loaded'",
@@ -377,7 +585,7 @@ def load_delivery(
             ],
         )
         for raw in raws:
-            _refresh_current_view(con, source.name, raw.table)
+            _refresh_current_view(con, source.name, relation_name(source.name, raw.table))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

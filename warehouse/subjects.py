@@ -26,7 +26,8 @@ import duckdb
 import polars as pl
 
 from warehouse.sources import Source, Table
-from warehouse.store import relation_name, table_exists
+from warehouse.staging import RECORD_HASH
+from warehouse.store import PROVENANCE, STAGED_FLAG, relation_name, table_exists
 
 INGEST_SCHEMAS = ("raw", "staged", "quarantine")
 ABOUT_SCHEMA = {"_rowid": pl.Int64, "record_id": pl.String, "direct": pl.Boolean}
@@ -143,9 +144,9 @@ def rows_about(
     relation: Relation,
     record_ids: set[str],
 ) -> pl.DataFrame:
-    """The rows of ``relation`` about any of ``record_ids``: every column as stored, plus
-    ``_rowid``, ``_about`` (every record the row is about, sorted) and ``_direct`` (those it
-    reaches directly)."""
+    """The rows of ``relation`` about any of ``record_ids``: every column as stored (a raw
+    or staged record once for each delivery that carried it), plus ``_rowid``, ``_about``
+    (every record the row is about, sorted) and ``_direct`` (those it reaches directly)."""
     subjects = row_subjects(con, source, relation)
     hit = subjects.filter(pl.col("record_id").is_in(sorted(record_ids)))["_rowid"].unique()
     if hit.is_empty():
@@ -158,12 +159,20 @@ def rows_about(
             pl.col("record_id").filter(pl.col("direct")).sort().alias("_direct"),
         )
     )
+    # raw and staged hold a record once: give it once per delivery that carried it, as
+    # that delivery had it (warehouse.store), so every delivery is shown.
+    name = relation_name(relation.source, relation.table)
+    rows_sql = f"select t.rowid as _rowid, t.* from {relation.name} t"
+    if relation.schema in ("raw", "staged") and table_exists(con, "delivered", name):
+        provenance = ", ".join(f"d.{c} as {c}" for c in PROVENANCE)
+        staged = f" and d.{STAGED_FLAG}" if relation.schema == "staged" else ""
+        rows_sql = (
+            f"select t.rowid as _rowid, t.* replace ({provenance}) from {relation.name} t "
+            f'join delivered."{name}" d on d.{RECORD_HASH} = t.{RECORD_HASH}{staged}'
+        )
     con.register("_rows_about_ids", grouped.select("_rowid"))
     try:
-        rows = con.sql(
-            f"select t.rowid as _rowid, t.* from {relation.name} t "
-            "where t.rowid in (select _rowid from _rows_about_ids)"
-        ).pl()
+        rows = con.sql(f"{rows_sql} where t.rowid in (select _rowid from _rows_about_ids)").pl()
     finally:
         con.unregister("_rows_about_ids")
-    return rows.join(grouped, on="_rowid").sort("_rowid")
+    return rows.join(grouped, on="_rowid").sort("_rowid", "_extract_date", maintain_order=True)
