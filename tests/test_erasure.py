@@ -291,7 +291,7 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
         for table in delivered:
             orphans = con.sql(
                 f'select count(*) from delivered."{table}" d anti join raw."{table}" r '
-                "on r._record_hash = d._record_hash"
+                "on r._record_id = d._record_id"
             ).fetchall()[0][0]
             assert orphans == 0, table
     finally:

@@ -43,8 +43,7 @@ from warehouse.pseudonymise import pseudonym
 from warehouse.publish import ANALYST_LINK, HISTORY, POINTER
 from warehouse.serving import serving_path, write_serving_from
 from warehouse.sources import Source
-from warehouse.staging import RECORD_HASH
-from warehouse.store import relation_name, table_exists
+from warehouse.store import RECORD_ID, relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
 Counts = dict[str, int]
@@ -176,7 +175,7 @@ def purge_ingest(
 
     A record is held once in ``raw`` and ``staged`` and its deliveries in ``delivered``
     (:mod:`warehouse.store`): once a record's raw row is gone, so are the ``delivered``
-    rows naming its hash, which would otherwise say it was delivered and when.
+    rows naming it, which would otherwise say it was delivered and when.
     """
     label = _file_label(con)
     counts: Counts = {}
@@ -201,7 +200,7 @@ def purge_ingest(
             counts[f"{label}:delivered.{name}"] = _changed(
                 con,
                 f'delete from delivered."{name}" d where not exists (select 1 from raw."{name}" '
-                f"r where r.{RECORD_HASH} = d.{RECORD_HASH})",
+                f"r where r.{RECORD_ID} = d.{RECORD_ID})",
             )
     return counts
 

@@ -69,8 +69,7 @@ import polars as pl
 
 from warehouse import purge
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
-from warehouse.staging import RECORD_HASH
-from warehouse.store import relation_name, table_exists
+from warehouse.store import RECORD_ID, relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
 RUNS_DDL = """
@@ -223,8 +222,8 @@ def _rows(con: duckdb.DuckDBPyConnection, source: Source, rel: Relation) -> pl.D
     delivered, last = "", "t._extract_date"
     if rel.schema in ("raw", "staged") and table_exists(con, "delivered", name):
         delivered = (
-            f" left join (select {RECORD_HASH} as _hash, max(_extract_date) as _last "
-            f'from delivered."{name}" group by 1) d on d._hash = t.{RECORD_HASH}'
+            f" left join (select {RECORD_ID} as _id, max(_extract_date) as _last "
+            f'from delivered."{name}" group by 1) d on d._id = t.{RECORD_ID}'
         )
         last = "coalesce(d._last, t._extract_date)"
     frame = con.sql(

@@ -94,6 +94,11 @@ PROVENANCE = (
     "_file_sha256",
 )
 STAGED_FLAG = "_staged"  # delivered: the delivery staged this record (else quarantined)
+# A record's number in its table, given when raw first holds it: what ``delivered`` and
+# ``staged`` refer to it by. An integer, not the 128-bit hash, because a delivery's rows
+# mostly name records in the order they were first delivered, so a night's ``delivered``
+# rows compress to a few bytes each (a hash is 16 random bytes a row, every night).
+RECORD_ID = "_record_id"
 
 
 def per_delivery_sql(schema: str, name: str) -> str:
@@ -103,8 +108,8 @@ def per_delivery_sql(schema: str, name: str) -> str:
     provenance = ", ".join(f"d.{c} AS {c}" for c in PROVENANCE)
     staged_only = f" WHERE d.{STAGED_FLAG}" if schema == "staged" else ""
     return (
-        f'SELECT t.* REPLACE ({provenance}) FROM delivered."{name}" d '
-        f'JOIN {schema}."{name}" t ON t.{RECORD_HASH} = d.{RECORD_HASH}{staged_only}'
+        f'SELECT t.* EXCLUDE ({RECORD_ID}) REPLACE ({provenance}) FROM delivered."{name}" d '
+        f'JOIN {schema}."{name}" t ON t.{RECORD_ID} = d.{RECORD_ID}{staged_only}'
     )
 
 
@@ -317,18 +322,27 @@ def _migrate_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
         f"min({staged_hash}) OVER (PARTITION BY {digest}), {digest}) AS __hash, "
         f's._row_number IS NOT NULL AS __staged FROM raw."{name}" r {join}'
     )
-    provenance = ", ".join(PROVENANCE[1:])
-    con.execute(
-        f'CREATE TABLE delivered."{name}" AS SELECT __hash AS {RECORD_HASH}, _row_number, '
-        f"__staged AS {STAGED_FLAG}, {provenance} FROM _migrating "
-        "ORDER BY _extract_date, _loaded_at, _row_number"
-    )
+    # Each distinct record once, numbered in the order it was first delivered.
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _once AS SELECT * EXCLUDE (__hash, __staged), "
         f"__hash AS {RECORD_HASH} FROM _migrating " + first.format(h="__hash", a="_migrating")
     )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _ids AS SELECT {RECORD_HASH}, "
+        f"row_number() OVER (ORDER BY _extract_date, _loaded_at, _row_number) AS {RECORD_ID} "
+        "FROM _once"
+    )
+    con.execute(
+        f'CREATE TABLE delivered."{name}" AS SELECT m._row_number, m.__staged AS {STAGED_FLAG}, '
+        f"i.{RECORD_ID}, {', '.join(f'm.{c}' for c in PROVENANCE[1:])} FROM _migrating m "
+        f"JOIN _ids i ON i.{RECORD_HASH} = m.__hash "
+        "ORDER BY m._extract_date, m._loaded_at, m._row_number"
+    )
     con.execute(f'DROP TABLE raw."{name}"')
-    con.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _once')
+    con.execute(
+        f'CREATE TABLE raw."{name}" AS SELECT o.*, i.{RECORD_ID} FROM _once o '
+        f"JOIN _ids i USING ({RECORD_HASH}) ORDER BY i.{RECORD_ID}"
+    )
     if has_staged:
         own = [c for c in staged_columns if c not in PROVENANCE and c != RECORD_HASH]
         hash_sql = f"coalesce(m.__hash, {staged_hash}, {_legacy_digest(own, 's')})"
@@ -342,20 +356,32 @@ def _migrate_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
             f'AS __unmatched FROM staged."{name}" s LEFT JOIN _migrating m '
             "ON m._delivery_id = s._delivery_id AND m._row_number = s._row_number"
         )
-        # A staged row without its raw row (none should exist) keeps its own place.
         con.execute(
-            f'INSERT INTO delivered."{name}" BY NAME SELECT {RECORD_HASH}, _row_number, '
-            f"true AS {STAGED_FLAG}, {provenance} FROM _staged_rows WHERE __unmatched"
-        )
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _once AS SELECT * EXCLUDE (__unmatched) "
+            "CREATE OR REPLACE TEMP TABLE _staged_once AS SELECT * "
             "FROM _staged_rows " + first.format(h=RECORD_HASH, a="_staged_rows")
         )
+        # A staged row without its raw row (none should exist) is numbered after the rest
+        # and keeps its own place in its delivery.
+        con.execute(
+            f"INSERT INTO _ids SELECT {RECORD_HASH}, (SELECT coalesce(max({RECORD_ID}), 0) "
+            f"FROM _ids) + row_number() OVER (ORDER BY _extract_date, _loaded_at, _row_number) "
+            f"FROM _staged_once WHERE {RECORD_HASH} NOT IN (SELECT {RECORD_HASH} FROM _ids)"
+        )
+        con.execute(
+            f'INSERT INTO delivered."{name}" BY NAME SELECT s._row_number, '
+            f"true AS {STAGED_FLAG}, i.{RECORD_ID}, {', '.join(f's.{c}' for c in PROVENANCE[1:])} "
+            f"FROM _staged_rows s JOIN _ids i USING ({RECORD_HASH}) WHERE s.__unmatched"
+        )
         con.execute(f'DROP TABLE staged."{name}"')
-        con.execute(f'CREATE TABLE staged."{name}" AS SELECT * FROM _once')
+        con.execute(
+            f'CREATE TABLE staged."{name}" AS SELECT s.* EXCLUDE (__unmatched), i.{RECORD_ID} '
+            f"FROM _staged_once s JOIN _ids i USING ({RECORD_HASH}) "
+            "ORDER BY _extract_date, _loaded_at, _row_number"
+        )
         con.execute("DROP TABLE _staged_rows")
-    con.execute("DROP TABLE _once")
-    con.execute("DROP TABLE _migrating")
+        con.execute("DROP TABLE _staged_once")
+    for temp in ("_once", "_ids", "_migrating"):
+        con.execute(f"DROP TABLE {temp}")
 
 
 def record_rejection(
@@ -421,17 +447,19 @@ def _write_delivery(
     extract_date: date,
     replacing: bool,
 ) -> None:
-    """Write one table of a delivery: its ``delivered`` rows, the records ``raw`` and
-    ``staged`` do not hold yet, its quarantined rows. When it replaces the date's loaded
-    delivery, that one's rows are no longer staged, and staged records nothing staged
-    any more are deleted, as the old delivery's staged copy used to be."""
+    """Write one table of a delivery: the records ``raw`` and ``staged`` do not hold yet,
+    a ``delivered`` row for every record, its quarantined rows. When it replaces the
+    date's loaded delivery, that one's rows are no longer staged, and staged records
+    nothing staged any more are deleted, as the old delivery's staged copy used to be."""
     assert stage.hashes is not None, "stage_table gives every record's hash"
     hashed = raw.frame.with_columns(stage.hashes)
+    ids = _record_ids(con, name, hashed)
+    fresh = ids.filter(pl.col("_new")).select(RECORD_HASH, RECORD_ID)
     delivered = hashed.select(
-        RECORD_HASH,
         ROW_NUMBER,
+        RECORD_HASH,
         pl.col(ROW_NUMBER).is_in(stage.staged[ROW_NUMBER].implode()).alias(STAGED_FLAG),
-    )
+    ).join(ids.select(RECORD_HASH, RECORD_ID), on=RECORD_HASH, maintain_order="left")
     if replacing and table_exists(con, "delivered", name):
         con.execute(
             f'UPDATE delivered."{name}" SET {STAGED_FLAG} = false WHERE _extract_date = ?',
@@ -439,16 +467,49 @@ def _write_delivery(
         )
     if replacing and table_exists(con, "quarantine", name):
         con.execute(f'DELETE FROM quarantine."{name}" WHERE _extract_date = ?', [extract_date])
-    _write(con, "delivered", name, delivered.with_columns(**provenance))
-    for schema, frame in (("raw", hashed), ("staged", stage.staged)):
-        once = frame.unique(RECORD_HASH, keep="first", maintain_order=True)
-        _write(con, schema, name, once.with_columns(**provenance), new_only=True)
+    _write(con, "delivered", name, delivered.drop(RECORD_HASH).with_columns(**provenance))
+    once = hashed.unique(RECORD_HASH, keep="first", maintain_order=True)
+    new_records = once.join(fresh, on=RECORD_HASH, maintain_order="left")
+    _write(con, "raw", name, new_records.with_columns(**provenance))
+    staged = stage.staged.unique(RECORD_HASH, keep="first", maintain_order=True).join(
+        ids.select(RECORD_HASH, RECORD_ID), on=RECORD_HASH, maintain_order="left"
+    )
+    _write(con, "staged", name, staged.with_columns(**provenance), new_only=True)
     if replacing:
         con.execute(
             f'DELETE FROM staged."{name}" t WHERE NOT EXISTS (SELECT 1 FROM delivered."{name}" '
-            f"d WHERE d.{RECORD_HASH} = t.{RECORD_HASH} AND d.{STAGED_FLAG})"
+            f"d WHERE d.{RECORD_ID} = t.{RECORD_ID} AND d.{STAGED_FLAG})"
         )
     _write(con, "quarantine", name, stage.quarantine.with_columns(**provenance))
+
+
+def _record_ids(con: duckdb.DuckDBPyConnection, name: str, hashed: pl.DataFrame) -> pl.DataFrame:
+    """``_record_hash, _record_id, _new`` for each distinct record of a delivery: the id
+    raw gave it, or the next free ones, in delivery order, for records raw lacks."""
+    distinct = hashed.select(RECORD_HASH).unique(keep="first", maintain_order=True)
+    held = pl.DataFrame(schema={RECORD_HASH: pl.String, RECORD_ID: pl.Int64})
+    top = 0
+    if RECORD_ID in _columns(con, "raw", name):
+        con.register("_incoming_hashes", distinct)
+        try:
+            held = con.sql(
+                f'SELECT r.{RECORD_HASH}, r.{RECORD_ID} FROM raw."{name}" r '
+                f"SEMI JOIN _incoming_hashes i ON i.{RECORD_HASH} = r.{RECORD_HASH}"
+            ).pl()
+        finally:
+            con.unregister("_incoming_hashes")
+        top = con.execute(f'SELECT coalesce(max({RECORD_ID}), 0) FROM raw."{name}"').fetchall()
+        top = int(top[0][0])
+    found = distinct.join(held, on=RECORD_HASH, how="left", maintain_order="left")
+    new = pl.col(RECORD_ID).is_null()
+    return found.with_columns(
+        pl.when(new)
+        .then(top + new.cast(pl.Int64).cum_sum())
+        .otherwise(pl.col(RECORD_ID))
+        .cast(pl.Int64)
+        .alias(RECORD_ID),
+        new.alias("_new"),
+    )
 
 
 def _loaded_on(con: duckdb.DuckDBPyConnection, source: str, extract_date: date) -> bool:
@@ -478,8 +539,8 @@ def _previous_staged(
     if current is None or not table_exists(con, "delivered", name):
         return None
     frame = con.sql(
-        f'SELECT t.* EXCLUDE ({", ".join(PROVENANCE)}) FROM staged."{name}" t '
-        f'SEMI JOIN delivered."{name}" d ON d.{RECORD_HASH} = t.{RECORD_HASH} '
+        f'SELECT t.* EXCLUDE ({", ".join((*PROVENANCE, RECORD_ID))}) FROM staged."{name}" t '
+        f'SEMI JOIN delivered."{name}" d ON d.{RECORD_ID} = t.{RECORD_ID} '
         f"AND d._extract_date = ? AND d.{STAGED_FLAG}",
         params=[current],
     ).pl()

@@ -26,8 +26,7 @@ import duckdb
 import polars as pl
 
 from warehouse.sources import Source, Table
-from warehouse.staging import RECORD_HASH
-from warehouse.store import PROVENANCE, STAGED_FLAG, relation_name, table_exists
+from warehouse.store import PROVENANCE, RECORD_ID, STAGED_FLAG, relation_name, table_exists
 
 INGEST_SCHEMAS = ("raw", "staged", "quarantine")
 ABOUT_SCHEMA = {"_rowid": pl.Int64, "record_id": pl.String, "direct": pl.Boolean}
@@ -167,8 +166,9 @@ def rows_about(
         provenance = ", ".join(f"d.{c} as {c}" for c in PROVENANCE)
         staged = f" and d.{STAGED_FLAG}" if relation.schema == "staged" else ""
         rows_sql = (
-            f"select t.rowid as _rowid, t.* replace ({provenance}) from {relation.name} t "
-            f'join delivered."{name}" d on d.{RECORD_HASH} = t.{RECORD_HASH}{staged}'
+            f"select t.rowid as _rowid, t.* exclude ({RECORD_ID}) replace ({provenance}) "
+            f"from {relation.name} t "
+            f'join delivered."{name}" d on d.{RECORD_ID} = t.{RECORD_ID}{staged}'
         )
     con.register("_rows_about_ids", grouped.select("_rowid"))
     try:
