@@ -443,23 +443,28 @@ def _write_delivery(
     name: str,
     raw: RawTable,
     stage: StagedTable,
+    previous: pl.DataFrame | None,
     provenance: dict[str, pl.Expr],
     extract_date: date,
     replacing: bool,
 ) -> None:
     """Write one table of a delivery: the records ``raw`` and ``staged`` do not hold yet,
-    a ``delivered`` row for every record, its quarantined rows. When it replaces the
-    date's loaded delivery, that one's rows are no longer staged, and staged records
-    nothing staged any more are deleted, as the old delivery's staged copy used to be."""
+    a ``delivered`` row for every record, its quarantined rows. ``previous``: the staged
+    rows stage_table reused (already held). When the delivery replaces the date's loaded
+    one, that one's rows are no longer staged, and staged records nothing staged any more
+    are deleted, as the old delivery's staged copy used to be."""
     assert stage.hashes is not None, "stage_table gives every record's hash"
-    hashed = raw.frame.with_columns(stage.hashes)
-    ids = _record_ids(con, name, hashed)
-    fresh = ids.filter(pl.col("_new")).select(RECORD_HASH, RECORD_ID)
-    delivered = hashed.select(
-        ROW_NUMBER,
-        RECORD_HASH,
-        pl.col(ROW_NUMBER).is_in(stage.staged[ROW_NUMBER].implode()).alias(STAGED_FLAG),
-    ).join(ids.select(RECORD_HASH, RECORD_ID), on=RECORD_HASH, maintain_order="left")
+    hashes = stage.hashes
+    ids = _record_ids(con, name, hashes)
+    per_row = hashes.to_frame().join(ids, on=RECORD_HASH, how="left", maintain_order="left")
+    rows = raw.frame[ROW_NUMBER]
+    delivered = pl.DataFrame(
+        {
+            ROW_NUMBER: rows,
+            RECORD_ID: per_row[RECORD_ID],
+            STAGED_FLAG: rows.is_in(stage.staged[ROW_NUMBER].implode()),
+        }
+    )
     if replacing and table_exists(con, "delivered", name):
         con.execute(
             f'UPDATE delivered."{name}" SET {STAGED_FLAG} = false WHERE _extract_date = ?',
@@ -467,13 +472,20 @@ def _write_delivery(
         )
     if replacing and table_exists(con, "quarantine", name):
         con.execute(f'DELETE FROM quarantine."{name}" WHERE _extract_date = ?', [extract_date])
-    _write(con, "delivered", name, delivered.drop(RECORD_HASH).with_columns(**provenance))
-    once = hashed.unique(RECORD_HASH, keep="first", maintain_order=True)
-    new_records = once.join(fresh, on=RECORD_HASH, maintain_order="left")
-    _write(con, "raw", name, new_records.with_columns(**provenance))
-    staged = stage.staged.unique(RECORD_HASH, keep="first", maintain_order=True).join(
-        ids.select(RECORD_HASH, RECORD_ID), on=RECORD_HASH, maintain_order="left"
+    _write(con, "delivered", name, delivered.with_columns(**provenance))
+    new_raw = per_row["_new"] & hashes.is_first_distinct()
+    records = raw.frame.with_columns(hashes, per_row[RECORD_ID]).filter(new_raw)
+    _write(con, "raw", name, records.with_columns(**provenance))
+    # Staged records not reused from the current delivery, once each; of those, the ones
+    # staged never held (a record quarantined before may be staged now) go in.
+    staged = stage.staged
+    if previous is not None:
+        staged = staged.filter(~pl.col(RECORD_HASH).is_in(previous[RECORD_HASH].implode()))
+    staged = staged.filter(pl.col(RECORD_HASH).is_first_distinct())
+    staged_ids = staged.select(RECORD_HASH).join(
+        ids.select(RECORD_HASH, RECORD_ID), on=RECORD_HASH, how="left", maintain_order="left"
     )
+    staged = staged.with_columns(staged_ids[RECORD_ID])
     _write(con, "staged", name, staged.with_columns(**provenance), new_only=True)
     if replacing:
         con.execute(
@@ -483,10 +495,10 @@ def _write_delivery(
     _write(con, "quarantine", name, stage.quarantine.with_columns(**provenance))
 
 
-def _record_ids(con: duckdb.DuckDBPyConnection, name: str, hashed: pl.DataFrame) -> pl.DataFrame:
+def _record_ids(con: duckdb.DuckDBPyConnection, name: str, hashes: pl.Series) -> pl.DataFrame:
     """``_record_hash, _record_id, _new`` for each distinct record of a delivery: the id
     raw gave it, or the next free ones, in delivery order, for records raw lacks."""
-    distinct = hashed.select(RECORD_HASH).unique(keep="first", maintain_order=True)
+    distinct = hashes.unique(maintain_order=True).to_frame()
     held = pl.DataFrame(schema={RECORD_HASH: pl.String, RECORD_ID: pl.Int64})
     top = 0
     if RECORD_ID in _columns(con, "raw", name):
@@ -496,10 +508,10 @@ def _record_ids(con: duckdb.DuckDBPyConnection, name: str, hashed: pl.DataFrame)
                 f'SELECT r.{RECORD_HASH}, r.{RECORD_ID} FROM raw."{name}" r '
                 f"SEMI JOIN _incoming_hashes i ON i.{RECORD_HASH} = r.{RECORD_HASH}"
             ).pl()
+            highest = con.execute(f'SELECT coalesce(max({RECORD_ID}), 0) FROM raw."{name}"')
+            top = int(highest.fetchall()[0][0])
         finally:
             con.unregister("_incoming_hashes")
-        top = con.execute(f'SELECT coalesce(max({RECORD_ID}), 0) FROM raw."{name}"').fetchall()
-        top = int(top[0][0])
     found = distinct.join(held, on=RECORD_HASH, how="left", maintain_order="left")
     new = pl.col(RECORD_ID).is_null()
     return found.with_columns(
@@ -604,9 +616,10 @@ def load_delivery(
         )
 
     current = _current_date(con, source.name)
+    previous = [_previous_staged(con, source.name, raw.table, current) for raw in raws]
     staged = [
-        stage_table(raw, source, tombstones, _previous_staged(con, source.name, raw.table, current))
-        for raw in raws
+        stage_table(raw, source, tombstones, before)
+        for raw, before in zip(raws, previous, strict=True)
     ]
     loads = [_table_load(r, s, source) for r, s in zip(raws, staged, strict=True)]
     loaded_at = _now()
@@ -618,14 +631,16 @@ def load_delivery(
     replacing = _loaded_on(con, source.name, delivery.extract_date)
     con.execute("BEGIN TRANSACTION")
     try:
-        for raw, stage in zip(raws, staged, strict=True):
+        for raw, stage, before in zip(raws, staged, previous, strict=True):
             name = relation_name(source.name, raw.table)
             provenance = {
                 **meta,
                 "_source_file": pl.lit(raw.origin),
                 "_file_sha256": pl.lit(raw.sha256),
             }
-            _write_delivery(con, name, raw, stage, provenance, delivery.extract_date, replacing)
+            _write_delivery(
+                con, name, raw, stage, before, provenance, delivery.extract_date, replacing
+            )
         con.execute(
             "UPDATE meta.deliveries SET status = 'replaced' "
             "WHERE source = ? AND extract_date = ? AND status = 'loaded'",
