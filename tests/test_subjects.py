@@ -6,11 +6,16 @@ the extract spec says each table's columns mean, worked out here with plain SQL.
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
+from conftest import police_tables
 
 from tests.test_config import write_config
+from warehouse.landing import Delivery
 from warehouse.sources import ConfigError, load_source, load_sources
-from warehouse.subjects import Relation, row_subjects
+from warehouse.store import connect, load_delivery
+from warehouse.subjects import Relation, row_subjects, rows_about
 
 
 @pytest.mark.parametrize(
@@ -112,3 +117,26 @@ def test_a_family_episode_is_about_every_member_and_a_contact_about_their_pupil(
         if upn in pupils:
             expected.add((f"school|pupils|{upn}", True))
         assert about == expected
+
+
+def test_rows_about_a_record_come_once_for_every_delivery_that_carried_it(
+    tmp_path, delivery_writer, sources
+):
+    """raw and staged hold a record once; what a subject access export shows is each
+    delivery that carried it, with that delivery's file position."""
+    con = connect(tmp_path / "warehouse.duckdb")
+    night_2 = police_tables(3)
+    night_2["persons"].reverse()  # N1 moves from record 1 to record 3
+    for day, tables in (("2026-11-19", police_tables(3)), ("2026-11-20", night_2)):
+        folder = delivery_writer("police", day, tables)
+        load_delivery(con, Delivery("police", date.fromisoformat(day), folder), sources["police"])
+    for schema in ("raw", "staged"):
+        rows = rows_about(
+            con, sources["police"], Relation(schema, "police", "persons"), {"police|persons|N1"}
+        )
+        assert rows.select("_extract_date", "_row_number", "nominal_id").rows() == [
+            (date(2026, 11, 19), 1, "N1"),
+            (date(2026, 11, 20), 3, "N1"),
+        ], schema
+        assert rows["_about"].to_list() == [["police|persons|N1"]] * 2
+    con.close()

@@ -3,12 +3,13 @@
 Schemas:
 
 * ``raw.<source>__<table>`` — every distinct record ever delivered, as delivered (text),
-  once: with its ``_record_hash`` and where it was first delivered (file name, record
-  number, file sha256, delivery id and load time). Append-only.
+  once: with its ``_record_hash`` (:mod:`warehouse.staging`), its number in the table
+  (``_record_id``) and where it was first delivered (file name, record number, file
+  sha256, delivery id and load time). Append-only.
 * ``staged.<source>__<table>`` — every distinct record that passed the staging rules,
-  typed and validated, once, keyed by ``_record_hash`` (:mod:`warehouse.staging`).
+  typed and validated, once, with the same hash and number as its raw record.
 * ``delivered.<source>__<table>`` — one narrow row per record per delivery: which
-  delivery carried which record (``_record_hash``) at which record number, and whether
+  delivery carried which record (``_record_id``) at which record number, and whether
   that delivery staged it. So which deliveries said what is kept exactly.
 * ``quarantine.<source>__<table>`` — rows that broke a rule, as delivered, with the reason,
   per delivery (the reason can depend on the delivery: a repeated key).
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -55,6 +57,8 @@ from warehouse.reader import ROW_NUMBER, RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import RECORD_HASH, StagedTable, stage_table
 from warehouse.tombstone import Tombstones
+
+_log = logging.getLogger(__name__)
 
 _META_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
@@ -101,15 +105,18 @@ STAGED_FLAG = "_staged"  # delivered: the delivery staged this record (else quar
 RECORD_ID = "_record_id"
 
 
-def per_delivery_sql(schema: str, name: str) -> str:
+def per_delivery_sql(schema: str, name: str, *, rowid: bool = False) -> str:
     """SQL for ``raw`` or ``staged`` as one row per record per delivery (the record's
     columns, that delivery's provenance): what each delivery said, for the checks and
-    views that ask about one delivery. ``staged`` rows are those the delivery staged."""
+    views that ask about one delivery. ``staged`` rows are those the delivery staged.
+    ``rowid``: also the record's DuckDB ``rowid`` as ``_rowid`` (what purges delete by)."""
     provenance = ", ".join(f"d.{c} AS {c}" for c in PROVENANCE)
     staged_only = f" WHERE d.{STAGED_FLAG}" if schema == "staged" else ""
+    row = "t.rowid AS _rowid, " if rowid else ""
     return (
-        f'SELECT t.* EXCLUDE ({RECORD_ID}) REPLACE ({provenance}) FROM delivered."{name}" d '
-        f'JOIN {schema}."{name}" t ON t.{RECORD_ID} = d.{RECORD_ID}{staged_only}'
+        f"SELECT {row}t.* EXCLUDE ({RECORD_ID}) REPLACE ({provenance}) "
+        f'FROM delivered."{name}" d JOIN {schema}."{name}" t '
+        f"ON t.{RECORD_ID} = d.{RECORD_ID}{staged_only}"
     )
 
 
@@ -202,22 +209,18 @@ def _write(
     schema: str,
     name: str,
     frame: pl.DataFrame,
-    existing: list[str] | None = None,
     *,
     new_only: bool = False,
 ) -> None:
     """Insert by column name, creating the table or adding columns new in the config.
 
-    ``existing``: the table's columns when the caller has just looked them up (each look-up
-    is a catalog query, a few milliseconds, and a delivery writes dozens of tables).
     ``new_only``: insert only rows whose ``_record_hash`` the table does not hold yet
-    (``raw`` and ``staged`` keep each record once).
+    (``staged`` keeps each record once).
     """
     view = f"_incoming_{schema}"
     con.register(view, frame)
     try:
-        if existing is None:
-            existing = _columns(con, schema, name)
+        existing = _columns(con, schema, name)
         if not existing:
             con.execute(f'CREATE TABLE {schema}."{name}" AS SELECT * FROM {view} LIMIT 0')
         else:
@@ -266,7 +269,9 @@ def migrate_layout(con: duckdb.DuckDBPyConnection) -> list[str]:
     it to this or an identical copy (so the next delivery finds it), else a digest of its
     delivered columns marked ``legacy-`` (a record only ever quarantined, or staged before
     hashes were kept: the next delivery of it is then stored once more, nothing is lost).
-    One transaction: all or nothing.
+    One transaction: all or nothing. DuckDB does not shrink a file: the space the copies
+    took is reused by the nights after (or given back by any rewrite of the file, as an
+    erasure or retention run does).
     """
     names = [
         r[0]
@@ -278,7 +283,13 @@ def migrate_layout(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
     if not names:
         return []
+    _log.warning(
+        "Converting %d ingest tables to hold each delivered record once (a one-off after an "
+        "upgrade; about 30 s for nine nightly deliveries of 100,000 households)",
+        len(names),
+    )
     sources = [r[0] for r in con.execute("SELECT DISTINCT source FROM meta.deliveries").fetchall()]
+    con.execute("SET enable_progress_bar = false")  # DuckDB's own bar would go to stdout
     con.execute("BEGIN TRANSACTION")
     try:
         for name in names:
@@ -290,6 +301,8 @@ def migrate_layout(con: duckdb.DuckDBPyConnection) -> list[str]:
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    finally:
+        con.execute("RESET enable_progress_bar")
     return names
 
 
@@ -546,7 +559,7 @@ def _previous_staged(
 ) -> pl.DataFrame | None:
     """The staged rows of the source's current delivery that carry a record hash, for
     :func:`warehouse.staging.stage_table` to reuse; None when there are none (a first
-    delivery, or a warehouse whose rows were staged before hashes were kept)."""
+    delivery)."""
     name = relation_name(source, table)
     if current is None or not table_exists(con, "delivered", name):
         return None

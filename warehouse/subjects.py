@@ -26,7 +26,7 @@ import duckdb
 import polars as pl
 
 from warehouse.sources import Source, Table
-from warehouse.store import PROVENANCE, RECORD_ID, STAGED_FLAG, relation_name, table_exists
+from warehouse.store import per_delivery_sql, relation_name, table_exists
 
 INGEST_SCHEMAS = ("raw", "staged", "quarantine")
 ABOUT_SCHEMA = {"_rowid": pl.Int64, "record_id": pl.String, "direct": pl.Boolean}
@@ -163,16 +163,12 @@ def rows_about(
     name = relation_name(relation.source, relation.table)
     rows_sql = f"select t.rowid as _rowid, t.* from {relation.name} t"
     if relation.schema in ("raw", "staged") and table_exists(con, "delivered", name):
-        provenance = ", ".join(f"d.{c} as {c}" for c in PROVENANCE)
-        staged = f" and d.{STAGED_FLAG}" if relation.schema == "staged" else ""
-        rows_sql = (
-            f"select t.rowid as _rowid, t.* exclude ({RECORD_ID}) replace ({provenance}) "
-            f"from {relation.name} t "
-            f'join delivered."{name}" d on d.{RECORD_ID} = t.{RECORD_ID}{staged}'
-        )
+        rows_sql = per_delivery_sql(relation.schema, name, rowid=True)
     con.register("_rows_about_ids", grouped.select("_rowid"))
     try:
-        rows = con.sql(f"{rows_sql} where t.rowid in (select _rowid from _rows_about_ids)").pl()
+        rows = con.sql(
+            f"select * from ({rows_sql}) where _rowid in (select _rowid from _rows_about_ids)"
+        ).pl()
     finally:
         con.unregister("_rows_about_ids")
     return rows.join(grouped, on="_rowid").sort("_rowid", "_extract_date", maintain_order=True)
