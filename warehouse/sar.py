@@ -6,8 +6,9 @@ source records (``source|table|local_key``, the snapshot's ``person_records``) a
 from every layer:
 
 * **ingest** (``raw``, ``staged``, ``quarantine``): every delivered row about those records
-  (:mod:`warehouse.subjects`), each with its provenance: source, table, layer, delivery id,
-  delivery (extract) date, file and row number;
+  (:mod:`warehouse.subjects`), once for each delivery that carried it, each with its
+  provenance: source, table, layer, delivery id, delivery (extract) date, file and row
+  number;
 * **linked**: the person's records, household and relationship rows, and the linkage events
   that created or merged their id;
 * **curated** (the published Family View snapshot): person, child summary, involvement,

@@ -13,8 +13,9 @@ reaches it through something shared (a family id, an incident). Erasure removes 
 reach the erased record directly, and shared rows only once everyone they are about is
 gone; a subject access request shows shared rows for review before disclosure.
 
-The people a row is about are found through ``raw``, which holds every row ever
-delivered, so a quarantined episode still leads to its child.
+The people a row is about are found through ``raw``, which holds every record ever
+delivered (once, however many deliveries carried it), so a quarantined episode still leads
+to its child.
 """
 
 from __future__ import annotations
