@@ -227,13 +227,10 @@ def _layers(con) -> dict[str, list[tuple]]:
                 f"SELECT * EXCLUDE (_record_hash) FROM ({per_delivery_sql(schema, name)}) "
                 "ORDER BY _extract_date, _loaded_at, _row_number"
             ).fetchall()
-        for relation in (f'quarantine."{name}"', f'current."{name}"'):
-            out[relation] = sorted(
-                con.execute(f"SELECT * EXCLUDE (_record_hash) FROM {relation}").fetchall()
-                if relation.startswith("current")
-                else con.execute(f"SELECT * FROM {relation}").fetchall(),
-                key=repr,
-            )
+        quarantine = f'SELECT * FROM quarantine."{name}"'
+        current = f'SELECT * EXCLUDE (_record_hash) FROM current."{name}"'
+        for relation, sql in ((f'quarantine."{name}"', quarantine), (f'current."{name}"', current)):
+            out[relation] = sorted(con.execute(sql).fetchall(), key=repr)
     return out
 
 

@@ -209,18 +209,22 @@ def _write(
     schema: str,
     name: str,
     frame: pl.DataFrame,
+    existing: list[str] | None = None,
     *,
     new_only: bool = False,
 ) -> None:
     """Insert by column name, creating the table or adding columns new in the config.
 
+    ``existing``: the table's columns when the caller has just looked them up (each look-up
+    is a catalog query, a few milliseconds, and a delivery writes dozens of tables).
     ``new_only``: insert only rows whose ``_record_hash`` the table does not hold yet
     (``staged`` keeps each record once).
     """
     view = f"_incoming_{schema}"
     con.register(view, frame)
     try:
-        existing = _columns(con, schema, name)
+        if existing is None:
+            existing = _columns(con, schema, name)
         if not existing:
             con.execute(f'CREATE TABLE {schema}."{name}" AS SELECT * FROM {view} LIMIT 0')
         else:
@@ -243,7 +247,7 @@ def _write(
         con.unregister(view)
 
 
-def _refresh_current_view(con: duckdb.DuckDBPyConnection, source: str, name: str) -> None:
+def _refresh_current_view(con: duckdb.DuckDBPyConnection, name: str, current: date | None) -> None:
     """``current.<name>``: the staged rows of the source's newest loaded delivery, in its
     record order. Only one delivery per date is staged (a replaced one is not).
 
@@ -251,7 +255,6 @@ def _refresh_current_view(con: duckdb.DuckDBPyConnection, source: str, name: str
     delivery is current), so reading it scans that delivery's ``delivered`` rows alone
     however many nights are kept, rather than comparing every night's with a subquery.
     """
-    current = _current_date(con, source)
     # Nothing loaded (a migrated table of a rejected-only source): an empty view.
     day = "NULL" if current is None else f"DATE '{current.isoformat()}'"
     con.execute(
@@ -296,7 +299,7 @@ def migrate_layout(con: duckdb.DuckDBPyConnection) -> list[str]:
             _migrate_table(con, name)
             owner = [s for s in sources if name.startswith(f"{s}__")]
             if owner and table_exists(con, "staged", name):
-                _refresh_current_view(con, max(owner, key=len), name)
+                _refresh_current_view(con, name, _current_date(con, max(owner, key=len)))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -468,7 +471,8 @@ def _write_delivery(
     are deleted, as the old delivery's staged copy used to be."""
     assert stage.hashes is not None, "stage_table gives every record's hash"
     hashes = stage.hashes
-    ids = _record_ids(con, name, hashes)
+    raw_columns = _columns(con, "raw", name)
+    ids = _record_ids(con, name, hashes, numbered=RECORD_ID in raw_columns)
     per_row = hashes.to_frame().join(ids, on=RECORD_HASH, how="left", maintain_order="left")
     rows = raw.frame[ROW_NUMBER]
     delivered = pl.DataFrame(
@@ -488,7 +492,7 @@ def _write_delivery(
     _write(con, "delivered", name, delivered.with_columns(**provenance))
     new_raw = per_row["_new"] & hashes.is_first_distinct()
     records = raw.frame.with_columns(hashes, per_row[RECORD_ID]).filter(new_raw)
-    _write(con, "raw", name, records.with_columns(**provenance))
+    _write(con, "raw", name, records.with_columns(**provenance), raw_columns)
     # Staged records not reused from the current delivery, once each; of those, the ones
     # staged never held (a record quarantined before may be staged now) go in.
     staged = stage.staged
@@ -508,13 +512,16 @@ def _write_delivery(
     _write(con, "quarantine", name, stage.quarantine.with_columns(**provenance))
 
 
-def _record_ids(con: duckdb.DuckDBPyConnection, name: str, hashes: pl.Series) -> pl.DataFrame:
+def _record_ids(
+    con: duckdb.DuckDBPyConnection, name: str, hashes: pl.Series, *, numbered: bool
+) -> pl.DataFrame:
     """``_record_hash, _record_id, _new`` for each distinct record of a delivery: the id
-    raw gave it, or the next free ones, in delivery order, for records raw lacks."""
+    raw gave it, or the next free ones, in delivery order, for records raw lacks.
+    ``numbered``: raw exists with its ``_record_id`` column (else every record is new)."""
     distinct = hashes.unique(maintain_order=True).to_frame()
     held = pl.DataFrame(schema={RECORD_HASH: pl.String, RECORD_ID: pl.Int64})
     top = 0
-    if RECORD_ID in _columns(con, "raw", name):
+    if numbered:
         con.register("_incoming_hashes", distinct)
         try:
             held = con.sql(
@@ -673,8 +680,9 @@ def load_delivery(
                 sum(t.quarantined for t in loads),
             ],
         )
+        now_current = _current_date(con, source.name)
         for raw in raws:
-            _refresh_current_view(con, source.name, relation_name(source.name, raw.table))
+            _refresh_current_view(con, relation_name(source.name, raw.table), now_current)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -685,7 +693,7 @@ def load_delivery(
         delivery_id,
         "loaded",
         loads,
-        _current_date(con, source.name),
+        now_current,
     )
 
 
