@@ -12,7 +12,10 @@ directory:
   training is its own job, reported apart and not counted in the night); link; build,
   check and publish the Family View;
 * **night 2**: ingest the second delivery; link (only new or changed records are
-  re-scored); build, check and publish.
+  re-scored); build, check and publish;
+* **night 3**: night 2's files delivered again the next day (the same records, a new
+  extract date), then link and publish: what a night costs when nothing changed, the
+  floor under any second delivery while sources send full snapshots.
 
 Each job runs in a child process of its own, through the same code the ``sdv`` commands
 and the Dagster schedules use, so a stage's wall time includes starting the process and
@@ -57,7 +60,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +75,12 @@ STAGES = (
     "publish",
 )
 LINK_STAGES = ("standardise", "predict", "cluster", "households")
-NIGHTS = ("night_1", "night_2")
+NIGHTS = ("night_1", "night_2", "night_3")
+TITLES = {
+    "night_1": "night 1",
+    "night_2": "night 2 (second delivery)",
+    "night_3": "night 3 (night 2's files again)",
+}
 # Done-when targets of the largest county: a nightly load within 10 minutes and 12 GiB,
 # and a second delivery costing under a quarter of the first.
 TARGET_HOUSEHOLDS = 100_000
@@ -295,6 +303,31 @@ def night_landing(county_landing: Path, extract_date: str, target: Path) -> Path
     return target
 
 
+def redelivery(county_landing: Path, extract_date: str, next_date: str, target: Path) -> Path:
+    """A landing zone holding every source's ``extract_date`` delivery again, dated
+    ``next_date``: the same files (hard links where the file system allows), the manifest's
+    date moved. A source re-sending an unchanged snapshot the next day looks like this."""
+    from warehouse.landing import MANIFEST
+
+    for source_dir in sorted(p for p in county_landing.iterdir() if p.is_dir()):
+        delivery = source_dir / extract_date
+        if not delivery.is_dir():
+            continue
+        folder = target / source_dir.name / next_date
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(delivery.iterdir()):
+            if path.name == MANIFEST:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+                manifest["extract_date"] = next_date
+                (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+                continue
+            try:
+                os.link(path, folder / path.name)
+            except OSError:
+                shutil.copy2(path, folder / path.name)
+    return target
+
+
 def _stage(
     seconds: float, rows: int, peak: float | None, peak_of: str, cpu: float | None, load: list
 ) -> dict[str, Any]:
@@ -396,9 +429,13 @@ def bench_size(households: int, out: Path, *, seed: int, extract_date: str, keep
         "persons": generated.result["persons"],
         "generate": asdict(generated),
     }
+    dates = [*dates, _next_day(dates[-1])]  # night 3: night 2's files, the next day
     training: Measured | None = None
     for index, night in enumerate(NIGHTS):
-        landing = night_landing(county / "landing", dates[index], work / f"landing-{night}")
+        if night == "night_3":
+            landing = redelivery(county / "landing", dates[1], dates[2], work / f"landing-{night}")
+        else:
+            landing = night_landing(county / "landing", dates[index], work / f"landing-{night}")
         options = {"data_dir": data, "landing": landing}
         print(f"[{households:,} households] {night}: ingest", flush=True)
         ingest = run_child("ingest", logs, f"{night}-ingest", **options)
@@ -414,10 +451,16 @@ def bench_size(households: int, out: Path, *, seed: int, extract_date: str, keep
     report["train"] = asdict(training)
     first, second = report["night_1"]["total_wall_seconds"], report["night_2"]["total_wall_seconds"]
     report["second_night_ratio"] = round(second / first, 3) if first else None
+    unchanged = report["night_3"]["total_wall_seconds"]
+    report["unchanged_night_ratio"] = round(unchanged / first, 3) if first else None
     report["job_ratios"] = job_ratios(report["night_1"], report["night_2"])
     if not keep:
         shutil.rmtree(work)
     return report
+
+
+def _next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
 
 
 def job_ratios(first: dict[str, Any], second: dict[str, Any]) -> dict[str, float | None]:
@@ -474,7 +517,7 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
 
     sizes = sorted(report["sizes"], key=lambda s: s["households"])
     x = [s["households"] for s in sizes]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    fig, axes = plt.subplots(1, len(NIGHTS), figsize=(19, 5.5), sharey=True)
     for axis, night in zip(axes, NIGHTS, strict=True):
         for stage in STAGES:
             y = [max(s[night]["stages"][stage]["wall_seconds"], 0.01) for s in sizes]
@@ -486,12 +529,10 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
         axis.set_yscale("log")
         axis.set_xticks(x, [f"{v:,}" for v in x])
         axis.set_xlabel("households")
-        axis.set_title(
-            night.replace("_", " ") + (" (second delivery)" if night == "night_2" else "")
-        )
+        axis.set_title(TITLES[night])
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("wall seconds")
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle("Nightly load: wall time per stage against county size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -540,6 +581,11 @@ def table_lines(report: dict[str, Any]) -> list[str]:
             f"changed records scored on night 2: {size['night_2']['changed_records_scored']:,}"
             f" of {size['night_2']['person_level_rows']:,}"
         )
+        lines.append(
+            f"{h:>10} night 3 (night 2's files again, nothing changed) / night 1 = "
+            f"{size['unchanged_night_ratio']:.2f}; changed records scored: "
+            f"{size['night_3']['changed_records_scored']:,}"
+        )
         per_job = ", ".join(
             f"{job} {_fmt(ratio, 2)}" for job, ratio in size.get("job_ratios", {}).items()
         )
@@ -565,6 +611,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep each size's data under OUT/work")
     args = parser.parse_args(argv)
+    try:
+        second_delivery = date.fromisoformat(args.extract_date)
+    except ValueError:
+        parser.error(f"--extract-date {args.extract_date!r} is not a date (YYYY-MM-DD)")
+    if second_delivery >= date.today():
+        # Night 3 re-delivers night 2's files the day after; a load refuses a future date.
+        parser.error(f"--extract-date {args.extract_date} must be before today ({date.today()})")
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 The jobs run through the real code paths (``sdv load``'s ingest, the Dagster link and
 publish jobs), so this notices when a job's metadata or the plumbing the benchmark relies
-on changes under it. To stay quick the two nights run their jobs in this process (eight
+on changes under it. To stay quick the three nights run their jobs in this process (eight
 fresh interpreters importing Dagster would cost more than the jobs themselves); one job
 runs as a real child process to cover ``os.wait4`` and the peak memory it reports.
 """
@@ -12,13 +12,23 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks import pipeline
-from benchmarks.pipeline import NIGHTS, STAGES, Measured, child_argv, child_main, main, run_child
+from benchmarks.pipeline import (
+    NIGHTS,
+    STAGES,
+    Measured,
+    child_argv,
+    child_main,
+    main,
+    redelivery,
+    run_child,
+)
 from warehouse.sources import DEFAULT_CONFIG_DIR
 from warehouse.stages import StageClock, process_peak_mib
 
@@ -100,8 +110,12 @@ def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, mon
             sum(s["wall_seconds"] for s in stages.values()), abs=0.1
         )
         assert size[night]["max_peak_rss_mib"] >= max(s["peak_rss_mib"] for s in stages.values())
-    # the second night re-scores only what the second delivery changed
+    # the second night re-scores only what the second delivery changed; the third (the
+    # same files again, the next day) is loaded as a delivery of its own and re-scores none
     assert 0 < size["night_2"]["changed_records_scored"] < size["night_2"]["person_level_rows"]
+    assert size["night_3"]["changed_records_scored"] == 0
+    assert size["night_3"]["rows_delivered"] == size["night_2"]["rows_delivered"]
+    assert size["unchanged_night_ratio"] > 0
     assert size["train"]["wall_seconds"] > 0 and size["generate"]["wall_seconds"] > 0
     assert size["second_night_ratio"] > 0
     assert set(size["job_ratios"]) == {"ingest", "link", "publish"}
@@ -113,3 +127,29 @@ def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, mon
     assert not (tmp_path / "work" / "30").exists()  # data removed without --keep
     printed = capsys.readouterr().out
     assert "TOTAL" in printed and "per job, night 2 / night 1: ingest" in printed
+    assert "night 3 (night 2's files again, nothing changed) / night 1" in printed
+
+
+def test_a_redelivery_is_the_same_files_under_the_next_date(tmp_path: Path):
+    county = tmp_path / "county"
+    first = county / "police" / "2026-11-20"
+    first.mkdir(parents=True)
+    (first / "persons.csv").write_text("id,name\n1,Ann\n", encoding="utf-8")
+    manifest = {"source": "police", "extract_date": "2026-11-20", "files": {"persons.csv": {}}}
+    (first / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (county / "police" / "2026-11-19").mkdir()  # an older delivery is not repeated
+
+    landing = redelivery(county, "2026-11-20", "2026-11-21", tmp_path / "landing")
+
+    again = landing / "police" / "2026-11-21"
+    assert sorted(p.name for p in (landing / "police").iterdir()) == ["2026-11-21"]
+    assert (again / "persons.csv").read_bytes() == (first / "persons.csv").read_bytes()
+    moved = json.loads((again / "manifest.json").read_text(encoding="utf-8"))
+    assert moved == {**manifest, "extract_date": "2026-11-21"}
+    assert json.loads((first / "manifest.json").read_text(encoding="utf-8")) == manifest
+
+
+def test_the_extract_date_must_leave_room_for_the_third_night(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--sizes", "30", "--out", str(tmp_path), "--extract-date", date.today().isoformat()])
+    assert "must be before today" in capsys.readouterr().err
