@@ -324,17 +324,30 @@ def _hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256((prev_hash + _canonical(payload)).encode("utf-8")).hexdigest()
 
 
+# The statements of an append, built once: the API appends on every request, and building
+# a statement costs more Python than SQLAlchemy's compiled-statement cache then saves.
+_HEAD = audit_chain_head.c.id == 1
+_READ_HEAD = sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(_HEAD)
+_READ_HEAD_FOR_UPDATE = _READ_HEAD.with_for_update()
+_TOUCH_HEAD = audit_chain_head.update().where(_HEAD).values(seq=audit_chain_head.c.seq)
+_MOVE_HEAD = (
+    audit_chain_head.update()
+    .where(_HEAD)
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
+_INSERT_EVENTS = audit_events.insert()
+_INSERT_PERSONS = audit_event_persons.insert()
+
+
 def _lock_head(conn: Connection) -> tuple[int, str]:
     """The head (last seq, last hash), locked until this transaction ends."""
-    where = audit_chain_head.c.id == 1
-    query = sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(where)
+    query = _READ_HEAD_FOR_UPDATE
     if conn.dialect.name == "sqlite":
         # pysqlite opens a deferred transaction: a read first would take a snapshot that a
         # concurrent appender can overtake. Writing first takes the write lock (waiting on
         # busy_timeout), so the head read next is the latest and stays so until commit.
-        conn.execute(audit_chain_head.update().where(where).values(seq=audit_chain_head.c.seq))
-    else:
-        query = query.with_for_update()
+        conn.execute(_TOUCH_HEAD)
+        query = _READ_HEAD
     row = conn.execute(query).one_or_none()
     if row is None:
         raise AuditError("the audit chain head is missing: run `sdv audit verify`")
@@ -477,14 +490,10 @@ def _append_batch(engine: Engine, batch: Sequence[_Pending]) -> list[AuditRecord
             persons.extend({"seq": record.seq, "person_id": p} for p in record.person_ids)
             records.append(record)
             prev_seq, prev_hash = record.seq, record.hash
-        conn.execute(audit_events.insert(), events)
+        conn.execute(_INSERT_EVENTS, events)
         if persons:
-            conn.execute(audit_event_persons.insert(), persons)
-        conn.execute(
-            audit_chain_head.update()
-            .where(audit_chain_head.c.id == 1)
-            .values(seq=prev_seq, hash=prev_hash)
-        )
+            conn.execute(_INSERT_PERSONS, persons)
+        conn.execute(_MOVE_HEAD, {"new_seq": prev_seq, "new_hash": prev_hash})
     return records
 
 

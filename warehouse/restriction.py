@@ -97,13 +97,16 @@ def lift(engine: Engine, record_ids: Iterable[str], reason: str, lifted_by: str)
     return lifted
 
 
+# Built once: the API reads the active restrictions on every request.
+_ACTIVE = sa.select(restrictions).where(restrictions.c.lifted_at.is_(None))
+
+
 def active(engine: Engine, conn: sa.Connection | None = None) -> list[Restriction]:
-    query = sa.select(restrictions).where(restrictions.c.lifted_at.is_(None))
     if conn is None:
         with engine.connect() as own:
-            rows = own.execute(query).all()
+            rows = own.execute(_ACTIVE).all()
     else:
-        rows = conn.execute(query).all()
+        rows = conn.execute(_ACTIVE).all()
     return [
         Restriction(
             r.id,
