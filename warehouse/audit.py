@@ -324,8 +324,10 @@ def _hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256((prev_hash + _canonical(payload)).encode("utf-8")).hexdigest()
 
 
-# The statements of an append, built once: the API appends on every request, and building
-# a statement costs more Python than SQLAlchemy's compiled-statement cache then saves.
+# The statements of an append, built once: the API appends on every request. A statement
+# built afresh is walked for its cache key on every execution before SQLAlchemy can reuse
+# its compiled form; one built once keeps its key (memoised), and being immutable it is
+# shared by every thread.
 _HEAD = audit_chain_head.c.id == 1
 _READ_HEAD = sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(_HEAD)
 _READ_HEAD_FOR_UPDATE = _READ_HEAD.with_for_update()

@@ -97,7 +97,8 @@ def lift(engine: Engine, record_ids: Iterable[str], reason: str, lifted_by: str)
     return lifted
 
 
-# Built once: the API reads the active restrictions on every request.
+# Built once, like the audit append's statements (warehouse/audit.py says why): the API
+# reads the active restrictions on every request.
 _ACTIVE = sa.select(restrictions).where(restrictions.c.lifted_at.is_(None))
 
 
