@@ -93,4 +93,11 @@ def build_defs(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_defs(Settings.from_env())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location's definitions, for ``dagster dev``, ``dg check defs`` and the code
+    server, built from the environment when they load them. Built lazily (Dagster's
+    preferred form), so a process importing this module for its job names or for
+    :func:`build_defs` (every ``sdv`` job command, each run of the benchmark) does not
+    build them an extra time."""
+    return build_defs(Settings.from_env())

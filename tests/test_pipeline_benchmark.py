@@ -88,8 +88,8 @@ def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, mon
     # environment: let monkeypatch put it back afterwards.
     for name in ("SDV_DATA_DIR", "SDV_LANDING", "SDV_WAREHOUSE"):
         monkeypatch.setenv(name, str(tmp_path / "unused"))
-    # The real configuration: importing pipelines.definitions builds its module-level
-    # ``defs`` from the environment, and this test may be the first to import it.
+    # The real configuration, wherever settings are read from the environment (the code
+    # location's lazy ``defs``, and anything else that asks for Settings.from_env()).
     monkeypatch.setenv("SDV_CONFIG_DIR", str(DEFAULT_CONFIG_DIR))
     monkeypatch.setenv("SDV_OPERATIONAL_URL", "")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
