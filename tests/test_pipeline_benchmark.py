@@ -2,7 +2,7 @@
 
 The jobs run through the real code paths (``sdv load``'s ingest, the Dagster link and
 publish jobs), so this notices when a job's metadata or the plumbing the benchmark relies
-on changes under it. To stay quick the three nights run their jobs in this process (eight
+on changes under it. To stay quick the three nights run their jobs in this process (eleven
 fresh interpreters importing Dagster would cost more than the jobs themselves); one job
 runs as a real child process to cover ``os.wait4`` and the peak memory it reports.
 """
@@ -83,7 +83,7 @@ def _in_process(job: str, log_dir: Path, label: str, **options: Any) -> Measured
     )
 
 
-def test_benchmark_runs_both_nights_on_a_tiny_county(tmp_path: Path, capsys, monkeypatch):
+def test_benchmark_runs_its_three_nights_on_a_tiny_county(tmp_path: Path, capsys, monkeypatch):
     # The jobs point Dagster and the settings at their data directory through the
     # environment: let monkeypatch put it back afterwards.
     for name in ("SDV_DATA_DIR", "SDV_LANDING", "SDV_WAREHOUSE"):
