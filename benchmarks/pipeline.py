@@ -295,12 +295,16 @@ def night_landing(county_landing: Path, extract_date: str, target: Path) -> Path
     The nightly schedule loads the newest delivery; yesterday's is already in the
     warehouse, so tonight's landing zone as the job sees it is tonight's delivery.
     """
-    for source_dir in sorted(p for p in county_landing.iterdir() if p.is_dir()):
-        delivery = source_dir / extract_date
-        if delivery.is_dir():
-            (target / source_dir.name).mkdir(parents=True, exist_ok=True)
-            (target / source_dir.name / extract_date).symlink_to(delivery.resolve())
+    for source, delivery in _deliveries(county_landing, extract_date):
+        (target / source).mkdir(parents=True, exist_ok=True)
+        (target / source / extract_date).symlink_to(delivery.resolve())
     return target
+
+
+def _deliveries(county_landing: Path, extract_date: str) -> list[tuple[str, Path]]:
+    """(source, folder) of every source's delivery for ``extract_date``."""
+    sources = sorted(p for p in county_landing.iterdir() if p.is_dir())
+    return [(s.name, s / extract_date) for s in sources if (s / extract_date).is_dir()]
 
 
 def redelivery(county_landing: Path, extract_date: str, next_date: str, target: Path) -> Path:
@@ -309,11 +313,8 @@ def redelivery(county_landing: Path, extract_date: str, next_date: str, target: 
     date moved. A source re-sending an unchanged snapshot the next day looks like this."""
     from warehouse.landing import MANIFEST
 
-    for source_dir in sorted(p for p in county_landing.iterdir() if p.is_dir()):
-        delivery = source_dir / extract_date
-        if not delivery.is_dir():
-            continue
-        folder = target / source_dir.name / next_date
+    for source, delivery in _deliveries(county_landing, extract_date):
+        folder = target / source / next_date
         folder.mkdir(parents=True, exist_ok=True)
         for path in sorted(delivery.iterdir()):
             if path.name == MANIFEST:
@@ -429,14 +430,16 @@ def bench_size(households: int, out: Path, *, seed: int, extract_date: str, keep
         "persons": generated.result["persons"],
         "generate": asdict(generated),
     }
-    dates = [*dates, _next_day(dates[-1])]  # night 3: night 2's files, the next day
+    deliveries = county / "landing"
+    landings = {
+        "night_1": night_landing(deliveries, dates[0], work / "landing-night_1"),
+        "night_2": night_landing(deliveries, dates[1], work / "landing-night_2"),
+        # night 2's files again, the next day
+        "night_3": redelivery(deliveries, dates[1], _next_day(dates[1]), work / "landing-night_3"),
+    }
     training: Measured | None = None
     for index, night in enumerate(NIGHTS):
-        if night == "night_3":
-            landing = redelivery(county / "landing", dates[1], dates[2], work / f"landing-{night}")
-        else:
-            landing = night_landing(county / "landing", dates[index], work / f"landing-{night}")
-        options = {"data_dir": data, "landing": landing}
+        options = {"data_dir": data, "landing": landings[night]}
         print(f"[{households:,} households] {night}: ingest", flush=True)
         ingest = run_child("ingest", logs, f"{night}-ingest", **options)
         if index == 0:  # a fresh data directory has no model: train one, apart from the night

@@ -343,13 +343,14 @@ _INSERT_PERSONS = audit_event_persons.insert()
 
 def _lock_head(conn: Connection) -> tuple[int, str]:
     """The head (last seq, last hash), locked until this transaction ends."""
-    query = _READ_HEAD_FOR_UPDATE
     if conn.dialect.name == "sqlite":
         # pysqlite opens a deferred transaction: a read first would take a snapshot that a
         # concurrent appender can overtake. Writing first takes the write lock (waiting on
         # busy_timeout), so the head read next is the latest and stays so until commit.
         conn.execute(_TOUCH_HEAD)
         query = _READ_HEAD
+    else:
+        query = _READ_HEAD_FOR_UPDATE
     row = conn.execute(query).one_or_none()
     if row is None:
         raise AuditError("the audit chain head is missing: run `sdv audit verify`")

@@ -179,7 +179,7 @@ def purge_ingest(
     """
     label = _file_label(con)
     counts: Counts = {}
-    emptied: set[str] = set()
+    raw_purged: set[str] = set()
     for relation, rowids in targets.items():
         if not rowids:
             continue
@@ -194,8 +194,8 @@ def purge_ingest(
         name = relation_name(relation.source, relation.table)
         counts[f"{label}:{relation.schema}.{name}"] = removed
         if relation.schema == "raw":
-            emptied.add(name)
-    for name in sorted(emptied):
+            raw_purged.add(name)
+    for name in sorted(raw_purged):
         if table_exists(con, "delivered", name):
             counts[f"{label}:delivered.{name}"] = _changed(
                 con,

@@ -69,7 +69,7 @@ import polars as pl
 
 from warehouse import purge
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
-from warehouse.store import RECORD_ID, relation_name, table_exists
+from warehouse.store import RECORD_ID, holds_records_once, relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
 RUNS_DDL = """
@@ -220,7 +220,7 @@ def _rows(con: duckdb.DuckDBPyConnection, source: Source, rel: Relation) -> pl.D
     # delivery is in ``delivered`` (warehouse.store).
     name = relation_name(source.name, rel.table)
     delivered, last = "", "t._extract_date"
-    if rel.schema in ("raw", "staged") and table_exists(con, "delivered", name):
+    if holds_records_once(con, rel.schema, name):
         delivered = (
             f" left join (select {RECORD_ID} as _id, max(_extract_date) as _last "
             f'from delivered."{name}" group by 1) d on d._id = t.{RECORD_ID}'

@@ -72,7 +72,7 @@ class StagedTable:
     quarantine: pl.DataFrame
     # ``_record_hash`` of every delivered record, in the raw table's order: how the
     # warehouse stores a record once however many deliveries repeat it (warehouse.store).
-    hashes: pl.Series | None = None
+    hashes: pl.Series
 
 
 def _clean(name: str) -> pl.Expr:

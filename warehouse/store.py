@@ -120,6 +120,12 @@ def per_delivery_sql(schema: str, name: str, *, rowid: bool = False) -> str:
     )
 
 
+def holds_records_once(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    """Whether ``schema.name`` holds each record once, its deliveries in ``delivered``
+    (``raw`` and ``staged``; read them per delivery with :func:`per_delivery_sql`)."""
+    return schema in ("raw", "staged") and table_exists(con, "delivered", name)
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
     """Whether ``schema.name`` exists (a table or a view)."""
     rows = con.execute(
@@ -469,7 +475,6 @@ def _write_delivery(
     rows stage_table reused (already held). When the delivery replaces the date's loaded
     one, that one's rows are no longer staged, and staged records nothing staged any more
     are deleted, as the old delivery's staged copy used to be."""
-    assert stage.hashes is not None, "stage_table gives every record's hash"
     hashes = stage.hashes
     raw_columns = _columns(con, "raw", name)
     ids = _record_ids(con, name, hashes, numbered=RECORD_ID in raw_columns)

@@ -27,7 +27,7 @@ import duckdb
 import polars as pl
 
 from warehouse.sources import Source, Table
-from warehouse.store import per_delivery_sql, relation_name, table_exists
+from warehouse.store import holds_records_once, per_delivery_sql, relation_name, table_exists
 
 INGEST_SCHEMAS = ("raw", "staged", "quarantine")
 ABOUT_SCHEMA = {"_rowid": pl.Int64, "record_id": pl.String, "direct": pl.Boolean}
@@ -163,7 +163,7 @@ def rows_about(
     # that delivery had it (warehouse.store), so every delivery is shown.
     name = relation_name(relation.source, relation.table)
     rows_sql = f"select t.rowid as _rowid, t.* from {relation.name} t"
-    if relation.schema in ("raw", "staged") and table_exists(con, "delivered", name):
+    if holds_records_once(con, relation.schema, name):
         rows_sql = per_delivery_sql(relation.schema, name, rowid=True)
     con.register("_rows_about_ids", grouped.select("_rowid"))
     try:
