@@ -17,10 +17,9 @@ from assets.retention import RETENTION, build_retention_asset
 from matching.config import load_linkage_config
 from pipelines.resources import build_resources
 from pipelines.schedules import (
+    build_family_view_schedule,
     build_freshness_schedule,
-    build_linkage_schedule,
     build_nightly_schedule,
-    build_publish_schedule,
     build_retention_schedule,
 )
 from pipelines.sensors import build_delivery_sensor, ingest_job_name
@@ -29,6 +28,7 @@ from warehouse.curated_config import load_curated_config
 from warehouse.sources import load_sources
 
 LINK_JOB = "link_persons"
+NIGHTLY_JOB = "link_and_publish"
 TRAIN_JOB = "train_linkage_model"
 PUBLISH_JOB = "publish_family_view"
 RETENTION_JOB = "apply_retention"
@@ -66,6 +66,13 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(PERSON_RECORDS, HOUSEHOLD_MEMBERS),
         description="Resolve every person-level record to a stable person and household.",
     )
+    nightly_job = dg.define_asset_job(
+        NIGHTLY_JOB,
+        selection=dg.AssetSelection.assets(PERSON_RECORDS, HOUSEHOLD_MEMBERS, SNAPSHOT, PUBLISHED),
+        description="The night after the loads, in one run: link, then build, check and "
+        "publish the Family View from that linkage. Nothing is built from a linkage that "
+        "failed or broke a hard rule (a blocking check).",
+    )
     train_job = dg.define_asset_job(
         TRAIN_JOB,
         selection=dg.AssetSelection.assets(MODEL),
@@ -80,14 +87,21 @@ def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[*assets.values(), *linkage, *family_view, retention],
         asset_checks=[*freshness, *linkage_checks],
-        jobs=[*jobs.values(), freshness_job, link_job, train_job, publish_job, retention_job],
+        jobs=[
+            *jobs.values(),
+            freshness_job,
+            link_job,
+            nightly_job,
+            train_job,
+            publish_job,
+            retention_job,
+        ],
         sensors=[build_delivery_sensor(sources, list(jobs.values()))],
         schedules=[
             *(build_nightly_schedule(sources[n], jobs[n]) for n in sources),
             build_freshness_schedule(freshness_job),
             build_retention_schedule(retention_job),
-            build_linkage_schedule(link_job),
-            build_publish_schedule(publish_job),
+            build_family_view_schedule(nightly_job),
         ],
         resources=build_resources(settings),
     )

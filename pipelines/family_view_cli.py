@@ -1,9 +1,9 @@
 """`sdv publish`, `sdv rollback`, `sdv snapshots`, `sdv dictionary`: the Family View.
 
 ``publish`` runs the Dagster job that builds tonight's snapshot, checks it and switches
-readers to it (as the 04:30 schedule does); ``rollback`` points readers back at the
-previous snapshot kept; ``snapshots`` lists what is kept and which one readers get;
-``dictionary`` regenerates ``docs/data-dictionary.md``.
+readers to it (as the nightly ``link_and_publish`` run does after linkage);
+``rollback`` points readers back at the previous snapshot kept; ``snapshots`` lists what
+is kept and which one readers get; ``dictionary`` regenerates ``docs/data-dictionary.md``.
 """
 
 from __future__ import annotations

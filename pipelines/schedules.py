@@ -1,10 +1,15 @@
-"""Nightly schedules: one per source, plus a freshness sweep.
+"""Nightly schedules: one per source; then retention (03:00), then linkage and the Family
+View as one run (03:30); a freshness sweep in the morning.
 
 The delivery sensor reacts to files as they land; the nightly schedule is the dependable
 beat a partnership plans around. For a file source it loads the newest complete delivery
 (a no-op if the sensor already did), passing over any dated after tonight: the sensor has
 already had those rejected, and picking one every night would starve the real newest one;
 for a database source it reads the tables as of tonight, under tonight's date.
+
+Linkage and publishing share one run, not two schedules an hour apart: publishing then
+starts as soon as linkage has finished, never from a linkage that failed, and the night
+pays for one run and process instead of two.
 """
 
 import dagster as dg
@@ -80,19 +85,11 @@ def build_retention_schedule(job: JobTarget) -> dg.ScheduleDefinition:
     )
 
 
-def build_linkage_schedule(job: JobTarget) -> dg.ScheduleDefinition:
-    return _daily(
-        "nightly_linkage",
-        job,
-        "30 3 * * *",
-        "After the night's loads: resolve records to persons and households.",
-    )
-
-
-def build_publish_schedule(job: JobTarget) -> dg.ScheduleDefinition:
+def build_family_view_schedule(job: JobTarget) -> dg.ScheduleDefinition:
     return _daily(
         "nightly_family_view",
         job,
-        "30 4 * * *",
-        "After linkage: build, check and publish the Family View snapshot.",
+        "30 3 * * *",
+        "After the night's loads and retention: link, then build, check and publish the "
+        "Family View, in one run (publishing waits for a linkage that succeeded).",
     )

@@ -95,7 +95,20 @@ def test_family_view_is_published_only_after_blocking_checks(tmp_path):
     job = defs.resolve_job_def("publish_family_view")
     assert {n.name for n in job.nodes} >= {"curated__family_view_snapshot"}
     schedules = {s.name: s for s in defs.schedules}
-    assert schedules["nightly_family_view"].cron_schedule == "30 4 * * *"
+    nightly = schedules["nightly_family_view"]
+    assert nightly.cron_schedule == "30 3 * * *"
+    # Linkage and publishing share one run: a snapshot is built only from a linkage that
+    # succeeded and passed its blocking hard-rule check.
+    assert nightly.job_name == "link_and_publish"
+    nodes = {n.name for n in defs.resolve_job_def("link_and_publish").nodes}
+    assert nodes == {
+        "person_links",
+        "linked__person_records_no_oversized_persons",
+        "curated__family_view_snapshot",
+        "curated__published_family_view",
+    }
+    linkage = defs.get_assets_def(dg.AssetKey(["linked", "person_records"]))
+    assert {s.name: s.blocking for s in linkage.check_specs} == {"hard_rules_hold": True}
 
 
 def test_retention_runs_nightly_after_loads_and_before_linkage(tmp_path, sources):
@@ -113,4 +126,4 @@ def test_retention_runs_nightly_after_loads_and_before_linkage(tmp_path, sources
         minute, hour = schedules[name].cron_schedule.split()[:2]
         return int(hour), int(minute)
 
-    assert at("nightly_police") < at("nightly_retention") < at("nightly_linkage")
+    assert at("nightly_police") < at("nightly_retention") < at("nightly_family_view")

@@ -40,8 +40,8 @@ from matching.model import MODEL_COLUMNS
 from matching.registry import registry_changes
 from matching.rules import Profile, breaches
 from matching.standardise import standardise
-from pipelines.cli import app
-from pipelines.definitions import LINK_JOB, build_defs
+from pipelines.cli import _failure_message, app
+from pipelines.definitions import LINK_JOB, NIGHTLY_JOB, build_defs
 from pipelines.settings import Settings
 from synth.generate import generate_county
 from warehouse import linked, review
@@ -665,6 +665,90 @@ def test_the_link_job_checks_the_hard_rules_on_what_it_wrote(county, first_night
     meta = {k: v.value for k, v in check.metadata.items()}
     assert meta["person_level_rows"] == meta["linked_rows"] == rows
     assert meta["persons_breaking_rules"] == meta["rows_without_person"] == 0
+
+
+def _materialized(result: dg.ExecuteInProcessResult) -> list[str]:
+    """Asset keys in the order the run materialized them."""
+    return [
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+
+
+def _pointer(settings: Settings) -> str | None:
+    pointer = settings.data_dir / "published" / "CURRENT.json"
+    return pointer.read_text(encoding="utf-8") if pointer.exists() else None
+
+
+def test_the_nightly_run_links_then_publishes_what_it_linked(county, first_night, tmp_path):
+    settings = _copy_data(county, tmp_path / "data")
+    result = (
+        build_defs(settings)
+        .resolve_job_def(NIGHTLY_JOB)
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    )
+    assert result.success
+    assert _materialized(result) == [
+        "linked/person_records",
+        "linked/household_members",
+        "curated/family_view_snapshot",
+        "curated/published_family_view",
+    ]
+    [built] = [
+        e.event_specific_data.materialization.metadata
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+        and e.event_specific_data.materialization.asset_key.to_user_string()
+        == "curated/family_view_snapshot"
+    ]
+    current = json.loads(_pointer(settings) or "{}")
+    assert current["snapshot"] == Path(built["snapshot"].value).name
+    # Every record linked tonight has its golden person in the snapshot readers now see.
+    con = connect(settings.warehouse, read_only=True)
+    try:
+        persons = set(
+            con.sql("select distinct person_id from linked.person_records").pl()["person_id"]
+        )
+    finally:
+        con.close()
+    snapshot = connect(Path(built["snapshot"].value), read_only=True)
+    try:
+        curated = set(snapshot.sql("select person_id from person").pl()["person_id"])
+    finally:
+        snapshot.close()
+    assert curated == persons
+
+
+def test_a_hard_rule_breach_stops_the_night_before_anything_is_published(
+    county, first_night, tmp_path, monkeypatch
+):
+    """A wrong merge (here: the rule check sees two valid NHS numbers in one person) fails
+    the run at linkage; tonight's Family View is neither built nor published."""
+    settings = _copy_data(county, tmp_path / "data")
+    before = _pointer(settings)
+    snapshots = settings.data_dir / "published" / "snapshots"
+    files_before = sorted(p.name for p in snapshots.iterdir()) if snapshots.exists() else []
+
+    def one_breach(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFrame:
+        person = person_records.item(0, "person_id")
+        return pl.DataFrame({"person_id": [person], "rule": ["two valid NHS numbers"]})
+
+    monkeypatch.setattr("assets.linkage.breaches", one_breach)
+    result = (
+        build_defs(settings)
+        .resolve_job_def(NIGHTLY_JOB)
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    )
+    assert not result.success
+    # What ``sdv`` and the Dagster UI say: the check, by name.
+    assert "linked/person_records: hard_rules_hold" in _failure_message(result)
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "hard_rules_hold"]
+    assert not check.passed
+    assert _materialized(result) == ["linked/person_records", "linked/household_members"]
+    assert _pointer(settings) == before
+    after = sorted(p.name for p in snapshots.iterdir()) if snapshots.exists() else []
+    assert after == files_before
 
 
 def test_the_rule_check_fails_on_a_broken_person_or_a_record_left_unlinked(
