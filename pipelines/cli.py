@@ -2,8 +2,9 @@
 
 ``sdv generate`` writes a synthetic landing zone; ``sdv load`` runs the nightly ingest
 job over a landing zone through Dagster (in-process, recorded in the Dagster instance
-under the data directory, so runs show in ``dagster dev`` afterwards); ``sdv demo`` does
-both for a 5,000-household county and prints what was loaded and quarantined.
+under the data directory, so runs show in ``dagster dev`` afterwards); ``sdv nightly``
+loads and then links and publishes, as the schedules do; ``sdv demo`` generates a
+5,000-household county, loads, links and publishes it and prints what it did.
 """
 
 from __future__ import annotations
@@ -393,16 +394,51 @@ def _linked_or_exit(settings: Settings, trigger: str) -> dict:
         console.print(f"[red]Linkage failed:[/red] {message}")
         raise typer.Exit(code=1)
     meta = metadata[PERSON_RECORDS.to_user_string()]
+    _print_linkage(meta, time.perf_counter() - started)
+    return meta
+
+
+def _print_linkage(meta: dict, seconds: float) -> None:
     out.print(
         f"Linked {meta['records']:,} records to {meta['persons']:,} persons in "
-        f"{time.perf_counter() - started:.1f}s (model {meta['model_version']}; "
+        f"{seconds:.1f}s (model {meta['model_version']}; "
         f"{meta['changed_records']:,} new or changed records scored; "
         f"{meta['review_queue']:,} pairs awaiting review)"
     )
     out.print(f"Stage seconds: {meta['stage_seconds']}")
     if "evaluation_summary" in meta:
         out.print(meta["evaluation_summary"])
-    return meta
+
+
+@app.command()
+def nightly(
+    landing: Annotated[Path, typer.Option("--landing", help="Landing zone to load.")],
+    data_dir: DataDir = Path("data"),
+    config: ConfigDir = DEFAULT_CONFIG_DIR,
+) -> None:
+    """Tonight's run, as the schedules do it: load every delivery in the landing zone, then
+    link and publish in one run (the ``link_and_publish`` job).
+
+    A refused delivery does not stop the night: its source keeps its last good delivery,
+    as under the schedules, and the command exits 1 once the rest is published. A linkage
+    that fails or breaks a hard rule publishes nothing (readers keep their snapshot).
+    """
+    from assets.linkage import PERSON_RECORDS
+    from pipelines.definitions import NIGHTLY_JOB
+    from pipelines.family_view_cli import report_published_or_exit
+
+    settings = _settings(data_dir, landing, config)
+    outcomes = _load_or_exit(settings)
+    print_summary(settings, outcomes)
+    started = time.perf_counter()
+    with console.status("Linking, then building, checking and publishing the Family View"):
+        ok, message, metadata = run_job(settings, NIGHTLY_JOB, "sdv nightly")
+    linkage = metadata.get(PERSON_RECORDS.to_user_string())
+    if linkage is not None:
+        _print_linkage(linkage, sum(linkage["stage_seconds"].values()))
+    report_published_or_exit(ok, message, metadata, time.perf_counter() - started)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -38,22 +38,31 @@ def _store(settings: Settings):
 
 def published_or_exit(settings: Settings, trigger: str) -> None:
     """Run the publish job; print what readers now see, or why nothing changed."""
-    from assets.family_view import PUBLISHED, SNAPSHOT
     from pipelines.cli import run_job
     from pipelines.definitions import PUBLISH_JOB
 
     started = time.perf_counter()
     with console.status("Building, checking and publishing the Family View"):
         ok, message, metadata = run_job(settings, PUBLISH_JOB, trigger)
+    report_published_or_exit(ok, message, metadata, time.perf_counter() - started)
+
+
+def report_published_or_exit(ok: bool, message: str, metadata: dict, seconds: float) -> None:
+    """What a run that ends in publishing did (``publish_family_view`` or the nightly
+    ``link_and_publish``): what readers now see, or why they stay where they were (exit 1)."""
+    from assets.family_view import PUBLISHED, SNAPSHOT
+
     built = metadata.get(SNAPSHOT.to_user_string(), {})
     if not ok or PUBLISHED.to_user_string() not in metadata:
         console.print(f"[red]Not published:[/red] {message}")
         if built:
             console.print(f"Readers stay on the previous snapshot; built: {built['snapshot']}")
+        else:
+            console.print("Nothing was built; readers stay on the previous snapshot.")
         raise typer.Exit(code=1)
     rows = built["rows"]
     out.print(
-        f"Published Family View as of {built['as_of']} in {time.perf_counter() - started:.1f}s: "
+        f"Published Family View as of {built['as_of']} in {seconds:.1f}s: "
         f"{rows['person']:,} people, {rows['child_summary']:,} children, "
         f"{rows['timeline']:,} timeline events ({Path(built['snapshot']).name})"
     )

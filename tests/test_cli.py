@@ -1,8 +1,10 @@
 """`sdv load` end to end through Dagster: an agency's own export loads through config alone,
-and a broken delivery is reported by file and reason with nothing of it loaded."""
+and a broken delivery is reported by file and reason with nothing of it loaded; `sdv
+nightly` loads, links and publishes past a refused delivery and says so."""
 
 import csv
 import io
+import json
 import shutil
 from datetime import date, datetime
 
@@ -10,7 +12,9 @@ import duckdb
 import pytest
 import yaml
 from conftest import police_tables, sdv_load, write_delivery
+from typer.testing import CliRunner
 
+from pipelines.cli import app
 from warehouse.sources import DEFAULT_CONFIG_DIR, load_sources
 
 AGENCY_HEADERS = {
@@ -115,3 +119,54 @@ def test_invalid_config_stops_load_with_file_and_key(tmp_path):
     result = sdv_load(tmp_path, tmp_path / "d", config)
     assert result.exit_code == 2
     assert "health.yaml" in result.output and "freshness_days" in result.output
+
+
+def _tonight(county_landing, source: str, landing, day: str):
+    """``source``'s delivery of the shared county, delivered again dated ``day``."""
+    folder = landing / source / day
+    shutil.copytree(county_landing / source / "2026-11-20", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["extract_date"] = day
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_sdv_nightly_publishes_what_loaded_and_exits_1_for_a_refused_delivery(
+    published_county, tmp_path, monkeypatch
+):
+    """As under the schedules, a refused delivery does not stop the night: its source keeps
+    last night's delivery, the rest is linked and published, and the command says what was
+    refused and exits 1."""
+    for name in ("SDV_DATA_DIR", "SDV_LANDING", "SDV_WAREHOUSE", "SDV_CONFIG_DIR"):
+        monkeypatch.setenv(name, "")  # the command exports its settings: put them back after
+    monkeypatch.setenv("SDV_OPERATIONAL_URL", "")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    county = published_county.copy(tmp_path / "county")
+    generated, landing, tonight = (
+        county.root / "generated" / "landing",
+        tmp_path / "tonight",
+        "2026-11-21",
+    )
+    _tonight(generated, "health", landing, tonight)
+    police = _tonight(generated, "police", landing, tonight)
+    persons = police / "persons.csv"
+    persons.write_bytes(persons.read_bytes()[:-200])  # cut short: the manifest disagrees
+    args = ["nightly", "--landing", str(landing), "--data-dir", str(county.data)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"REJECTED police {tonight}" in result.output and "persons.csv" in result.output
+    assert "Linked " in result.output
+    assert f"Published Family View as of {tonight}" in result.output
+    pointer = json.loads((county.published / "CURRENT.json").read_text())
+    assert pointer["as_of"] == tonight
+    con = duckdb.connect(str(county.warehouse), read_only=True)
+    try:
+        current = dict(
+            con.execute(
+                "SELECT source, max(extract_date)::VARCHAR FROM meta.deliveries "
+                "WHERE status = 'loaded' GROUP BY source"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    assert current["health"] == tonight and current["police"] == "2026-11-20"

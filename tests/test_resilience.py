@@ -9,8 +9,10 @@
 * A duplicate delivery is a no-op reported as ``unchanged``; a delivery older than the
   current one loads for its own date and does not replace ``current``; one dated after
   today is refused (the rule is in ``warehouse.landing.check_not_future``).
-* ``sdv load`` then ``sdv publish``, killed with SIGKILL at seeded random points, leave the
-  published view and the warehouse whole, and the next run completes and publishes.
+* ``sdv nightly`` (the ingest runs, then ``link_and_publish``), killed with SIGKILL at
+  seeded random points (in an ingest run, while a delivery commits, inside the linked
+  tables' transaction, while the snapshot is built), leaves the published view, the
+  warehouse and the linked tables whole, and the next run completes and publishes.
 
 Cases covered elsewhere are not repeated here: manifest checksum, row count, unlisted and
 missing files (``test_load.test_manifest_mismatch_rejects_the_whole_delivery``), reloading
@@ -439,11 +441,11 @@ def test_sdv_load_reports_each_broken_delivery_by_file_and_reason(tmp_path, sour
 
 # -- SIGKILL during a load and a publish ---------------------------------------------------
 
-# The nightly sequence, `sdv load` then `sdv publish`, run by the `sdv` app in one process
-# (one import of Dagster instead of two, which keeps this test inside its time budget).
+# The nightly sequence as `sdv nightly` runs it: the ingest runs, then `link_and_publish`.
 NIGHTLY = """
 import sys
 import time
+from pathlib import Path
 
 import assets.ingest
 from pipelines.cli import app
@@ -459,10 +461,19 @@ def _load_then_linger(*args, **kwargs):
 assets.ingest.load_delivery = _load_then_linger
 
 landing, data = sys.argv[1], sys.argv[2]
-for args in (["load", "--landing", landing, "--data-dir", data], ["publish", "--data-dir", data]):
-    code = app(args, standalone_mode=False)
-    if code:
-        sys.exit(code)
+
+# Halfway through writing the linked tables (one transaction), say so and linger, so the
+# kill point "while linkage writes" lands inside the open transaction.
+import warehouse.linked
+_replace = warehouse.linked._replace
+def _replace_then_linger(con, table, frame):
+    _replace(con, table, frame)
+    if table == "household_members":
+        (Path(data) / "linkage-writing.marker").touch()
+        time.sleep(0.5)
+warehouse.linked._replace = _replace_then_linger
+
+sys.exit(app(["nightly", "--landing", landing, "--data-dir", data], standalone_mode=False))
 """
 # The day after the shared county's extract date: a real new delivery for `sdv load`, which
 # judges "the future" by the clock (the suite already assumes a clock past 2026-11-20).
@@ -497,13 +508,22 @@ def _snapshot_building(data: Path, before: set[str]) -> bool:
     return any((data / "published" / "snapshots").glob("*.building"))
 
 
+LINKAGE_WRITING = "linkage-writing.marker"  # touched by NIGHTLY inside the linked write
+
+
+def _linkage_writing(data: Path, before: set[str]) -> bool:
+    return (data / LINKAGE_WRITING).exists()
+
+
 def kill_points(rng: random.Random) -> list[KillPoint]:
-    """Three points spread over the nightly run: part way through an ingest run, while
-    the warehouse's write-ahead log exists (a delivery committing or just committed), and
-    part way through building the snapshot; each a seeded random moment after its marker."""
+    """Four points spread over the nightly run: part way through an ingest run, while
+    the warehouse's write-ahead log exists (a delivery committing or just committed),
+    inside the transaction writing the linked tables, and part way through building the
+    snapshot; each a seeded random moment after its marker."""
     return [
         KillPoint("during an ingest run", _ingest_run_started, rng.uniform(0.2, 1.5)),
         KillPoint("while a delivery commits", _warehouse_committing, rng.uniform(0.0, 0.2)),
+        KillPoint("while linkage writes", _linkage_writing, rng.uniform(0.0, 0.3)),
         KillPoint("while the snapshot is built", _snapshot_building, rng.uniform(0.0, 0.4)),
     ]
 
@@ -521,6 +541,7 @@ def _nightly(landing: Path, data: Path) -> subprocess.Popen:
 def _kill_at(landing: Path, data: Path, point: KillPoint) -> None:
     """Start the nightly run, wait for the kill point, and SIGKILL its process group."""
     before = _run_logs(data)
+    (data / LINKAGE_WRITING).unlink(missing_ok=True)
     process = _nightly(landing, data)
     deadline = time.monotonic() + 180
     while not point.marker(data, before):
@@ -599,8 +620,31 @@ def assert_warehouse_whole(warehouse: Path) -> dict[str, str]:
     return {source: day.isoformat() for source, day in current}
 
 
+def assert_linkage_whole(warehouse: Path) -> str:
+    """The linked tables are one linkage run's, whole: every person row carries the newest
+    recorded run, as many as it recorded, and every person has a household. Returns the
+    run's id."""
+    con = connect(warehouse, read_only=True)
+    try:
+        [(run_id, records)] = con.execute(
+            "SELECT run_id, records FROM linked.runs ORDER BY started_at DESC LIMIT 1"
+        ).fetchall()
+        rows = con.execute(
+            "SELECT run_id, count(*) FROM linked.person_records GROUP BY run_id"
+        ).fetchall()
+        assert rows == [(run_id, records)]
+        homeless = con.execute(
+            "SELECT count(DISTINCT person_id) FROM linked.person_records "
+            "WHERE person_id NOT IN (SELECT person_id FROM linked.household_members)"
+        ).fetchall()
+        assert homeless == [(0,)]
+    finally:
+        con.close()
+    return run_id
+
+
 @pytest.mark.slow
-def test_sigkill_during_load_and_publish_leaves_everything_whole(published_county, tmp_path):
+def test_sigkill_during_the_nightly_run_leaves_everything_whole(published_county, tmp_path):
     county = published_county.copy(tmp_path / "county")
     store = county.store()
     landing = tmp_path / "tonight"
@@ -612,11 +656,15 @@ def test_sigkill_during_load_and_publish_leaves_everything_whole(published_count
         (folder / "manifest.json").write_text(json.dumps(manifest))
     published_before = published_content(store)
     current_before = assert_warehouse_whole(county.warehouse)
+    linkage_before = assert_linkage_whole(county.warehouse)
 
     for point in kill_points(random.Random(KILL_SEED)):
         _kill_at(landing, county.data, point)
         # Readers still get the snapshot they had, whole.
         assert published_content(store) == published_before, point.what
+        linkage = assert_linkage_whole(county.warehouse)
+        if point.marker is _linkage_writing:  # killed inside the transaction: none of it
+            assert linkage == linkage_before
         current = assert_warehouse_whole(county.warehouse)
         # Each source shows either last night's delivery or tonight's, entire.
         assert set(current) == set(current_before)
@@ -631,6 +679,7 @@ def test_sigkill_during_load_and_publish_leaves_everything_whole(published_count
         "police": TONIGHT,
         "health": TONIGHT,
     }
+    assert assert_linkage_whole(county.warehouse) != linkage_before
     pointer, digests = published_content(store)
     assert pointer["snapshot"] != published_before[0]["snapshot"]
     assert pointer["as_of"] == TONIGHT
