@@ -27,7 +27,7 @@ from rich.table import Table
 
 from pipelines.audit_cli import audit_app
 from pipelines.erase_cli import register as register_erase
-from pipelines.family_view_cli import published_or_exit, register
+from pipelines.family_view_cli import register
 from pipelines.rectify_cli import register as register_rectify
 from pipelines.retention_cli import register as register_retention
 from pipelines.review_cli import review_app
@@ -353,8 +353,7 @@ def demo(
     import os
 
     os.environ["SDV_TRUTH_DIR"] = str(settings.data_dir / "truth")
-    _linked_or_exit(settings, "sdv demo")
-    published_or_exit(settings, "sdv demo")
+    _linked_and_published_or_exit(settings, "sdv demo")
 
 
 def run_job(settings: Settings, job_name: str, trigger: str) -> tuple[bool, str, dict]:
@@ -423,22 +422,28 @@ def nightly(
     as under the schedules, and the command exits 1 once the rest is published. A linkage
     that fails or breaks a hard rule publishes nothing (readers keep their snapshot).
     """
+    settings = _settings(data_dir, landing, config)
+    outcomes = _load_or_exit(settings)
+    print_summary(settings, outcomes)
+    _linked_and_published_or_exit(settings, "sdv nightly")
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(code=1)
+
+
+def _linked_and_published_or_exit(settings: Settings, trigger: str) -> None:
+    """Run ``link_and_publish``; print the linkage and what readers now see, or why they
+    stay where they were (exit 1)."""
     from assets.linkage import PERSON_RECORDS
     from pipelines.definitions import NIGHTLY_JOB
     from pipelines.family_view_cli import report_published_or_exit
 
-    settings = _settings(data_dir, landing, config)
-    outcomes = _load_or_exit(settings)
-    print_summary(settings, outcomes)
     started = time.perf_counter()
     with console.status("Linking, then building, checking and publishing the Family View"):
-        ok, message, metadata = run_job(settings, NIGHTLY_JOB, "sdv nightly")
+        ok, message, metadata = run_job(settings, NIGHTLY_JOB, trigger)
     linkage = metadata.get(PERSON_RECORDS.to_user_string())
     if linkage is not None:
         _print_linkage(linkage, sum(linkage["stage_seconds"].values()))
     report_published_or_exit(ok, message, metadata, time.perf_counter() - started)
-    if not all(o.ok for o in outcomes):
-        raise typer.Exit(code=1)
 
 
 @app.command()
