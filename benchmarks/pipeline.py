@@ -60,6 +60,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -339,15 +340,17 @@ def _stage(
 
 
 def _recorded(
-    seconds: float, peak: float | None, nightly: Measured, records: int
+    names: Sequence[str], seconds: dict, peaks: dict, nightly: Measured, records: int
 ) -> dict[str, Any]:
-    """A stage the ``link_and_publish`` run timed itself: its own peak where it recorded
-    one, else the process's."""
+    """One benchmark stage made of stages the ``link_and_publish`` run timed itself
+    (``names``): their seconds summed, and the highest of their own peaks where they
+    recorded one, else the process's."""
+    own = [peaks[n] for n in names if peaks.get(n)]
     return _stage(
-        seconds,
+        sum(seconds[n] for n in names),
         records,
-        peak if peak is not None else nightly.peak_mib,
-        "stage" if peak is not None else "process",
+        max(own) if own else nightly.peak_mib,
+        "stage" if own else "process",
         None,
         nightly.load_before,
     )
@@ -357,9 +360,9 @@ def night_stages(ingest: Measured, nightly: Measured) -> dict[str, Any]:
     """Split a night's two jobs into the benchmark's stages (see module docstring)."""
     records = int(nightly.result["rows"])
     linkage = nightly.result["link_stage_seconds"]
-    linkage_peaks = nightly.result["link_stage_peak_mib"]
     family_view = nightly.result["family_view_stage_seconds"]
-    family_view_peaks = nightly.result["family_view_stage_peak_mib"]
+    of_linkage = (linkage, nightly.result["link_stage_peak_mib"], nightly, records)
+    of_family_view = (family_view, nightly.result["family_view_stage_peak_mib"], nightly, records)
     stages: dict[str, Any] = {
         "ingest": _stage(
             ingest.wall_seconds,
@@ -371,25 +374,10 @@ def night_stages(ingest: Measured, nightly: Measured) -> dict[str, Any]:
         )
     }
     for name in LINK_STAGES:
-        stages[name] = _recorded(linkage[name], linkage_peaks.get(name), nightly, records)
-    write_peaks = [linkage_peaks.get(n) for n in LINK_WRITE_STAGES if linkage_peaks.get(n)]
-    stages["link_write"] = _recorded(
-        sum(linkage[n] for n in LINK_WRITE_STAGES),
-        max(write_peaks) if write_peaks else None,
-        nightly,
-        records,
-    )
-    stages["curate"] = _recorded(
-        family_view["curate"], family_view_peaks.get("curate"), nightly, records
-    )
-    others = [k for k in family_view if k != "curate"]
-    publish_peaks = [family_view_peaks.get(k) for k in others if family_view_peaks.get(k)]
-    stages["publish"] = _recorded(
-        sum(family_view[k] for k in others),
-        max(publish_peaks) if publish_peaks else None,
-        nightly,
-        records,
-    )
+        stages[name] = _recorded([name], *of_linkage)
+    stages["link_write"] = _recorded(LINK_WRITE_STAGES, *of_linkage)
+    stages["curate"] = _recorded(["curate"], *of_family_view)
+    stages["publish"] = _recorded([k for k in family_view if k != "curate"], *of_family_view)
     recorded = sum(stages[n]["wall_seconds"] for n in STAGES[1:-1])
     stages["run_overhead"] = _stage(
         max(nightly.wall_seconds - recorded, 0.0),

@@ -646,13 +646,18 @@ def _copy_data(county: County, target: Path) -> Settings:
     )
 
 
-def test_the_link_job_checks_the_hard_rules_on_what_it_wrote(county, first_night, tmp_path):
-    settings = _copy_data(county, tmp_path / "data")
-    result = (
+def _run_job(settings: Settings, name: str) -> dg.ExecuteInProcessResult:
+    """Run one of the code location's jobs on ``settings``, as the schedule would."""
+    return (
         build_defs(settings)
-        .resolve_job_def(LINK_JOB)
+        .resolve_job_def(name)
         .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     )
+
+
+def test_the_link_job_checks_the_hard_rules_on_what_it_wrote(county, first_night, tmp_path):
+    settings = _copy_data(county, tmp_path / "data")
+    result = _run_job(settings, LINK_JOB)
     assert result.success
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "hard_rules_hold"]
     assert check.asset_key.to_user_string() == "linked/person_records"
@@ -683,11 +688,7 @@ def _pointer(settings: Settings) -> str | None:
 
 def test_the_nightly_run_links_then_publishes_what_it_linked(county, first_night, tmp_path):
     settings = _copy_data(county, tmp_path / "data")
-    result = (
-        build_defs(settings)
-        .resolve_job_def(NIGHTLY_JOB)
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-    )
+    result = _run_job(settings, NIGHTLY_JOB)
     assert result.success
     assert _materialized(result) == [
         "linked/person_records",
@@ -735,11 +736,7 @@ def test_a_hard_rule_breach_stops_the_night_before_anything_is_published(
         return pl.DataFrame({"person_id": [person], "rule": ["two valid NHS numbers"]})
 
     monkeypatch.setattr("assets.linkage.breaches", one_breach)
-    result = (
-        build_defs(settings)
-        .resolve_job_def(NIGHTLY_JOB)
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-    )
+    result = _run_job(settings, NIGHTLY_JOB)
     assert not result.success
     # What ``sdv`` and the Dagster UI say: the check, by name.
     assert "linked/person_records: hard_rules_hold" in _failure_message(result)
