@@ -439,10 +439,11 @@ def test_sdv_load_reports_each_broken_delivery_by_file_and_reason(tmp_path, sour
         con.close()
 
 
-# -- SIGKILL during a load and a publish ---------------------------------------------------
+# -- SIGKILL during the nightly run --------------------------------------------------------
 
 # The nightly sequence as `sdv nightly` runs it: the ingest runs, then `link_and_publish`.
-NIGHTLY = """
+LINKAGE_WRITING = "linkage-writing.marker"  # touched by NIGHTLY inside the linked write
+NIGHTLY = f"""
 import sys
 import time
 from pathlib import Path
@@ -469,7 +470,7 @@ _replace = warehouse.linked._replace
 def _replace_then_linger(con, table, frame):
     _replace(con, table, frame)
     if table == "household_members":
-        (Path(data) / "linkage-writing.marker").touch()
+        (Path(data) / {LINKAGE_WRITING!r}).touch()
         time.sleep(0.5)
 warehouse.linked._replace = _replace_then_linger
 
@@ -506,9 +507,6 @@ def _warehouse_committing(data: Path, before: set[str]) -> bool:
 
 def _snapshot_building(data: Path, before: set[str]) -> bool:
     return any((data / "published" / "snapshots").glob("*.building"))
-
-
-LINKAGE_WRITING = "linkage-writing.marker"  # touched by NIGHTLY inside the linked write
 
 
 def _linkage_writing(data: Path, before: set[str]) -> bool:
