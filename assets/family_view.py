@@ -6,6 +6,11 @@ dictionary, every person curated, one summary per child, the analysts' file hold
 identifying). Only if all pass does ``curated/published_family_view`` switch readers to
 the new snapshot; otherwise readers stay on last night's, and the failed build is left on
 disk for inspection until the next successful publish prunes it.
+
+Nothing is built from a linkage whose ``hard_rules_hold`` check failed: in the nightly
+``link_and_publish`` run the blocking check stops the run first; run on its own
+(``publish_family_view``, ``sdv publish``) the snapshot asset reads the check's newest
+evaluation and refuses.
 """
 
 from datetime import date
@@ -14,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.ingest import WRITER_POOL
-from assets.linkage import HOUSEHOLD_MEMBERS, PERSON_RECORDS
+from assets.linkage import HARD_RULES, HOUSEHOLD_MEMBERS, PERSON_RECORDS
 from assets.resources import FamilyViewSettings, OperationalStore, Warehouse
 from matching.config import LinkageConfig
 from warehouse.curated_config import CuratedConfig
@@ -39,6 +44,19 @@ def _store(settings: FamilyViewSettings) -> SnapshotStore:
     return SnapshotStore(Path(settings.published_dir), keep=settings.keep)
 
 
+def refuse_broken_linkage(instance: dg.DagsterInstance) -> None:
+    """Fail when the newest evaluation of ``hard_rules_hold`` failed: the linked tables
+    then hold a wrong merge or a lost record, and the Family View would show one child's
+    records as another's. A later linkage that passes lifts this."""
+    record = instance.get_latest_asset_check_evaluation_record(HARD_RULES)
+    if record is not None and record.evaluation is not None and not record.evaluation.passed:
+        raise dg.Failure(
+            f"the newest linkage (run {record.run_id}) broke a hard rule (hard_rules_hold): "
+            "not building the Family View from it; readers keep the current snapshot. "
+            "Link again once the cause is fixed."
+        )
+
+
 def build_family_view_assets(
     linkage: LinkageConfig, curated: CuratedConfig, sources: dict[str, Source]
 ) -> list[dg.AssetsDefinition]:
@@ -60,6 +78,7 @@ def build_family_view_assets(
         family_view: FamilyViewSettings,
         operational: OperationalStore,
     ):
+        refuse_broken_linkage(context.instance)
         store = _store(family_view)
         key = load_key(Path(family_view.data_dir))
         clock = StageClock()

@@ -44,6 +44,7 @@ from warehouse.stages import StageClock
 
 PERSON_RECORDS = dg.AssetKey(["linked", "person_records"])
 HOUSEHOLD_MEMBERS = dg.AssetKey(["linked", "household_members"])
+HARD_RULES = dg.AssetCheckKey(PERSON_RECORDS, "hard_rules_hold")
 MODEL = dg.AssetKey(["linkage_model"])
 
 
@@ -286,12 +287,13 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
         ],
         check_specs=[
             dg.AssetCheckSpec(
-                "hard_rules_hold",
+                HARD_RULES.name,
                 asset=PERSON_RECORDS,
                 description="No person holds two valid NHS numbers, two UPNs with nothing "
                 "in common or twins' records, and every person-level row is linked.",
-                # A breach is a wrong merge or a lost record: in the nightly run, the
-                # Family View is not built from it, and readers keep last night's.
+                # A breach is a wrong merge or a lost record: the nightly run stops
+                # here, and the Family View is not built from it on its own either
+                # (assets.family_view.refuse_broken_linkage).
                 blocking=True,
             )
         ],
@@ -339,7 +341,7 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
         rules = outcome.rules
         yield dg.AssetCheckResult(
             asset_key=PERSON_RECORDS,
-            check_name="hard_rules_hold",
+            check_name=HARD_RULES.name,
             passed=rules.passed,
             metadata={
                 "persons_breaking_rules": rules.broken["person_id"].n_unique(),

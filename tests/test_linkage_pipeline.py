@@ -41,7 +41,7 @@ from matching.registry import registry_changes
 from matching.rules import Profile, breaches
 from matching.standardise import standardise
 from pipelines.cli import _failure_message, app
-from pipelines.definitions import LINK_JOB, NIGHTLY_JOB, build_defs
+from pipelines.definitions import LINK_JOB, NIGHTLY_JOB, PUBLISH_JOB, build_defs
 from pipelines.settings import Settings
 from synth.generate import generate_county
 from warehouse import linked, review
@@ -646,12 +646,16 @@ def _copy_data(county: County, target: Path) -> Settings:
     )
 
 
-def _run_job(settings: Settings, name: str) -> dg.ExecuteInProcessResult:
+def _run_job(
+    settings: Settings, name: str, instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
     """Run one of the code location's jobs on ``settings``, as the schedule would."""
     return (
         build_defs(settings)
         .resolve_job_def(name)
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        .execute_in_process(
+            instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False
+        )
     )
 
 
@@ -725,8 +729,10 @@ def test_a_hard_rule_breach_stops_the_night_before_anything_is_published(
     county, first_night, tmp_path, monkeypatch
 ):
     """A wrong merge (here: the rule check sees two valid NHS numbers in one person) fails
-    the run at linkage; tonight's Family View is neither built nor published."""
+    the run at linkage; tonight's Family View is neither built nor published, nor by the
+    publish job run on its own, until a linkage passes again."""
     settings = _copy_data(county, tmp_path / "data")
+    instance = dg.DagsterInstance.ephemeral()
     before = _pointer(settings)
     snapshots = settings.data_dir / "published" / "snapshots"
     files_before = sorted(p.name for p in snapshots.iterdir()) if snapshots.exists() else []
@@ -735,17 +741,26 @@ def test_a_hard_rule_breach_stops_the_night_before_anything_is_published(
         person = person_records.item(0, "person_id")
         return pl.DataFrame({"person_id": [person], "rule": ["two valid NHS numbers"]})
 
-    monkeypatch.setattr("assets.linkage.breaches", one_breach)
-    result = _run_job(settings, NIGHTLY_JOB)
+    with monkeypatch.context() as patched:
+        patched.setattr("assets.linkage.breaches", one_breach)
+        result = _run_job(settings, NIGHTLY_JOB, instance)
     assert not result.success
     # What ``sdv`` and the Dagster UI say: the check, by name.
     assert "linked/person_records: hard_rules_hold" in _failure_message(result)
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "hard_rules_hold"]
     assert not check.passed
     assert _materialized(result) == ["linked/person_records", "linked/household_members"]
+    # Publishing by hand (``sdv publish``) refuses the broken linkage too.
+    by_hand = _run_job(settings, PUBLISH_JOB, instance)
+    assert not by_hand.success
+    assert "broke a hard rule (hard_rules_hold)" in _failure_message(by_hand)
     assert _pointer(settings) == before
     after = sorted(p.name for p in snapshots.iterdir()) if snapshots.exists() else []
     assert after == files_before
+    # Once a linkage passes its rules again, the night publishes.
+    again = _run_job(settings, NIGHTLY_JOB, instance)
+    assert again.success
+    assert _pointer(settings) != before
 
 
 def test_the_rule_check_fails_on_a_broken_person_or_a_record_left_unlinked(
