@@ -166,7 +166,7 @@ def _child_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": meta["records"], "model_version": meta["version"]}
 
 
-def _child_nightly(args: argparse.Namespace) -> dict[str, Any]:
+def _child_link_and_publish(args: argparse.Namespace) -> dict[str, Any]:
     from assets.family_view import PUBLISHED, SNAPSHOT
     from assets.linkage import PERSON_RECORDS
     from pipelines.definitions import NIGHTLY_JOB
@@ -194,7 +194,7 @@ CHILD_JOBS = {
     "generate": _child_generate,
     "ingest": _child_ingest,
     "train": _child_train,
-    "link_and_publish": _child_nightly,
+    "link_and_publish": _child_link_and_publish,
 }
 
 
