@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 from datetime import date, datetime
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -121,7 +122,7 @@ def test_invalid_config_stops_load_with_file_and_key(tmp_path):
     assert "health.yaml" in result.output and "freshness_days" in result.output
 
 
-def _tonight(county_landing, source: str, landing, day: str):
+def _tonight(county_landing: Path, source: str, landing: Path, day: str) -> Path:
     """``source``'s delivery of the shared county, delivered again dated ``day``."""
     folder = landing / source / day
     shutil.copytree(county_landing / source / "2026-11-20", folder)
@@ -142,11 +143,8 @@ def test_sdv_nightly_publishes_what_loaded_and_exits_1_for_a_refused_delivery(
     monkeypatch.setenv("SDV_OPERATIONAL_URL", "")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     county = published_county.copy(tmp_path / "county")
-    generated, landing, tonight = (
-        county.root / "generated" / "landing",
-        tmp_path / "tonight",
-        "2026-11-21",
-    )
+    generated = county.root / "generated" / "landing"
+    landing, tonight = tmp_path / "tonight", "2026-11-21"  # the day after the county's date
     _tonight(generated, "health", landing, tonight)
     police = _tonight(generated, "police", landing, tonight)
     persons = police / "persons.csv"
