@@ -7,6 +7,7 @@ publish or roll back work on their own copy (:meth:`FamilyViewCounty.copy`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from datetime import date
@@ -75,6 +76,18 @@ class FamilyViewCounty:
         finally:
             con.close()
         return built, checks, publish_snapshot(self.store(), built, checks)
+
+    def deliver_again(self, source: str, landing: Path, day: str) -> Path:
+        """``source``'s delivery of this county, copied into ``landing`` dated ``day`` (its
+        manifest's date moved): a real new delivery of the same records."""
+        folder = landing / source / day
+        shutil.copytree(
+            self.root / "generated" / "landing" / source / EXTRACT_DATE.isoformat(), folder
+        )
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["extract_date"] = day
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return folder
 
     def copy(self, destination: Path) -> FamilyViewCounty:
         """A private copy to publish, roll back or break without disturbing other tests."""

@@ -7,7 +7,6 @@ import io
 import json
 import shutil
 from datetime import date, datetime
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -122,16 +121,6 @@ def test_invalid_config_stops_load_with_file_and_key(tmp_path):
     assert "health.yaml" in result.output and "freshness_days" in result.output
 
 
-def _tonight(county_landing: Path, source: str, landing: Path, day: str) -> Path:
-    """``source``'s delivery of the shared county, delivered again dated ``day``."""
-    folder = landing / source / day
-    shutil.copytree(county_landing / source / "2026-11-20", folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["extract_date"] = day
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
 def test_sdv_nightly_publishes_what_loaded_and_exits_1_for_a_refused_delivery(
     published_county, tmp_path, monkeypatch
 ):
@@ -143,10 +132,9 @@ def test_sdv_nightly_publishes_what_loaded_and_exits_1_for_a_refused_delivery(
     monkeypatch.setenv("SDV_OPERATIONAL_URL", "")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     county = published_county.copy(tmp_path / "county")
-    generated = county.root / "generated" / "landing"
     landing, tonight = tmp_path / "tonight", "2026-11-21"  # the day after the county's date
-    _tonight(generated, "health", landing, tonight)
-    police = _tonight(generated, "police", landing, tonight)
+    county.deliver_again("health", landing, tonight)
+    police = county.deliver_again("police", landing, tonight)
     persons = police / "persons.csv"
     persons.write_bytes(persons.read_bytes()[:-200])  # cut short: the manifest disagrees
     args = ["nightly", "--landing", str(landing), "--data-dir", str(county.data)]

@@ -676,13 +676,14 @@ def test_the_link_job_checks_the_hard_rules_on_what_it_wrote(county, first_night
     assert meta["persons_breaking_rules"] == meta["rows_without_person"] == 0
 
 
-def _materialized(result: dg.ExecuteInProcessResult) -> list[str]:
-    """Asset keys in the order the run materialized them."""
-    return [
-        e.event_specific_data.materialization.asset_key.to_user_string()
-        for e in result.all_events
-        if e.event_type_value == "ASSET_MATERIALIZATION"
-    ]
+def _materialized(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """Asset key -> its materialization's metadata, in the order the run materialized them."""
+    return {
+        m.asset_key.to_user_string(): m.metadata
+        for m in (
+            e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+        )
+    }
 
 
 def _pointer(settings: Settings) -> str | None:
@@ -694,19 +695,14 @@ def test_the_nightly_run_links_then_publishes_what_it_linked(county, first_night
     settings = _copy_data(county, tmp_path / "data")
     result = _run_job(settings, NIGHTLY_JOB)
     assert result.success
-    assert _materialized(result) == [
+    materialized = _materialized(result)
+    assert list(materialized) == [
         "linked/person_records",
         "linked/household_members",
         "curated/family_view_snapshot",
         "curated/published_family_view",
     ]
-    [built] = [
-        e.event_specific_data.materialization.metadata
-        for e in result.all_events
-        if e.event_type_value == "ASSET_MATERIALIZATION"
-        and e.event_specific_data.materialization.asset_key.to_user_string()
-        == "curated/family_view_snapshot"
-    ]
+    built = materialized["curated/family_view_snapshot"]
     current = json.loads(_pointer(settings) or "{}")
     assert current["snapshot"] == Path(built["snapshot"].value).name
     # Every record linked tonight has its golden person in the snapshot readers now see.
@@ -749,7 +745,7 @@ def test_a_hard_rule_breach_stops_the_night_before_anything_is_published(
     assert "linked/person_records: hard_rules_hold" in _failure_message(result)
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "hard_rules_hold"]
     assert not check.passed
-    assert _materialized(result) == ["linked/person_records", "linked/household_members"]
+    assert list(_materialized(result)) == ["linked/person_records", "linked/household_members"]
     # Publishing by hand (``sdv publish``) refuses the broken linkage too.
     by_hand = _run_job(settings, PUBLISH_JOB, instance)
     assert not by_hand.success

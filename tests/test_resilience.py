@@ -647,11 +647,7 @@ def test_sigkill_during_the_nightly_run_leaves_everything_whole(published_county
     store = county.store()
     landing = tmp_path / "tonight"
     for source in ("police", "health"):  # tonight's deliveries: two sources, real writes
-        folder = landing / source / TONIGHT
-        shutil.copytree(county.root / "generated" / "landing" / source / "2026-11-20", folder)
-        manifest = _manifest(folder)
-        manifest["extract_date"] = TONIGHT
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+        county.deliver_again(source, landing, TONIGHT)
     published_before = published_content(store)
     current_before = assert_warehouse_whole(county.warehouse)
     linkage_before = assert_linkage_whole(county.warehouse)
