@@ -65,6 +65,7 @@ class DeliveryOutcome:
     extract_date: str
     ok: bool
     message: str
+    ran: bool = True  # False: the folder is the one already loaded, so no run was started
 
 
 # Runs are fully recorded in the Dagster instance; the terminal shows progress, not debug logs.
@@ -189,20 +190,31 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
     from assets.ingest import partitions_for
     from pipelines.definitions import build_defs
     from pipelines.sensors import ingest_job_name
-    from warehouse.landing import discover
+    from warehouse.landing import discover, split_loaded
     from warehouse.sources import load_sources
+    from warehouse.store import loaded_folders
 
     _prepare_instance(settings)
     sources = load_sources(settings.config_dir)
     defs = build_defs(settings)
     instance = DagsterInstance.get()
     _report_released(release_dead_runs(instance))
-    work = [(d.source, d.partition_key) for d in discover(settings.landing, sources)]
+    found = discover(settings.landing, sources)
+    loaded = loaded_folders(settings.warehouse)
+    if loaded is None:
+        console.print(
+            "[yellow]The warehouse is being written by another process: every delivery "
+            "folder is checked again.[/yellow]"
+        )
+    pending, done = split_loaded(found, loaded or {})
+    work = [(d.source, d.partition_key) for d in pending]
     today = date.today().isoformat()
     work += [(name, today) for name, s in sources.items() if s.reads_database]
-    if not work:
+    if not found and not work:
         console.print(f"[yellow]No deliveries found under {settings.landing}[/yellow]")
-    outcomes: list[DeliveryOutcome] = []
+    outcomes = [
+        DeliveryOutcome(d.source, d.partition_key, True, "already loaded", ran=False) for d in done
+    ]
     with _progress() as progress:
         task = progress.add_task("Loading deliveries", total=len(work))
         for source, key in work:
@@ -250,12 +262,26 @@ def print_summary(settings: Settings, outcomes: list[DeliveryOutcome]) -> None:
                 f"[red]REJECTED[/red] {outcome.source} {outcome.extract_date}: "
                 f"{escape(outcome.message)}"
             )
-        elif outcome.message != "loaded" and not outcome.message.startswith("unchanged"):
+        elif (
+            outcome.ran
+            and outcome.message != "loaded"
+            and not outcome.message.startswith("unchanged")
+        ):
             out.print(f"{outcome.source} {outcome.extract_date}: {escape(outcome.message)}")
     unchanged = [o for o in outcomes if o.ok and o.message.startswith("unchanged")]
     if unchanged:
         names = ", ".join(f"{o.source} {o.extract_date}" for o in unchanged)
         out.print(f"Unchanged (already loaded, nothing written): {names}")
+    skipped = [o for o in outcomes if not o.ran]
+    if skipped:
+        newest = ", ".join(
+            f"{source} {max(o.extract_date for o in skipped if o.source == source)}"
+            for source in sorted({o.source for o in skipped})
+        )
+        out.print(
+            f"Not run again: {len(skipped)} delivery folder(s) already loaded and unchanged "
+            f"since (newest: {newest})"
+        )
     out.print(f"Warehouse: [b]{settings.warehouse}[/b]")
     out.print(f"Dagster instance: {settings.dagster_home}  (browse with: make dev)")
 
@@ -312,7 +338,11 @@ def load(
     data_dir: DataDir = Path("data"),
     config: ConfigDir = DEFAULT_CONFIG_DIR,
 ) -> None:
-    """Run the nightly ingest job over every delivery in a landing zone."""
+    """Run the nightly ingest job over every delivery in a landing zone.
+
+    A folder already loaded, and unchanged since (names, sizes, mtimes), is not run
+    again; a new, changed or rejected one is.
+    """
     settings = _settings(data_dir, landing, config)
     outcomes = _load_or_exit(settings)
     print_summary(settings, outcomes)

@@ -1,13 +1,16 @@
 """`sdv load` end to end through Dagster: an agency's own export loads through config alone,
-and a broken delivery is reported by file and reason with nothing of it loaded; `sdv
-nightly` loads, links and publishes past a refused delivery and says so."""
+a broken delivery is reported by file and reason with nothing of it loaded, and a folder
+already loaded is not run again until it changes; `sdv nightly` loads, links and
+publishes past a refused delivery and says so."""
 
 import csv
 import io
 import json
+import os
 import shutil
 from datetime import date, datetime
 
+import dagster as dg
 import duckdb
 import pytest
 import yaml
@@ -109,6 +112,99 @@ def test_rejected_delivery_is_reported_and_nothing_loaded(tmp_path):
     con.close()
     assert dates == [(date(2026, 11, 19),)]
     assert good.exists()
+
+
+def _ingest_runs(data_dir) -> list[str]:
+    """The partitions ``sdv load`` started a run for, oldest first, from the data dir's
+    Dagster instance."""
+    with dg.DagsterInstance.from_config(str(data_dir / "dagster")) as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"sdv/trigger": "sdv load"}))
+    return [f"{r.tags['sdv/source']} {r.tags['dagster/partition']}" for r in reversed(runs)]
+
+
+def _deliveries(data_dir) -> list[tuple]:
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(
+            "SELECT source, extract_date::VARCHAR, status, delivery_id FROM meta.deliveries "
+            "ORDER BY recorded_at"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_a_folder_already_loaded_is_not_run_again_until_it_changes(tmp_path):
+    """The landing zone keeps every delivery: a nightly `sdv load` must not start a run
+    for each folder ever delivered, only for what is new or changed."""
+    sources = load_sources()
+    landing, data_dir = tmp_path / "landing", tmp_path / "data"
+    older = write_delivery(landing, sources["police"], "2026-11-19", police_tables(2))
+    newer = write_delivery(landing, sources["police"], "2026-11-20", police_tables(3))
+    assert sdv_load(landing, data_dir).exit_code == 0
+    assert _ingest_runs(data_dir) == ["police 2026-11-19", "police 2026-11-20"]
+    loaded = _deliveries(data_dir)
+
+    again = sdv_load(landing, data_dir)
+    assert again.exit_code == 0, again.output
+    assert _ingest_runs(data_dir) == ["police 2026-11-19", "police 2026-11-20"]
+    assert "Not run again: 2 delivery folder(s) already loaded" in again.output
+    assert "police 2026-11-20" in again.output
+    assert _deliveries(data_dir) == loaded
+
+    # Touched, bytes the same: one run finds it unchanged and records the folder afresh.
+    stamp = (older / "persons.csv").stat().st_mtime + 60
+    os.utime(older / "persons.csv", (stamp, stamp))
+    touched = sdv_load(landing, data_dir)
+    assert touched.exit_code == 0, touched.output
+    assert "Unchanged (already loaded, nothing written): police 2026-11-19" in touched.output
+    assert _ingest_runs(data_dir)[2:] == ["police 2026-11-19"]
+    assert sdv_load(landing, data_dir).exit_code == 0
+    assert len(_ingest_runs(data_dir)) == 3
+    assert _deliveries(data_dir) == loaded
+
+    # Re-sent with different content under the same date: loaded, replacing the first.
+    shutil.rmtree(newer)
+    write_delivery(landing, sources["police"], "2026-11-20", police_tables(4))
+    changed = sdv_load(landing, data_dir)
+    assert changed.exit_code == 0, changed.output
+    assert _ingest_runs(data_dir)[3:] == ["police 2026-11-20"]
+    statuses = [(source, day, status) for source, day, status, _ in _deliveries(data_dir)]
+    assert statuses == [
+        ("police", "2026-11-19", "loaded"),
+        ("police", "2026-11-20", "replaced"),
+        ("police", "2026-11-20", "loaded"),
+    ]
+
+
+def test_a_rejected_folder_is_tried_again_at_every_load(tmp_path):
+    """Only a loaded folder is left alone: a rejected one is reported (and the command
+    fails) every time until the agency mends or withdraws it."""
+    sources = load_sources()
+    landing, data_dir = tmp_path / "landing", tmp_path / "data"
+    bad = write_delivery(landing, sources["police"], "2026-11-20", police_tables(3))
+    (bad / "persons.csv").write_bytes((bad / "persons.csv").read_bytes() + b"N9,X,Y,,,,,,,\r\n")
+    for attempt in (1, 2):
+        result = sdv_load(landing, data_dir)
+        assert result.exit_code == 1
+        assert "REJECTED police 2026-11-20" in result.output
+        assert _ingest_runs(data_dir) == ["police 2026-11-20"] * attempt
+
+
+def test_a_rebuilt_warehouse_loads_every_folder_again(tmp_path):
+    """What is loaded is the warehouse's to say, not the run history's: a warehouse
+    deleted to be rebuilt gets every delivery back, the Dagster history kept or not."""
+    sources = load_sources()
+    landing, data_dir = tmp_path / "landing", tmp_path / "data"
+    write_delivery(landing, sources["police"], "2026-11-19", police_tables(2))
+    write_delivery(landing, sources["police"], "2026-11-20", police_tables(3))
+    assert sdv_load(landing, data_dir).exit_code == 0
+    loaded = _deliveries(data_dir)
+    (data_dir / "warehouse.duckdb").unlink()
+    result = sdv_load(landing, data_dir)
+    assert result.exit_code == 0, result.output
+    assert "Not run again" not in result.output
+    assert len(_ingest_runs(data_dir)) == 4
+    assert _deliveries(data_dir) == loaded
 
 
 def test_invalid_config_stops_load_with_file_and_key(tmp_path):

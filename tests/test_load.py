@@ -6,8 +6,8 @@ from datetime import date
 import pytest
 from conftest import police_tables, to_per_delivery_layout
 
-from warehouse.landing import Delivery, DeliveryError
-from warehouse.store import connect, load_delivery, per_delivery_sql
+from warehouse.landing import Delivery, DeliveryError, delivery_fingerprint
+from warehouse.store import connect, load_delivery, loaded_folders, per_delivery_sql
 
 LAYERS = ("raw", "staged", "quarantine")
 
@@ -106,6 +106,29 @@ def test_reloading_the_same_delivery_changes_nothing(con, delivery_writer, sourc
         (t.table, t.rows, t.staged, t.quarantined) for t in first.tables
     ]
     assert snapshot(con) == before
+
+
+def test_a_warehouse_from_before_folder_fingerprints_records_them_from_the_next_load(
+    tmp_path, delivery_writer, sources
+):
+    """A warehouse written before folders were fingerprinted knows of no loaded folder (so
+    ``sdv load`` checks each once more); opening it for writing adds the column, and the
+    next load of a folder records it, even when the bytes were loaded before."""
+    path = tmp_path / "warehouse.duckdb"
+    folder = delivery_writer("police", "2026-11-20", police_tables(3))
+    con = connect(path)
+    loaded = load_delivery(con, delivery(folder), sources["police"])
+    con.execute("ALTER TABLE meta.deliveries DROP COLUMN folder_fingerprint")
+    con.close()
+    assert loaded_folders(path) == {}
+
+    con = connect(path)
+    again = load_delivery(con, delivery(folder), sources["police"])
+    con.close()
+    assert (again.status, again.delivery_id) == ("unchanged", loaded.delivery_id)
+    assert loaded_folders(path) == {
+        ("police", date(2026, 11, 20)): delivery_fingerprint(delivery(folder))
+    }
 
 
 def test_newer_delivery_supersedes_and_older_stays_in_raw(con, delivery_writer, sources):

@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -182,3 +183,22 @@ def delivery_fingerprint(delivery: Delivery) -> str:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()[:16]
+
+
+def split_loaded(
+    deliveries: list[Delivery], loaded: Mapping[tuple[str, date], str]
+) -> tuple[list[Delivery], list[Delivery]]:
+    """The deliveries still to load, and those whose folder is, name for name, size for
+    size and mtime for mtime, the one already loaded for its source and date (``loaded``:
+    :func:`warehouse.store.loaded_folders`).
+
+    A folder that changed in any way, or whose load failed, is loaded again; loading a
+    delivery whose bytes turn out the same is a no-op that records the folder afresh.
+    """
+    pending: list[Delivery] = []
+    done: list[Delivery] = []
+    for delivery in deliveries:
+        recorded = loaded.get((delivery.source, delivery.extract_date))
+        unchanged = recorded is not None and recorded == delivery_fingerprint(delivery)
+        (done if unchanged else pending).append(delivery)
+    return pending, done

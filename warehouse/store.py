@@ -16,7 +16,8 @@ Schemas:
 * ``current.<source>__<table>`` — a view of the staged rows of the source's latest loaded
   delivery, with that delivery's record numbers: a newer delivery supersedes an older one,
   an older one arriving late does not.
-* ``meta.deliveries`` — one row per delivery attempt: loaded, replaced or rejected.
+* ``meta.deliveries`` — one row per delivery attempt: loaded, replaced or rejected; a
+  loaded one with the fingerprint of the folder it was read from (:func:`loaded_folders`).
 
 **Why a record is stored once.** A delivery is a full snapshot (``extract-spec.md``) in
 which nearly every record is last night's again. Storing each delivery's copy of every
@@ -52,13 +53,21 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from warehouse.landing import Delivery, DeliveryError, check_not_future, read_manifest
+from warehouse.landing import (
+    Delivery,
+    DeliveryError,
+    check_not_future,
+    delivery_fingerprint,
+    read_manifest,
+)
 from warehouse.reader import ROW_NUMBER, RawTable, file_checksums, read_delivery
 from warehouse.sources import Source
 from warehouse.staging import RECORD_HASH, StagedTable, stage_table
 from warehouse.tombstone import Tombstones
 
 _log = logging.getLogger(__name__)
+
+FINGERPRINT = "folder_fingerprint"
 
 _META_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
@@ -78,7 +87,8 @@ CREATE TABLE IF NOT EXISTS meta.deliveries (
     rows_raw BIGINT,
     rows_staged BIGINT,
     rows_quarantined BIGINT,
-    error VARCHAR
+    error VARCHAR,
+    folder_fingerprint VARCHAR        -- the landing folder as loaded (names, sizes, mtimes)
 );
 """
 
@@ -137,8 +147,11 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the ingest schemas and ``meta.deliveries`` if this is a new warehouse, and
-    convert one that stored every delivery's copy of each record (:func:`migrate_layout`)."""
+    bring an older one up to date: the folder fingerprint column, and each record stored
+    once instead of every delivery's copy (:func:`migrate_layout`)."""
     con.execute(_META_DDL)
+    if FINGERPRINT not in _columns(con, "meta", "deliveries"):
+        con.execute(f"ALTER TABLE meta.deliveries ADD COLUMN {FINGERPRINT} VARCHAR")
     migrate_layout(con)
 
 
@@ -549,6 +562,49 @@ def _record_ids(
     )
 
 
+def _remember_folder(
+    con: duckdb.DuckDBPyConnection, delivery_id: str, fingerprint: str | None
+) -> None:
+    """A folder found to hold an already-loaded delivery (files touched or copied, bytes
+    the same) is recorded as that delivery's, so the next load need not read it again."""
+    if fingerprint is not None:
+        con.execute(
+            f"UPDATE meta.deliveries SET {FINGERPRINT} = ? "
+            "WHERE delivery_id = ? AND status = 'loaded' "
+            f"AND {FINGERPRINT} IS DISTINCT FROM ?",
+            [fingerprint, delivery_id, fingerprint],
+        )
+
+
+def loaded_folders(path: Path) -> dict[tuple[str, date], str] | None:
+    """Per source and extract date, the fingerprint of the landing folder its loaded
+    delivery was read from (:func:`warehouse.landing.delivery_fingerprint`).
+
+    ``sdv load`` leaves a folder whose fingerprint still matches alone: the landing zone
+    keeps every delivery, and without this each load would start a run for every folder
+    ever delivered (about a second each) only to find it unchanged. The warehouse is what
+    says a delivery is loaded, not the run history, so a rebuilt warehouse loads every
+    folder again. None when the warehouse cannot be read now (another process is writing
+    it): then nothing is known to be loaded.
+    """
+    if not Path(path).exists():
+        return {}
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException:
+        return None
+    try:
+        if FINGERPRINT not in _columns(con, "meta", "deliveries"):
+            return {}
+        rows = con.execute(
+            f"SELECT source, extract_date, {FINGERPRINT} FROM meta.deliveries "
+            f"WHERE status = 'loaded' AND {FINGERPRINT} IS NOT NULL"
+        ).fetchall()
+    finally:
+        con.close()
+    return {(source, day): fingerprint for source, day, fingerprint in rows}
+
+
 def _loaded_on(con: duckdb.DuckDBPyConnection, source: str, extract_date: date) -> bool:
     rows = con.execute(
         "SELECT count(*) FROM meta.deliveries "
@@ -605,12 +661,16 @@ def load_delivery(
     except DeliveryError as exc:
         record_rejection(con, delivery, exc)
         raise
+    # Taken before anything is read: if a file changes while it is read, the folder no
+    # longer matches what is recorded, and the next load reads it again.
+    fingerprint = delivery_fingerprint(delivery) if delivery.folder.is_dir() else None
     checked: str | None = None
     checksums = file_checksums(delivery, source)
     if checksums is not None:  # the same bytes were checked and loaded before: skip parsing
         checked = _delivery_id(source.name, delivery.extract_date, checksums)
         previous = _already_loaded(con, checked)
         if previous is not None:
+            _remember_folder(con, checked, fingerprint)
             return LoadResult(
                 source.name,
                 delivery.extract_date,
@@ -631,6 +691,7 @@ def load_delivery(
     # Database tables (no checksums up front) are only identifiable once read.
     previous = None if delivery_id == checked else _already_loaded(con, delivery_id)
     if previous is not None:
+        _remember_folder(con, delivery_id, fingerprint)
         return LoadResult(
             source.name,
             delivery.extract_date,
@@ -672,7 +733,7 @@ def load_delivery(
             [source.name, delivery.extract_date],
         )
         con.execute(
-            "INSERT INTO meta.deliveries VALUES (?, ?, ?, 'loaded', ?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO meta.deliveries VALUES (?, ?, ?, 'loaded', ?, ?, ?, ?, ?, ?, NULL, ?)",
             [
                 delivery_id,
                 source.name,
@@ -683,6 +744,7 @@ def load_delivery(
                 sum(t.rows for t in loads),
                 sum(t.staged for t in loads),
                 sum(t.quarantined for t in loads),
+                fingerprint,
             ],
         )
         now_current = _current_date(con, source.name)
