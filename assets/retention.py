@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 
 from assets.ingest import WRITER_POOL, quarantine_key, raw_key, staged_key
-from assets.resources import FamilyViewSettings, OperationalStore, Warehouse
-from warehouse import audit
+from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
+from warehouse import audit, landing_retention
 from warehouse import retention as rules
 from warehouse.operational import ensure_schema
 from warehouse.pseudonymise import load_key
@@ -39,12 +39,14 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
         pool=WRITER_POOL,
         description="Destroy rows whose source's retention period has ended, in raw, staged, "
         "quarantine, the linked layer and every kept snapshot; counts per source/table/layer "
-        "kept in meta.retention_runs.",
+        "kept in meta.retention_runs. Landing-zone delivery folders go landing_keep_days "
+        "after they were loaded or rejected (meta.landing_purges).",
     )
     def retention(
         context: dg.AssetExecutionContext,
         config: RetentionConfig,
         warehouse: Warehouse,
+        landing: LandingZone,
         operational: OperationalStore,
         family_view: FamilyViewSettings,
     ) -> dg.MaterializeResult:
@@ -55,6 +57,9 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
             except rules.RetentionError as exc:
                 raise dg.Failure(str(exc)) from exc
         assert done is not None
+        with warehouse.get_connection() as con:  # the run may have rewritten the file
+            folders = landing_retention.expired(con, landing.root, sources, done.plan.as_of)
+            landing_retention.destroy(con, done.run_id, folders)
         published = rules.purge_published(
             Path(family_view.published_dir), done, load_key(Path(family_view.data_dir))
         )
@@ -68,7 +73,11 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 purpose="retention",
                 action="retention",
                 outcome="allowed",
-                detail={**rules.audit_detail(done), "published_rows": sum(published.values())},
+                detail={
+                    **rules.audit_detail(done),
+                    "published_rows": sum(published.values()),
+                    "landing_folders": landing_retention.per_source(folders),
+                },
             ),
         )
         context.log.info(
@@ -83,6 +92,9 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 "per_source": dg.MetadataValue.json(done.plan.per_source()),
                 "undetermined_rows": int(done.plan.counts["undetermined"].sum()),
                 "snapshot_rows_destroyed": dg.MetadataValue.json(published),
+                "landing_folders_destroyed": dg.MetadataValue.json(
+                    landing_retention.per_source(folders)
+                ),
             }
         )
 

@@ -32,8 +32,13 @@ def erase(
     by: Annotated[str | None, typer.Option("--by", help="Who records it (default $USER).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    landing: Annotated[
+        Path | None,
+        typer.Option("--landing", help="Landing zone (default: <data dir>/landing)."),
+    ] = None,
 ) -> None:
-    """Erase a person from every layer and snapshot, for good (an upheld Art. 17 request)."""
+    """Erase a person from every layer and snapshot, for good (an upheld Art. 17 request),
+    and the landing zone's loaded or rejected delivery folders of the sources holding them."""
     from warehouse import erasure
     from warehouse.curated_config import load_curated_config
     from warehouse.pseudonymise import load_key
@@ -44,7 +49,8 @@ def erase(
     settings = settings_for(ctx, data_dir)
     if not yes:
         typer.confirm(
-            f"Erase {person_id} from the warehouse, every snapshot and the analysts' file? "
+            f"Erase {person_id} from the warehouse, every snapshot, the analysts' file and "
+            "the landing zone's loaded deliveries? "
             "This cannot be undone",
             abort=True,
         )
@@ -60,6 +66,7 @@ def erase(
             engine=settings.operational_engine(),
             sources=load_sources(settings.config_dir),
             key=load_key(settings.data_dir),
+            landing=(landing or settings.landing).resolve(),
         )
     table = Table("file", "table", "rows removed or changed")
     table.columns[0].overflow = "fold"

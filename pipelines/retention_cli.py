@@ -50,6 +50,22 @@ def _table(counts, dry_run: bool) -> Table:
     return table
 
 
+def _print_landing(folders, landing: Path, dry_run: bool) -> None:
+    verb = "would go" if dry_run else "destroyed"
+    if not folders:
+        out.print(f"Landing zone ({landing}): no delivery folder past its keep period.")
+        return
+    out.print(
+        f"Landing zone ({landing}): {len(folders)} delivery folder(s) {verb}, "
+        f"{sum(f.bytes for f in folders):,} bytes in {sum(f.files for f in folders)} file(s):"
+    )
+    for folder in folders:
+        out.print(
+            f"  {folder.delivery.source} {folder.delivery.extract_date} "
+            f"({folder.outcome} {folder.outcome_recorded_at:%Y-%m-%d %H:%M} UTC)"
+        )
+
+
 def retention(
     ctx: typer.Context,
     dry_run: Annotated[
@@ -61,11 +77,16 @@ def retention(
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who runs it (default $USER).")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    landing: Annotated[
+        Path | None,
+        typer.Option("--landing", help="Landing zone (default: <data dir>/landing)."),
+    ] = None,
 ) -> None:
-    """Destroy rows whose source's retention period has ended, in every ingest layer."""
+    """Destroy rows whose source's retention period has ended, in every ingest layer, and
+    landing-zone delivery folders kept past their source's landing_keep_days."""
     import duckdb
 
-    from warehouse import audit
+    from warehouse import audit, landing_retention
     from warehouse import retention as rules
     from warehouse.pseudonymise import load_key
     from warehouse.sources import ConfigError, load_sources
@@ -73,6 +94,7 @@ def retention(
 
     day = _as_of(as_of)
     settings = settings_for(ctx, data_dir)
+    landing_zone = (landing or settings.landing).resolve()
     with reported((rules.RetentionError, ConfigError), (duckdb.Error,), "the warehouse"):
         sources = load_sources(settings.config_dir)
         if not settings.warehouse.exists():
@@ -80,6 +102,13 @@ def retention(
         con = connect(settings.warehouse)
         try:
             found, done = rules.run(con, sources, day, dry_run=dry_run, path=settings.warehouse)
+        finally:
+            con.close()
+        con = connect(settings.warehouse)  # the run may have rewritten the file
+        try:
+            folders = landing_retention.expired(con, landing_zone, sources, found.as_of)
+            if done is not None:
+                landing_retention.destroy(con, done.run_id, folders)
         finally:
             con.close()
         published = (
@@ -94,6 +123,7 @@ def retention(
             f"{undetermined:,} rows have no usable date: kept under until_age, dated by "
             "their newest extract under years_after_last_event."
         )
+    _print_landing(folders, landing_zone, dry_run)
     if done is None:
         out.print(
             f"Dry run as of {found.as_of}: {found.destroyed:,} rows and "
@@ -108,7 +138,11 @@ def retention(
             purpose="retention",
             action="retention",
             outcome="allowed",
-            detail={**rules.audit_detail(done), "published_rows": sum(published.values())},
+            detail={
+                **rules.audit_detail(done),
+                "published_rows": sum(published.values()),
+                "landing_folders": landing_retention.per_source(folders),
+            },
         ),
     )
     out.print(

@@ -210,6 +210,10 @@ def _counts(path: Path) -> dict[str, int]:
         con.close()
 
 
+def _landing(county) -> Path:
+    return county.root / "generated" / "landing"
+
+
 def _erase(county, person_id: str, *extra: str):
     return CliRunner().invoke(
         app,
@@ -229,12 +233,13 @@ def _erase(county, person_id: str, *extra: str):
     )
 
 
-def _redeliver(county) -> Path:
-    """Every source's delivery again, as a new extract (a full snapshot, as agencies send)."""
-    landing = county.root / "generated" / "landing"
-    for source in sorted(p for p in landing.iterdir() if p.is_dir()):
+def _redeliver(county, outbox: Path) -> Path:
+    """Every source's delivery again, as a new extract (a full snapshot, as agencies send),
+    from the agencies' own copies (``outbox``)."""
+    landing = _landing(county)
+    for source in sorted(p for p in outbox.iterdir() if p.is_dir()):
         old = sorted(p for p in source.iterdir() if p.is_dir())[-1]
-        new = source / NEW_DATE
+        new = landing / source.name / NEW_DATE
         shutil.copytree(old, new)
         manifest = new / "manifest.json"
         if manifest.exists():
@@ -271,10 +276,22 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     social = User("sw", "social_worker")
     assert access.person(social, "safeguarding", child)["person_id"] == child
     restrict(county.engine(), child, who.record_ids, "objection pending", "dpo1")
+    landing = _landing(county)
+    outbox = shutil.copytree(landing, county.root / "outbox")  # what the agencies keep
+    delivered = sorted(p for p in landing.rglob("*.csv"))
+    assert any(_in_bytes(p, who) for p in delivered), "the landing scan must see them before"
 
-    result = _erase(county, child, "--yes")
+    result = _erase(county, child, "--yes", "--landing", str(landing))
     assert result.exit_code == 0, result.output
     assert "warehouse.duckdb" in result.output and "raw.school__pupils" in result.output
+    # The delivery folders of every source holding them are gone (loaded, so the warehouse
+    # held all they said); the rest of the landing zone stays.
+    holding = {r.split("|")[0] for r in who.record_ids}
+    for source in (p for p in landing.iterdir() if p.is_dir()):
+        assert (source.name in holding) == (not any(source.iterdir())), source.name
+    assert all(_in_bytes(p, who) == set() for p in landing.rglob("*.csv"))
+    school_day = sorted((outbox / "school").iterdir())[-1].name
+    assert f"school/{school_day}" in result.output  # counted, folder by folder
 
     after_files = _files(county.data)
     for path in after_files:
@@ -342,7 +359,7 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     assert audit.verify(engine).ok
 
     # A later delivery of the same records: quarantined as erased, never staged or linked.
-    assert sdv_load(_redeliver(county), county.data).exit_code == 0
+    assert sdv_load(_redeliver(county, outbox), county.data).exit_code == 0
     con = connect(county.warehouse, read_only=True)
     try:
         held = con.sql(

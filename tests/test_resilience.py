@@ -41,7 +41,7 @@ import pytest
 from conftest import police_tables, sdv_load, write_delivery
 
 from pipelines.settings import PROJECT_ROOT
-from warehouse.landing import Delivery, DeliveryError
+from warehouse.landing import Delivery, DeliveryError, delivery_fingerprint
 from warehouse.publish import SnapshotStore, open_snapshot
 from warehouse.store import connect, load_delivery, per_delivery_sql
 
@@ -327,7 +327,8 @@ def test_duplicate_delivery_is_a_noop_reported_unchanged(con, delivery_writer, s
     folder = delivery_writer("police", BAD, police_tables(3))
     first = load_delivery(con, _delivery(folder), sources["police"], today=TODAY)
     before = layer_rows(con)
-    meta = con.execute("SELECT * FROM meta.deliveries").fetchall()
+    everything_but_the_folder = "SELECT * EXCLUDE (folder_fingerprint) FROM meta.deliveries"
+    meta = con.execute(everything_but_the_folder).fetchall()
     resent = _files(folder)
     time.sleep(0.01)
     for name, data in resent.items():
@@ -339,7 +340,10 @@ def test_duplicate_delivery_is_a_noop_reported_unchanged(con, delivery_writer, s
         True,
     )
     assert layer_rows(con) == before
-    assert con.execute("SELECT * FROM meta.deliveries").fetchall() == meta
+    assert con.execute(everything_but_the_folder).fetchall() == meta
+    # The re-sent folder is recorded as the loaded one, so `sdv load` leaves it alone now.
+    fingerprints = con.execute("SELECT folder_fingerprint FROM meta.deliveries").fetchall()
+    assert fingerprints == [(delivery_fingerprint(_delivery(folder)),)]
 
 
 def test_delivery_older_than_current_loads_for_its_date_and_current_stays(
@@ -415,8 +419,9 @@ def test_sdv_load_reports_each_broken_delivery_by_file_and_reason(tmp_path, sour
     for day, (named, reason) in expected.items():
         assert recorded[day].startswith(f"{named}: ") and reason in recorded[day]
 
-    later = tmp_path / "later"
-    shutil.copytree(landing / "police" / "2026-11-01", later / "police" / "2026-11-01")
+    later = tmp_path / "later"  # the same files sent again (new mtimes), and a late one
+    resent = later / "police" / "2026-11-01"
+    shutil.copytree(landing / "police" / "2026-11-01", resent, copy_function=shutil.copy)
     write_delivery(later, police, "2026-10-31", police_tables(1))
     result = sdv_load(later, data_dir)
     assert result.exit_code == 0, result.output

@@ -505,7 +505,7 @@ def test_a_county_run_is_idempotent_and_covers_every_relation(published_county, 
 def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp_path, sources):
     import dagster as dg
 
-    from assets.resources import FamilyViewSettings, OperationalStore, Warehouse
+    from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
     from assets.retention import build_retention_asset
 
     con, load = warehouse
@@ -516,6 +516,7 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
         [build_retention_asset(sources)],
         resources={
             "warehouse": Warehouse(path=str(data / "warehouse.duckdb")),
+            "landing": LandingZone(path=str(tmp_path / "landing")),
             "operational": OperationalStore(url=f"sqlite:///{data / 'operational.db'}"),
             "family_view": FamilyViewSettings(
                 published_dir=str(data / "published"), data_dir=str(data)
@@ -527,6 +528,9 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     meta = result.asset_materializations_for_node("retention")[0].metadata
     assert meta["rows_destroyed"].value == 8
     assert meta["per_source"].value == {"school": {"destroy": 8, "undetermined": 0}}
+    # Loaded today (the wall clock), so its folder is well inside the keep period.
+    assert meta["landing_folders_destroyed"].value == {}
+    assert (tmp_path / "landing" / "school" / "2026-11-01").is_dir()
     check = connect(data / "warehouse.duckdb")
     assert keys(check, "school", "pupils", "upn")["raw"] == ["A900000000002"]
     check.close()

@@ -11,7 +11,11 @@
 3. purge the warehouse (ingest layers and ``linked``, one transaction, file rewritten so no
    deleted byte survives) while holding DuckDB's single writer lock, which also keeps
    loads, linkage and publishing out until the published files are done;
-4. purge every published snapshot and analysts' file (:func:`warehouse.purge.purge_published`);
+4. purge every published snapshot and analysts' file (:func:`warehouse.purge.purge_published`),
+   and remove from the landing zone every delivery folder of the person's sources that the
+   warehouse has dealt with (loaded or rejected: :mod:`warehouse.landing_retention`),
+   whatever its age, since the files hold the person as delivered; folders not yet
+   loaded stay, and their rows reaching the person are quarantined when they are;
 5. operational store: review queue items and decisions naming the records are deleted (the
    record ids are the identifiers, and the record JSON holds names); a reviewer's split
    loses the records; a restriction naming them keeps who, when and why but no longer the
@@ -36,7 +40,7 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from warehouse import audit, purge, review
+from warehouse import audit, landing_retention, purge, review
 from warehouse.operational import UTCDateTime, ensure_schema, metadata
 from warehouse.publish import PublishError, SnapshotStore, person_record_ids
 from warehouse.restriction import restrictions
@@ -285,11 +289,13 @@ def erase(
     engine: Engine,
     sources: Mapping[str, Source],
     key: bytes,
+    landing: Path | None = None,
 ) -> ErasureReport:
     """Erase the person ``person_id`` everywhere (module docstring); returns the counts.
 
     ``key`` is the partnership's pseudonymisation key (``load_key(data_dir)``): it makes the
-    tombstones and finds the person in the analysts' files.
+    tombstones and finds the person in the analysts' files. ``landing``: the landing zone
+    whose delivery folders go too (counted as ``<landing>:<source>/<date>``: files).
     """
     _accountable(person_id=person_id, reason=reason, upheld_by=upheld_by, recorded_by=recorded_by)
     ensure_schema(engine)
@@ -302,7 +308,8 @@ def erase(
         purged = record_ids | purge.target_records(con, sources, targets)
         people = _people_losing_everything(con, person_id, purged)
         erasure_id = _record(engine, person_id, reason, upheld_by, recorded_by, purged, key)
-        counts = _purge_warehouse(con, Path(warehouse), targets, purged, people)
+        counts = _purge_landing(con, landing, sources, purged, erasure_id)
+        counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people)
         counts |= purge.purge_published(store.root, purged, key)
     finally:
         con.close()
@@ -321,6 +328,25 @@ def erase(
         detail={"reason": reason, "counts": counts},
     )
     return ErasureReport(erasure_id, person_id, len(purged), counts)
+
+
+def _purge_landing(
+    con: duckdb.DuckDBPyConnection,
+    landing: Path | None,
+    sources: Mapping[str, Source],
+    records: set[str],
+    erasure_id: int,
+) -> dict[str, int]:
+    """Remove the dealt-with delivery folders of every source holding one of ``records``
+    (ids are ``source|table|local_key``), recorded in ``meta.landing_purges``."""
+    if landing is None:
+        return {}
+    holding = {record.split("|", 1)[0] for record in records}
+    folders = landing_retention.recorded(
+        con, landing, {name: source for name, source in sources.items() if name in holding}
+    )
+    landing_retention.destroy(con, f"erasure-{erasure_id}", folders)
+    return {f"{landing}:{f.delivery.source}/{f.delivery.extract_date}": f.files for f in folders}
 
 
 def _purge_warehouse(

@@ -243,6 +243,10 @@ class Source(_Strict):
     # A delivery without a manifest counts as complete once its files have been quiet
     # this long: the sensor must never start a run on a half-written delivery.
     settle_seconds: int = Field(default=120, ge=0)
+    # Days a delivery folder stays in the landing zone after it was loaded or rejected:
+    # long enough to re-run a load, no longer, since the warehouse keeps every record as
+    # delivered (``warehouse.landing_retention``).
+    landing_keep_days: int = Field(default=14, ge=0)
     tables: dict[str, Table]
 
     @field_validator("tables")
