@@ -263,6 +263,7 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
                 "version": trained.version,
                 "model_file": dg.MetadataValue.path(str(trained.path)),
                 "records": records.height,
+                "untrained_levels": dg.MetadataValue.json(list(trained.untrained)),
                 **{
                     f"chart_{name}": dg.MetadataValue.url(path.resolve().as_uri())
                     for name, path in trained.charts.items()
@@ -329,6 +330,7 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
         }
         if outcome.trained is not None:
             meta["trained_first"] = "no saved model: trained one before linking"
+            meta["untrained_levels"] = dg.MetadataValue.json(list(outcome.trained.untrained))
         if outcome.evaluation is not None:
             meta["evaluation"] = dg.MetadataValue.json(outcome.evaluation)
             meta["evaluation_summary"] = dg.MetadataValue.md(

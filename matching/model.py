@@ -284,6 +284,38 @@ class TrainedModel:
     path: Path
     version: str
     charts: dict[str, Path]
+    # "comparison: level" of every level no EM session could observe (see train()).
+    untrained: tuple[str, ...] = ()
+
+
+# What Splink's EM logs once per session for each level the session's blocking rule hides
+# (blocking on NHS number, no pair disagrees on it). Expected, and repeated for every
+# session: train() reports the levels left untrained once, from the model itself.
+_UNOBSERVED = "not observed in dataset, unable to train m value"
+_EM_LOGGER = "splink.internals.expectation_maximisation"
+
+
+class _DropUnobserved(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _UNOBSERVED not in record.getMessage()
+
+
+def untrained_levels(model: dict[str, Any]) -> list[str]:
+    """Levels of a saved model without a trained m-probability, as "comparison: level".
+
+    Splink scores them with its default m (0.95 spread over a comparison's levels), so a
+    data engineer must be able to see which they are: the model's own record of what its
+    EM sessions could not learn.
+    """
+    found = []
+    for comparison in model["comparisons"]:
+        name = comparison.get("output_column_name") or comparison["comparison_description"]
+        for level in comparison["comparison_levels"]:
+            if level.get("is_null_level"):
+                continue
+            if not isinstance(level.get("m_probability"), int | float):  # None, or a note
+                found.append(f"{name}: {level.get('label_for_charts', level['sql_condition'])}")
+    return found
 
 
 def _linker(
@@ -300,10 +332,14 @@ def train(records: pl.DataFrame, config: LinkageConfig, out_dir: Path) -> Traine
     """Estimate the model on tonight's records and save it as a new version.
 
     u by random sampling (identifiers computed and fixed), the prior from records that
-    share an NHS number, m by EM on blocks of likely matches.
+    share an NHS number, m by EM on blocks of likely matches. A level none of the EM
+    sessions could observe keeps Splink's default m; Splink's note of it from every session
+    is dropped, and the result lists those levels once (``TrainedModel.untrained``).
     """
     frame = model_frame(records)
     con = duckdb.connect()
+    quiet = _DropUnobserved()
+    logging.getLogger(_EM_LOGGER).addFilter(quiet)
     try:
         linker = _linker(con, frame, model_settings(frame))
         linker.training.estimate_probability_two_random_records_match(
@@ -335,8 +371,11 @@ def train(records: pl.DataFrame, config: LinkageConfig, out_dir: Path) -> Traine
         linker.visualisations.m_u_parameters_chart().save(
             str(charts["m_u_parameters"]), inline=True
         )
-        return TrainedModel(path=path, version=version, charts=charts)
+        return TrainedModel(
+            path=path, version=version, charts=charts, untrained=tuple(untrained_levels(model))
+        )
     finally:
+        logging.getLogger(_EM_LOGGER).removeFilter(quiet)
         con.close()
 
 

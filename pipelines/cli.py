@@ -435,6 +435,8 @@ def _print_linkage(meta: dict, seconds: float) -> None:
         f"{meta['review_queue']:,} pairs awaiting review)"
     )
     out.print(f"Stage seconds: {meta['stage_seconds']}")
+    if "untrained_levels" in meta:
+        _print_untrained(meta["untrained_levels"])
     if "evaluation_summary" in meta:
         out.print(meta["evaluation_summary"])
 
@@ -514,6 +516,17 @@ def train(data_dir: DataDir = Path("data"), config: ConfigDir = DEFAULT_CONFIG_D
         raise typer.Exit(code=1)
     meta = metadata[MODEL.to_user_string()]
     out.print(f"Saved model {meta['version']} to {meta['model_file']}")
+    _print_untrained(meta["untrained_levels"])
+
+
+def _print_untrained(levels: list[str]) -> None:
+    """One line for the levels no EM session observed, instead of Splink's note of each
+    from every session."""
+    if levels:
+        out.print(
+            f"{len(levels)} comparison levels were never observed in training and score "
+            f"with Splink's default m: {'; '.join(levels)}"
+        )
 
 
 @app.command()

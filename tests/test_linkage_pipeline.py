@@ -19,6 +19,7 @@ changed between deliveries), not read back from the code under test.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ from typer.testing import CliRunner
 
 from assets.linkage import check_rules, newest_model, run_linkage
 from matching.config import load_linkage_config
-from matching.model import MODEL_COLUMNS
+from matching.model import MODEL_COLUMNS, untrained_levels
 from matching.registry import registry_changes
 from matching.rules import Profile, breaches
 from matching.standardise import standardise
@@ -258,6 +259,17 @@ class Reviewed:
     after_decisions: Snapshot
     new_model: Path
     after_retraining: Snapshot
+    train_output: str
+    em_warnings: list[str]  # what Splink's EM logged at WARNING while `sdv train` ran
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _pair_to_reject(snapshot: Snapshot) -> tuple[str, str]:
@@ -314,7 +326,12 @@ def reviewed(county: County, second_run: Snapshot) -> Reviewed:
     )
     after_decisions = county.link()
     models = set(county.settings.model_dir.glob("linkage-model-*.json"))
-    county.sdv("train")
+    em_log, collect = logging.getLogger("splink.internals.expectation_maximisation"), _Collect()
+    em_log.addHandler(collect)
+    try:
+        train_output = county.sdv("train")
+    finally:
+        em_log.removeHandler(collect)
     (new_model,) = set(county.settings.model_dir.glob("linkage-model-*.json")) - models
     return Reviewed(
         rejected=rejected,
@@ -325,6 +342,8 @@ def reviewed(county: County, second_run: Snapshot) -> Reviewed:
         after_decisions=after_decisions,
         new_model=new_model,
         after_retraining=county.link(),
+        train_output=train_output,
+        em_warnings=collect.messages,
     )
 
 
@@ -609,6 +628,19 @@ def test_decisions_hold_after_retraining_and_the_new_model_is_used(county, revie
     assert run["changed_records"] == run["records"] == 1293  # a new model re-scores everything
     assert after.person_of(reviewed.rejected[0]) != after.person_of(reviewed.rejected[1])
     assert after.person_of(reviewed.accepted[0]) == after.person_of(reviewed.accepted[1])
+
+
+def test_training_names_the_levels_it_could_not_learn_once(reviewed):
+    """EM blocked on NHS number never sees two records disagree on it, and so on: Splink
+    notes each such level from every session. The data engineer gets one line naming the
+    levels no session learnt (they score with Splink's default m), read from the model."""
+    untrained = untrained_levels(json.loads(reviewed.new_model.read_text(encoding="utf-8")))
+    assert "nhs_number: all other" in untrained and "upn: all other" in untrained
+    assert "forename: exact" not in untrained
+    output = " ".join(reviewed.train_output.split())  # rich wraps long lines
+    assert f"{len(untrained)} comparison levels were never observed in training" in output
+    assert "; ".join(untrained) in output
+    assert not [m for m in reviewed.em_warnings if "unable to train m value" in m]
 
 
 # --- 5. the review queue from the command line ----------------------------------------------
