@@ -203,8 +203,8 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
     loaded = loaded_folders(settings.warehouse)
     if loaded is None:
         console.print(
-            "[yellow]The warehouse is being written by another process: every delivery "
-            "folder is checked again.[/yellow]"
+            f"[yellow]Could not open {settings.warehouse} to read which folders are "
+            "loaded: every delivery folder is checked again.[/yellow]"
         )
     pending, done = split_loaded(found, loaded or {})
     work = [(d.source, d.partition_key) for d in pending]

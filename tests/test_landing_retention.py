@@ -55,8 +55,12 @@ def test_a_loaded_folder_goes_on_the_day_its_keep_period_ends(zone, sources):
     assert due[0].bytes == sum(p.stat().st_size for p in files)
     raw_before = con.execute('SELECT count(*) FROM raw."police__persons"').fetchall()
 
+    leftover = landing / "police" / ".purging-2026-11-01-run-0"  # a run killed mid-delete
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "persons.csv").write_text("N1,Alfie")
     landing_retention.destroy(con, "run-1", due)
-    assert not folder.exists() and (landing / "police").is_dir()
+    assert not folder.exists() and not leftover.exists()
+    assert list((landing / "police").iterdir()) == []
     recorded = con.execute(
         "SELECT run_id, source, extract_date::VARCHAR, outcome, files, bytes "
         "FROM meta.landing_purges"

@@ -1,6 +1,8 @@
 """Loading deliveries into the warehouse: all or nothing, idempotent, newest supersedes."""
 
 import json
+import subprocess
+import sys
 from datetime import date
 
 import pytest
@@ -129,6 +131,35 @@ def test_a_warehouse_from_before_folder_fingerprints_records_them_from_the_next_
     assert loaded_folders(path) == {
         ("police", date(2026, 11, 20)): delivery_fingerprint(delivery(folder))
     }
+
+
+def test_loaded_folders_read_while_another_process_writes_and_none_when_unreadable(
+    tmp_path, delivery_writer, sources
+):
+    """``sdv load`` reads which folders are loaded while a run elsewhere holds the
+    warehouse; a file it cannot open means nothing is known loaded (every folder is
+    checked again, and the runs report what is wrong), never a crash before any run."""
+    path = tmp_path / "warehouse.duckdb"
+    folder = delivery_writer("police", "2026-11-20", police_tables(3))
+    con = connect(path)
+    load_delivery(con, delivery(folder), sources["police"])
+    con.close()
+    expected = {("police", date(2026, 11, 20)): delivery_fingerprint(delivery(folder))}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; duckdb.connect({str(path)!r}); "
+         "print('open', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        assert loaded_folders(path) == expected
+    finally:
+        holder.kill()
+        holder.wait()
+    broken = tmp_path / "broken.duckdb"
+    broken.write_bytes(b"not a database" * 1000)
+    assert loaded_folders(broken) is None
 
 
 def test_newer_delivery_supersedes_and_older_stays_in_raw(con, delivery_writer, sources):

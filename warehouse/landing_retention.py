@@ -127,12 +127,25 @@ def expired(
     ]
 
 
+_DOOMED = ".purging-"  # a folder being removed; not a date, so never read as a delivery
+
+
 def destroy(con: duckdb.DuckDBPyConnection, run_id: str, folders: list[LandingFolder]) -> None:
-    """Remove each folder and record it, one at a time, so the record and the landing zone
-    never disagree by more than the folder being removed."""
+    """Remove each folder and record it, one at a time.
+
+    A folder is first renamed out of the landing zone's view (one atomic step), then
+    recorded, then deleted: a run killed half way through a deletion leaves a hidden
+    ``.purging-`` folder, never a half-deleted delivery that would look changed (and be
+    loaded, then rejected). Such leftovers beside the folders a run removes go with them.
+    """
     con.execute(PURGES_DDL)
+    for parent in {folder.delivery.folder.parent for folder in folders}:
+        for leftover in parent.glob(f"{_DOOMED}*"):
+            shutil.rmtree(leftover)
     for folder in folders:
-        shutil.rmtree(folder.delivery.folder)
+        path = folder.delivery.folder
+        doomed = path.with_name(f"{_DOOMED}{path.name}-{run_id}")
+        path.rename(doomed)
         con.execute(
             "INSERT INTO meta.landing_purges VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -146,6 +159,7 @@ def destroy(con: duckdb.DuckDBPyConnection, run_id: str, folders: list[LandingFo
                 datetime.now(UTC).replace(tzinfo=None),
             ],
         )
+        shutil.rmtree(doomed)
 
 
 def per_source(folders: list[LandingFolder]) -> dict[str, dict[str, int]]:

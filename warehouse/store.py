@@ -584,14 +584,15 @@ def loaded_folders(path: Path) -> dict[tuple[str, date], str] | None:
     keeps every delivery, and without this each load would start a run for every folder
     ever delivered (about a second each) only to find it unchanged. The warehouse is what
     says a delivery is loaded, not the run history, so a rebuilt warehouse loads every
-    folder again. None when the warehouse cannot be read now (another process is writing
-    it): then nothing is known to be loaded.
+    folder again. It reads what is committed, also while a run elsewhere writes. None when
+    the file cannot be opened: then nothing is known to be loaded, and the runs report
+    whatever is wrong as they always have.
     """
     if not Path(path).exists():
         return {}
     try:
         con = duckdb.connect(str(path), read_only=True)
-    except duckdb.IOException:
+    except duckdb.Error:
         return None
     try:
         if FINGERPRINT not in _columns(con, "meta", "deliveries"):
