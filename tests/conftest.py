@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,17 @@ ATTENDANCE_HEADER = [
     "sessions_authorised_absent",
     "sessions_unauthorised_absent",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """Every ``sdv`` command exports its settings (``SDV_*``, ``DAGSTER_HOME``) to the
+    environment, as Dagster's code servers need; put it back after each test, so a test
+    that ran ``sdv load`` on a broken config does not hand that config to the next."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
