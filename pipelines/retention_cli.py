@@ -1,8 +1,11 @@
-"""``sdv retention [--dry-run] [--as-of DATE]``: destroy what the agreements no longer allow.
+"""``sdv retention [--dry-run] [--as-of DATE] [--landing DIR]``: destroy what the
+agreements no longer allow.
 
 Prints, per source, table and layer, the rows that went (or with ``--dry-run`` would go)
-and the rows whose expiry cannot be read from their dates (see ``warehouse.retention``).
-A real run is recorded in ``meta.retention_runs`` and as one audit event with counts only.
+and the rows whose expiry cannot be read from their dates (see ``warehouse.retention``),
+then the landing zone's delivery folders past their keep period
+(``warehouse.landing_retention``). A real run is recorded in ``meta.retention_runs`` and
+``meta.landing_purges``, and as one audit event with counts only.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import getpass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli_support import reported, settings_for
+
+if TYPE_CHECKING:
+    from warehouse.landing_retention import LandingFolder
 
 out = Console(soft_wrap=True)
 
@@ -50,7 +56,7 @@ def _table(counts, dry_run: bool) -> Table:
     return table
 
 
-def _print_landing(folders, landing: Path, dry_run: bool) -> None:
+def _print_landing(folders: list[LandingFolder], landing: Path, dry_run: bool) -> None:
     verb = "would go" if dry_run else "destroyed"
     if not folders:
         out.print(f"Landing zone ({landing}): no delivery folder past its keep period.")
