@@ -58,8 +58,9 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 raise dg.Failure(str(exc)) from exc
         assert done is not None
         with warehouse.get_connection() as con:  # the run may have rewritten the file
-            folders = landing_retention.expired(con, landing.root, sources, done.plan.as_of)
-            landing_retention.destroy(con, done.run_id, folders)
+            folders = landing_retention.run(
+                con, landing.root, sources, done.plan.as_of, done.run_id
+            )
         published = rules.purge_published(
             Path(family_view.published_dir), done, load_key(Path(family_view.data_dir))
         )

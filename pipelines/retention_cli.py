@@ -112,9 +112,8 @@ def retention(
             con.close()
         con = connect(settings.warehouse)  # the run may have rewritten the file
         try:
-            folders = landing_retention.expired(con, landing_zone, sources, found.as_of)
-            if done is not None:
-                landing_retention.destroy(con, done.run_id, folders)
+            run_id = None if done is None else done.run_id
+            folders = landing_retention.run(con, landing_zone, sources, found.as_of, run_id)
         finally:
             con.close()
         published = (

@@ -162,6 +162,21 @@ def destroy(con: duckdb.DuckDBPyConnection, run_id: str, folders: list[LandingFo
         shutil.rmtree(doomed)
 
 
+def run(
+    con: duckdb.DuckDBPyConnection,
+    landing: Path,
+    sources: Mapping[str, Source],
+    as_of: date,
+    run_id: str | None,
+) -> list[LandingFolder]:
+    """The folders past their keep period as of ``as_of``, destroyed under ``run_id``
+    (the retention run's), or only listed when there is none (a dry run)."""
+    folders = expired(con, landing, sources, as_of)
+    if run_id is not None:
+        destroy(con, run_id, folders)
+    return folders
+
+
 def per_source(folders: list[LandingFolder]) -> dict[str, dict[str, int]]:
     """``{source: {"folders": n, "files": n, "bytes": n}}`` for metadata and the audit."""
     totals: dict[str, dict[str, int]] = {}

@@ -87,9 +87,10 @@ CREATE TABLE IF NOT EXISTS meta.deliveries (
     rows_raw BIGINT,
     rows_staged BIGINT,
     rows_quarantined BIGINT,
-    error VARCHAR,
-    folder_fingerprint VARCHAR        -- the landing folder as loaded (names, sizes, mtimes)
+    error VARCHAR
 );
+-- Since the folder fingerprint: the landing folder as loaded (names, sizes, mtimes).
+ALTER TABLE meta.deliveries ADD COLUMN IF NOT EXISTS folder_fingerprint VARCHAR;
 """
 
 
@@ -150,8 +151,6 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     bring an older one up to date: the folder fingerprint column, and each record stored
     once instead of every delivery's copy (:func:`migrate_layout`)."""
     con.execute(_META_DDL)
-    if FINGERPRINT not in _columns(con, "meta", "deliveries"):
-        con.execute(f"ALTER TABLE meta.deliveries ADD COLUMN {FINGERPRINT} VARCHAR")
     migrate_layout(con)
 
 
