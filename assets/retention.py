@@ -74,11 +74,7 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 purpose="retention",
                 action="retention",
                 outcome="allowed",
-                detail={
-                    **rules.audit_detail(done),
-                    "published_rows": sum(published.values()),
-                    "landing_folders": landing_retention.per_source(folders),
-                },
+                detail=rules.audit_detail(done, published, folders),
             ),
         )
         context.log.info(

@@ -143,11 +143,7 @@ def retention(
             purpose="retention",
             action="retention",
             outcome="allowed",
-            detail={
-                **rules.audit_detail(done),
-                "published_rows": sum(published.values()),
-                "landing_folders": landing_retention.per_source(folders),
-            },
+            detail=rules.audit_detail(done, published, folders),
         ),
     )
     out.print(

@@ -468,7 +468,12 @@ def test_cli_dry_run_reports_and_changes_nothing_then_applies_and_audits(warehou
     events = [e for e in audit.events(engine, limit=50) if e.action == "retention"]
     assert len(events) == 1
     assert events[0].user_id == "dpo1" and events[0].person_ids == ()
-    assert events[0].detail["per_source"]["school"] == {"destroy": 8, "undetermined": 0}
+    detail = events[0].detail
+    assert detail["per_source"]["school"] == {"destroy": 8, "undetermined": 0}
+    # Counts only: nothing was published yet, and the landing folder is inside its keep.
+    assert detail["records_expired"] == 2
+    assert detail["published_rows"] == 0 and detail["landing_folders"] == {}
+    assert detail["as_of"] == "2026-11-20"
 
 
 def test_cli_explains_bad_input(tmp_path):

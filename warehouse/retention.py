@@ -67,7 +67,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse import purge
+from warehouse import landing_retention, purge
+from warehouse.landing_retention import LandingFolder
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
 from warehouse.store import RECORD_ID, holds_records_once, relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
@@ -475,13 +476,20 @@ def run(
     return found, None if dry_run else apply(con, found, path)
 
 
-def audit_detail(done: RetentionRun) -> dict[str, Any]:
-    """Counts only for the audit trail: no record ids (they carry UPNs and local keys)."""
+def audit_detail(
+    done: RetentionRun, published: Mapping[str, int], landing: list[LandingFolder]
+) -> dict[str, Any]:
+    """Counts only for the audit trail: no record ids (they carry UPNs and local keys).
+
+    ``published``: rows removed per kept snapshot (:func:`purge_published`); ``landing``:
+    the delivery folders destroyed (:func:`warehouse.landing_retention.run`)."""
     return {
         "run_id": done.run_id,
         "as_of": done.plan.as_of.isoformat(),
         "per_source": done.plan.per_source(),
         "records_expired": len(done.plan.expired_records),
+        "published_rows": sum(published.values()),
+        "landing_folders": landing_retention.per_source(landing),
     }
 
 
