@@ -17,10 +17,11 @@ serves; the API records the rest itself (action ``api``): a missing or unknown t
 ``anonymous``, role ``none``), malformed parameters, unknown paths and unexpected errors.
 ``/health``, ``/openapi.json`` and ``/docs`` read no data and are not audited.
 
-Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, and each access
-layer call takes its own DuckDB cursor, so requests are served concurrently. (No
-``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run
-time, and some name objects local to :func:`create_app`.)
+Endpoints are ``async`` and hand their access-layer call (SQLite reads and the audit
+append) to the thread pool, so requests are served concurrently and the event loop never
+blocks. A plain ``def`` endpoint would cost a second hop: FastAPI then also validates the
+answer in the thread pool. (No ``from __future__ import annotations`` here: FastAPI reads
+the endpoints' annotations at run time, and some name objects local to :func:`create_app`.)
 """
 
 from dataclasses import dataclass
@@ -304,7 +305,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         request.state.sdv_audited = True
 
     @app.exception_handler(AccessError)
-    def _access_error(request: Request, exc: AccessError) -> JSONResponse:
+    async def _access_error(request: Request, exc: AccessError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
 
     @app.exception_handler(RequestValidationError)
@@ -315,12 +316,12 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         return await request_validation_exception_handler(request, exc)
 
     @app.get("/health", response_model=HealthOut, tags=["service"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """Liveness: the API is up. Needs no token and reads no data."""
         return {"status": "ok"}
 
     @app.get("/people/search", response_model=SearchOut, responses=_ERRORS, tags=["people"])
-    def search_people(
+    async def search_people(
         request: Request,
         who: Authorised,
         name: Annotated[
@@ -342,14 +343,14 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
 
         The audit records that a search was made and whom it returned, never the terms."""
         audited(request)
-        items = access.search(who.user, who.purpose, name, dob, limit)
+        items = await run_in_threadpool(access.search, who.user, who.purpose, name, dob, limit)
         return {"items": items, "limit": limit}
 
     @app.get("/people/{person_id}", response_model=Record, responses=_ERRORS, tags=["people"])
-    def person(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+    async def person(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
         """One person's golden record, as far as your role may see it."""
         audited(request)
-        return access.person(who.user, who.purpose, person_id)
+        return await run_in_threadpool(access.person, who.user, who.purpose, person_id)
 
     @app.get(
         "/children/{person_id}",
@@ -357,10 +358,12 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         responses=_ERRORS,
         tags=["children"],
     )
-    def child_profile(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+    async def child_profile(
+        request: Request, who: Authorised, person_id: PersonId
+    ) -> dict[str, Any]:
         """The child profile: the child summary plus what your role may see of the record."""
         audited(request)
-        return access.child_profile(who.user, who.purpose, person_id)
+        return await run_in_threadpool(access.child_profile, who.user, who.purpose, person_id)
 
     @app.get(
         "/people/{person_id}/household",
@@ -368,10 +371,10 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         responses=_ERRORS,
         tags=["people"],
     )
-    def household(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+    async def household(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
         """Who the person lives with: the household and its members."""
         audited(request)
-        return access.household(who.user, who.purpose, person_id)
+        return await run_in_threadpool(access.household, who.user, who.purpose, person_id)
 
     @app.get(
         "/people/{person_id}/timeline",
@@ -379,7 +382,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         responses=_ERRORS,
         tags=["people"],
     )
-    def timeline(
+    async def timeline(
         request: Request,
         who: Authorised,
         person_id: PersonId,
@@ -388,7 +391,10 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
     ) -> dict[str, Any]:
         """The person's events your role may see, newest first, a page at a time."""
         audited(request)
-        return _page(access.timeline(who.user, who.purpose, person_id, limit, offset))
+        page = await run_in_threadpool(
+            access.timeline, who.user, who.purpose, person_id, limit, offset
+        )
+        return _page(page)
 
     @app.get(
         "/people/{person_id}/involvement",
@@ -396,10 +402,10 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         responses=_ERRORS,
         tags=["people"],
     )
-    def involvement(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
+    async def involvement(request: Request, who: Authorised, person_id: PersonId) -> dict[str, Any]:
         """Agencies and services involved with the person, open first."""
         audited(request)
-        return _page(access.involvement(who.user, who.purpose, person_id))
+        return _page(await run_in_threadpool(access.involvement, who.user, who.purpose, person_id))
 
     @app.get(
         "/aggregates/{table}",
@@ -407,7 +413,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         responses=_ERRORS,
         tags=["aggregates"],
     )
-    def aggregate(
+    async def aggregate(
         request: Request,
         who: Authorised,
         table: Annotated[str, Path(min_length=1, max_length=64)],
@@ -417,12 +423,20 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
             # The access layer refuses this before it audits: record it here.
             reason = f"no aggregate {table!r}"
             audited(request)
-            record_api_event(
-                engine, request.url.path, who.user, who.purpose, "not_found", reason, 404
+            await run_in_threadpool(
+                record_api_event,
+                engine,
+                request.url.path,
+                who.user,
+                who.purpose,
+                "not_found",
+                reason,
+                404,
             )
             raise NotFound(f"{reason}; aggregates: {', '.join(_aggregates())}")
         audited(request)
-        return {"table": table, "items": access.aggregate(who.user, who.purpose, table)}
+        items = await run_in_threadpool(access.aggregate, who.user, who.purpose, table)
+        return {"table": table, "items": items}
 
     @app.get(
         "/rights/actions",
@@ -430,7 +444,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         responses=_ERRORS,
         tags=["subject rights"],
     )
-    def rights_actions(
+    async def rights_actions(
         request: Request,
         who: Authorised,
         person_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
@@ -447,7 +461,10 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
     ) -> dict[str, Any]:
         """Subject-rights actions (who, when, why), newest first: the DPO's record."""
         audited(request)
-        return _page(access.rights_actions(who.user, who.purpose, person_id, action, limit, offset))
+        page = await run_in_threadpool(
+            access.rights_actions, who.user, who.purpose, person_id, action, limit, offset
+        )
+        return _page(page)
 
     return app
 

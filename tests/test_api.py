@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import date
@@ -555,6 +556,46 @@ def test_every_api_call_is_audited_once(api: Api, snapshot):
     assert child["surname"] not in json.dumps(events[0].detail)
     assert events[-2].detail["reason"] == "invalid request: query.limit"
     assert audit.verify(api.engine).ok
+
+
+def test_a_slow_read_does_not_hold_up_other_callers(api: Api, snapshot, monkeypatch):
+    """Reads run in the thread pool, not on the event loop: while one caller's search is
+    slow (a busy disk, a large name index), the same worker answers everyone else."""
+    access = api.client.app.state.access
+    started, release = threading.Event(), threading.Event()
+    search = access.search
+
+    def slow_search(*args: Any, **kwargs: Any):
+        started.set()
+        release.wait(timeout=60)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(access, "search", slow_search)
+    child = _child(snapshot)
+    headers = {"Authorization": f"Bearer {api.tokens['sw']}"}
+    answers: dict[str, Any] = {}
+    # One client, one event loop for every request (as in one server worker).
+    with TestClient(api.client.app) as client:
+
+        def ask(key: str, path: str, **params: Any) -> None:
+            answers[key] = client.get(path, headers=headers, params=params)
+
+        slow = threading.Thread(
+            target=ask, args=("search", "/people/search"), kwargs={"name": child["surname"]}
+        )
+        slow.start()
+        try:
+            assert started.wait(timeout=30)
+            quick = threading.Thread(target=ask, args=("child", f"/children/{child['person_id']}"))
+            quick.start()
+            quick.join(timeout=20)
+            assert not quick.is_alive(), "the child profile waited for the slow search"
+            assert answers["child"].status_code == 200
+            assert "search" not in answers
+        finally:
+            release.set()
+            slow.join(timeout=60)
+    assert child["person_id"] in _ids(answers["search"])
 
 
 def test_app_from_settings_serves_the_published_county(published_county, monkeypatch):
