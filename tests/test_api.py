@@ -581,7 +581,9 @@ def test_a_slow_read_does_not_hold_up_other_callers(api: Api, snapshot, monkeypa
             answers[key] = client.get(path, headers=headers, params=params)
 
         slow = threading.Thread(
-            target=ask, args=("search", "/people/search"), kwargs={"name": child["surname"]}
+            target=ask,
+            args=("search", "/people/search"),
+            kwargs={"name": f"{child['forename']} {child['surname']}"},
         )
         slow.start()
         try:

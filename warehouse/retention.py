@@ -68,7 +68,6 @@ import duckdb
 import polars as pl
 
 from warehouse import landing_retention, purge
-from warehouse.landing_retention import LandingFolder
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
 from warehouse.store import RECORD_ID, holds_records_once, relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
@@ -477,7 +476,9 @@ def run(
 
 
 def audit_detail(
-    done: RetentionRun, published: Mapping[str, int], landing: list[LandingFolder]
+    done: RetentionRun,
+    published: Mapping[str, int],
+    landing: list[landing_retention.LandingFolder],
 ) -> dict[str, Any]:
     """Counts only for the audit trail: no record ids (they carry UPNs and local keys).
 
