@@ -5,12 +5,11 @@ Start the API (``sdv serve --data-dir DIR``), then run, e.g.::
     python -m benchmarks.api_load --url http://127.0.0.1:8000 --token TOKEN \\
         --data-dir DIR --clients 16 --duration 60 --out api_load.json
 
-``--clients`` threads each hold one keep-alive HTTP connection (urllib3, which costs the
-client about half the CPU a request that httpx did: the load generator shares the server's
-cores, so what it spends is taken from the server) and send requests back to
-back (a closed loop: a client sends its next request when the previous answer arrives) for
-``--duration`` seconds or until ``--requests`` have been sent in all. Each request is drawn
-from the mix (``--mix search=1,child=1,timeline=1``):
+``--clients`` threads each hold one keep-alive HTTP connection (urllib3: about half the
+CPU a request of httpx, which matters because the generator shares the server's cores) and
+send requests back to back (a closed loop: a client sends its next request when the
+previous answer arrives) for ``--duration`` seconds or until ``--requests`` have been sent
+in all. Each request is drawn from the mix (``--mix search=1,child=1,timeline=1``):
 
 * ``search``: ``/people/search`` with a sampled child's forename and surname, and half the
   time their date of birth;
@@ -306,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     with _connection(args.url, headers, args.timeout) as connection:
         try:
             health = connection.request("GET", f"{prefix}/health")
+            if health.status != 200:
+                print(f"{args.url}/health answered {health.status}", file=sys.stderr)
+                return 1
+            sample = sample_people(args.data_dir.resolve(), args.sample, args.seed)
+            probe = connection.request("GET", f"{prefix}/children/{sample.children[0][0]}")
         except urllib3.exceptions.HTTPError as err:
-            print(f"the API at {args.url} is not answering /health: {err}", file=sys.stderr)
+            print(f"the API at {args.url} is not answering: {err}", file=sys.stderr)
             return 1
-        if health.status != 200:
-            print(f"the API at {args.url} answered /health with {health.status}", file=sys.stderr)
-            return 1
-        sample = sample_people(args.data_dir.resolve(), args.sample, args.seed)
-        probe = connection.request("GET", f"{prefix}/children/{sample.children[0][0]}")
     if probe.status in (401, 403):
         print(f"the token is refused: {probe.status} {probe.data.decode()}", file=sys.stderr)
         return 1
