@@ -147,8 +147,8 @@ def client_loop(
 ) -> None:
     rng = random.Random(seed)
     names, weights = list(mix), list(mix.values())
-    prefix = urlsplit(url).path.rstrip("/")  # an API served under a path, e.g. /family-view
-    with _connection(url, headers, timeout) as connection:
+    connection, prefix = _connection(url, headers, timeout)
+    with connection:
         while shared.take():
             endpoint = rng.choices(names, weights)[0]
             path, params = _request(endpoint, sample, rng)
@@ -161,13 +161,16 @@ def client_loop(
             results.append(Result(endpoint, status, time.perf_counter() - started))
 
 
-def _connection(url: str, headers: dict[str, str], timeout: float) -> urllib3.HTTPConnectionPool:
+def _connection(
+    url: str, headers: dict[str, str], timeout: float
+) -> tuple[urllib3.HTTPConnectionPool, str]:
     """One keep-alive connection to ``url`` (http or https): a pool of one, no retries, so
-    a failed request counts as an error instead of being sent again."""
+    a failed request counts as an error instead of being sent again; and the path every
+    request goes under (an API served under a path, e.g. ``/family-view``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SystemExit(f"--url must be http(s)://host[:port], not {url!r}")
-    return urllib3.connection_from_url(
+    pool = urllib3.connection_from_url(
         url,
         maxsize=1,
         block=True,
@@ -175,6 +178,7 @@ def _connection(url: str, headers: dict[str, str], timeout: float) -> urllib3.HT
         timeout=urllib3.Timeout(total=timeout),
         retries=False,
     )
+    return pool, parts.path.rstrip("/")
 
 
 def run(
@@ -301,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {args.token}"}
     if args.purpose:
         headers["X-Purpose"] = args.purpose
-    prefix = urlsplit(args.url).path.rstrip("/")
-    with _connection(args.url, headers, args.timeout) as connection:
+    connection, prefix = _connection(args.url, headers, args.timeout)
+    with connection:
         try:
             health = connection.request("GET", f"{prefix}/health")
             if health.status != 200:
