@@ -20,7 +20,7 @@ from duckdb import DuckDBPyConnection
 
 from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
 from warehouse import erasure, quality
-from warehouse.landing import Delivery, DeliveryError
+from warehouse.landing import Delivery, DeliveryError, DeliveryGone
 from warehouse.pseudonymise import load_key
 from warehouse.sources import Source
 from warehouse.staging import ERASED
@@ -271,8 +271,9 @@ def build_ingest_assets(source: Source) -> dg.AssetsDefinition:
             try:
                 result = load_delivery(con, delivery, source, tombstones)
             except DeliveryError as exc:
+                what = "No delivery" if isinstance(exc, DeliveryGone) else "Delivery rejected"
                 raise dg.Failure(
-                    description=f"Delivery rejected, nothing loaded: {exc}",
+                    description=f"{what}, nothing loaded: {exc}",
                     metadata={"file": exc.path, "reason": exc.reason},
                     allow_retries=False,
                 ) from exc

@@ -1,5 +1,7 @@
 """Asset checks pass and fail on what was actually loaded, with thresholds from config."""
 
+from datetime import date
+
 import dagster as dg
 from conftest import police_tables
 
@@ -24,8 +26,6 @@ def run_police(tmp_path, delivery_writer, tables, day="2026-11-20"):
 
 
 def test_checks_pass_on_a_clean_recent_delivery(tmp_path, delivery_writer):
-    from datetime import date
-
     result, checks = run_police(
         tmp_path, delivery_writer, police_tables(5), day=date.today().isoformat()
     )
@@ -66,3 +66,48 @@ def test_rejected_delivery_fails_the_run_with_file_and_reason(tmp_path, delivery
     assert "nothing loaded" in failure.description
     assert failure.metadata["file"].value.endswith("incidents.csv")
     assert "does not match manifest" in failure.metadata["reason"].value
+
+
+def test_rerunning_a_partition_whose_folder_retention_destroyed_says_so(
+    tmp_path, delivery_writer, sources
+):
+    """The landing zone empties itself; re-running an old partition in the UI must say
+    the folder went by retention (its records stay), not reject a delivery that loaded."""
+    from datetime import timedelta
+
+    from warehouse import landing_retention
+    from warehouse.store import connect
+
+    day = "2026-11-20"
+    result, _ = run_police(tmp_path, delivery_writer, police_tables(3), day=day)
+    assert result.success
+    con = connect(tmp_path / "w.duckdb")
+    try:
+        far = date.today() + timedelta(days=400)
+        gone = landing_retention.expired(con, tmp_path / "landing", sources, far)
+        landing_retention.destroy(con, "run-1", gone)
+    finally:
+        con.close()
+
+    settings = Settings(tmp_path, tmp_path / "landing", tmp_path / "w.duckdb", DEFAULT_CONFIG_DIR)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("police_deliveries", [day])
+    again = (
+        build_defs(settings)
+        .resolve_job_def("ingest_police_job")
+        .execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
+    )
+    assert not again.success
+    failure = again.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure.description.startswith("No delivery, nothing loaded: ")
+    assert failure.metadata["file"].value == str(tmp_path / "landing" / "police" / day)
+    reason = failure.metadata["reason"].value
+    assert f"destroyed by landing retention on {date.today()}" in reason
+    assert "the warehouse keeps the records it delivered" in reason
+    con = connect(tmp_path / "w.duckdb")
+    try:
+        statuses = con.execute("SELECT status FROM meta.deliveries").fetchall()
+        persons = con.execute('SELECT count(*) FROM current."police__persons"').fetchall()
+    finally:
+        con.close()
+    assert statuses == [("loaded",)] and persons == [(3,)]

@@ -1,7 +1,8 @@
 """Retention of the landing zone: a delivery folder goes on the day its source's
 ``landing_keep_days`` after it was loaded or rejected ends, and not the day before; a
 folder not yet loaded, re-sent since, or mended since its rejection stays; each one
-destroyed is recorded without its content; `sdv retention` and the nightly asset do it."""
+destroyed is recorded without its content; `sdv retention` and the nightly asset do it;
+loading a destroyed folder again says what happened to it and rejects nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from warehouse import audit, landing_retention
-from warehouse.landing import Delivery, DeliveryError
+from warehouse.landing import Delivery, DeliveryError, DeliveryGone
 from warehouse.operational import engine_for, ensure_schema
 from warehouse.store import connect, load_delivery
 
@@ -97,6 +98,40 @@ def test_folders_not_loaded_as_they_stand_are_never_touched(zone, sources):
     assert folder.exists()
 
 
+def test_loading_a_destroyed_folder_again_says_so_and_rejects_nothing(zone, sources):
+    con, landing, folder, loaded_on = zone
+    due = landing_retention.expired(con, landing, sources, loaded_on + timedelta(days=14))
+    landing_retention.destroy(con, "run-1", due)
+    purged_on = con.execute("SELECT purged_at FROM meta.landing_purges").fetchall()[0][0]
+
+    with pytest.raises(DeliveryGone) as gone:
+        load_delivery(
+            con, Delivery("police", date.fromisoformat(POLICE_DAY), folder), sources["police"]
+        )
+    assert gone.value.path == str(folder)
+    assert gone.value.reason == (
+        f"the delivery folder was destroyed by landing retention on {purged_on.date()}, "
+        f"after it was loaded on {loaded_on}: the warehouse keeps the records it delivered; "
+        "to load it again the agency must send it again"
+    )
+    assert con.execute("SELECT status FROM meta.deliveries").fetchall() == [("loaded",)]
+    assert con.execute('SELECT count(*) FROM current."police__persons"').fetchall() == [(3,)]
+
+
+def test_a_folder_that_never_came_is_named_and_rejects_nothing(tmp_path, sources):
+    con = connect(tmp_path / "warehouse.duckdb")
+    folder = tmp_path / "landing" / "police" / POLICE_DAY
+    try:
+        with pytest.raises(DeliveryGone, match="no such delivery folder") as gone:
+            load_delivery(
+                con, Delivery("police", date.fromisoformat(POLICE_DAY), folder), sources["police"]
+            )
+        assert gone.value.path == str(folder)
+        assert con.execute("SELECT count(*) FROM meta.deliveries").fetchall() == [(0,)]
+    finally:
+        con.close()
+
+
 def test_a_rejected_folder_goes_after_its_keep_period_unless_mended_since(tmp_path, sources):
     landing = tmp_path / "landing"
     folder = write_delivery(landing, sources["police"], "2026-11-20", police_tables(3))
@@ -115,6 +150,15 @@ def test_a_rejected_folder_goes_after_its_keep_period_unless_mended_since(tmp_pa
         mended = rejected_on.timestamp() + 3600  # the agency mends the file in place
         os.utime(persons, (mended, mended))
         assert landing_retention.expired(con, landing, sources, rejected_on.date() + keep) == []
+
+        os.utime(persons, (rejected_on.timestamp() - 60,) * 2)  # not mended after all
+        landing_retention.destroy(con, "run-1", due)
+        with pytest.raises(
+            DeliveryGone,
+            match=f"after it was rejected on {rejected_on.date()}: nothing of it was loaded;",
+        ):
+            load_delivery(con, Delivery("police", date(2026, 11, 20), folder), sources["police"])
+        assert con.execute("SELECT status FROM meta.deliveries").fetchall() == [("rejected",)]
     finally:
         con.close()
 

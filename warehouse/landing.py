@@ -41,6 +41,12 @@ class DeliveryError(Exception):
         self.reason = reason
 
 
+class DeliveryGone(DeliveryError):
+    """The delivery's folder is not in the landing zone: never there, or destroyed by
+    landing retention after it was dealt with. Nothing was delivered to reject, so unlike
+    other delivery errors it is not recorded as a rejection."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     source: str

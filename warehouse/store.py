@@ -56,6 +56,7 @@ import polars as pl
 from warehouse.landing import (
     Delivery,
     DeliveryError,
+    DeliveryGone,
     check_not_future,
     delivery_fingerprint,
     read_manifest,
@@ -418,6 +419,47 @@ def _migrate_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
         con.execute(f"DROP TABLE {temp}")
 
 
+def check_present(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: Source) -> None:
+    """Raise :class:`DeliveryGone` when a delivery with file tables has no folder.
+
+    The landing zone empties itself (:mod:`warehouse.landing_retention`), so re-running an
+    old partition in the Dagster UI can ask for a folder that was destroyed after it was
+    loaded. Saying so, from ``meta.landing_purges``, tells the engineer its records are
+    still in the warehouse; reading on would report the first missing file, and record a
+    rejection of a delivery that was in fact loaded.
+    """
+    if delivery.folder.is_dir() or all(t.database is not None for t in source.tables.values()):
+        return
+    purge = None
+    if table_exists(con, "meta", "landing_purges"):
+        purge = next(
+            iter(
+                con.execute(
+                    "SELECT purged_at, outcome, outcome_recorded_at FROM meta.landing_purges "
+                    "WHERE source = ? AND extract_date = ? ORDER BY purged_at DESC LIMIT 1",
+                    [delivery.source, delivery.extract_date],
+                ).fetchall()
+            ),
+            None,
+        )
+    if purge is None:
+        raise DeliveryGone(
+            delivery.folder, "no such delivery folder: nothing was delivered for this date"
+        )
+    purged_at, outcome, outcome_at = purge
+    held = (
+        "nothing of it was loaded"
+        if outcome == "rejected"
+        else "the warehouse keeps the records it delivered"
+    )
+    raise DeliveryGone(
+        delivery.folder,
+        f"the delivery folder was destroyed by landing retention on {purged_at:%Y-%m-%d}, "
+        f"after it was {outcome} on {outcome_at:%Y-%m-%d}: {held}; to load it again the "
+        "agency must send it again",
+    )
+
+
 def record_rejection(
     con: duckdb.DuckDBPyConnection, delivery: Delivery, error: DeliveryError
 ) -> None:
@@ -653,9 +695,11 @@ def load_delivery(
     Rows reaching an erased record (``tombstones``) go to quarantine as ``erased``.
 
     Raises DeliveryError (after recording the rejection) when the delivery is unusable;
-    in that case nothing of it reaches raw, staged or quarantine. ``today`` (default: the
-    local date) is what a future-dated delivery is judged against.
+    in that case nothing of it reaches raw, staged or quarantine. A folder that is not
+    there raises :class:`DeliveryGone` and records nothing (:func:`check_present`).
+    ``today`` (default: the local date) is what a future-dated delivery is judged against.
     """
+    check_present(con, delivery, source)
     try:
         check_not_future(delivery, today)
     except DeliveryError as exc:
