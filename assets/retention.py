@@ -14,10 +14,7 @@ import dagster as dg
 
 from assets.ingest import WRITER_POOL, quarantine_key, raw_key, staged_key
 from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
-from warehouse import audit, landing_retention
 from warehouse import retention as rules
-from warehouse.operational import ensure_schema
-from warehouse.pseudonymise import load_key
 from warehouse.sources import Source
 
 RETENTION = dg.AssetKey(["retention"])
@@ -51,47 +48,36 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
         family_view: FamilyViewSettings,
     ) -> dg.MaterializeResult:
         as_of = date.fromisoformat(config.as_of) if config.as_of else None
-        with warehouse.get_connection() as con:
-            try:
-                _, done = rules.run(con, sources, as_of, path=Path(warehouse.path))
-            except rules.RetentionError as exc:
-                raise dg.Failure(str(exc)) from exc
-        assert done is not None
-        with warehouse.get_connection() as con:  # the run may have rewritten the file
-            folders = landing_retention.run(
-                con, landing.root, sources, done.plan.as_of, done.run_id
-            )
-        published = rules.purge_published(
-            Path(family_view.published_dir), done, load_key(Path(family_view.data_dir))
-        )
         engine = operational.engine()
-        ensure_schema(engine)
-        audit.append(
-            engine,
-            audit.AuditEvent(
-                user_id="dagster",
-                role="system",
-                purpose="retention",
-                action="retention",
-                outcome="allowed",
-                detail=rules.audit_detail(done, published, folders),
-            ),
-        )
+        try:
+            result = rules.enforce(
+                Path(warehouse.path),
+                landing.root,
+                sources,
+                published_dir=Path(family_view.published_dir),
+                data_dir=Path(family_view.data_dir),
+                operational=engine,
+                actor=("dagster", "system"),
+                as_of=as_of,
+            )
+        except rules.RetentionError as exc:
+            raise dg.Failure(str(exc)) from exc
+        finally:
+            engine.dispose()
+        detail = result.audit_detail()
         context.log.info(
-            "retention as of %s destroyed %d rows", done.plan.as_of, done.plan.destroyed
+            "retention as of %s destroyed %d rows", detail["as_of"], result.plan.destroyed
         )
         return dg.MaterializeResult(
             metadata={
-                "run_id": done.run_id,
-                "as_of": done.plan.as_of.isoformat(),
-                "rows_destroyed": done.plan.destroyed,
-                "records_expired": len(done.plan.expired_records),
-                "per_source": dg.MetadataValue.json(done.plan.per_source()),
-                "undetermined_rows": int(done.plan.counts["undetermined"].sum()),
-                "snapshot_rows_destroyed": dg.MetadataValue.json(published),
-                "landing_folders_destroyed": dg.MetadataValue.json(
-                    landing_retention.per_source(folders)
-                ),
+                "run_id": detail["run_id"],
+                "as_of": detail["as_of"],
+                "rows_destroyed": result.plan.destroyed,
+                "records_expired": detail["records_expired"],
+                "per_source": dg.MetadataValue.json(detail["per_source"]),
+                "undetermined_rows": int(result.plan.counts["undetermined"].sum()),
+                "snapshot_rows_destroyed": dg.MetadataValue.json(result.published),
+                "landing_folders_destroyed": dg.MetadataValue.json(detail["landing_folders"]),
             }
         )
 

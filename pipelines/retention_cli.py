@@ -92,11 +92,9 @@ def retention(
     landing-zone delivery folders kept past their source's landing_keep_days."""
     import duckdb
 
-    from warehouse import audit, landing_retention
     from warehouse import retention as rules
-    from warehouse.pseudonymise import load_key
+    from warehouse.operational import engine_for
     from warehouse.sources import ConfigError, load_sources
-    from warehouse.store import connect
 
     day = _as_of(as_of)
     settings = settings_for(ctx, data_dir)
@@ -105,22 +103,18 @@ def retention(
         sources = load_sources(settings.config_dir)
         if not settings.warehouse.exists():
             raise rules.RetentionError(f"no warehouse at {settings.warehouse}: load first")
-        con = connect(settings.warehouse)
-        try:
-            found, done = rules.run(con, sources, day, dry_run=dry_run, path=settings.warehouse)
-        finally:
-            con.close()
-        con = connect(settings.warehouse)  # the run may have rewritten the file
-        try:
-            run_id = None if done is None else done.run_id
-            folders = landing_retention.run(con, landing_zone, sources, found.as_of, run_id)
-        finally:
-            con.close()
-        published = (
-            {}
-            if done is None
-            else rules.purge_published(settings.published_dir, done, load_key(settings.data_dir))
+        result = rules.enforce(
+            settings.warehouse,
+            landing_zone,
+            sources,
+            published_dir=settings.published_dir,
+            data_dir=settings.data_dir,
+            operational=engine_for(settings.operational_url),
+            actor=(by or getpass.getuser(), "operator"),
+            as_of=day,
+            dry_run=dry_run,
         )
+    found = result.plan
     out.print(_table(found.counts, dry_run))
     undetermined = int(found.counts["undetermined"].sum())
     if undetermined:
@@ -128,28 +122,18 @@ def retention(
             f"{undetermined:,} rows have no usable date: kept under until_age, dated by "
             "their newest extract under years_after_last_event."
         )
-    _print_landing(folders, landing_zone, dry_run)
-    if done is None:
+    _print_landing(result.folders, landing_zone, dry_run)
+    if result.done is None:
         out.print(
             f"Dry run as of {found.as_of}: {found.destroyed:,} rows and "
             f"{len(found.expired_records):,} person-level records would go. Nothing changed."
         )
         return
-    audit.append(
-        settings.operational_engine(),
-        audit.AuditEvent(
-            user_id=by or getpass.getuser(),
-            role="operator",
-            purpose="retention",
-            action="retention",
-            outcome="allowed",
-            detail=rules.audit_detail(done, published, folders),
-        ),
-    )
     out.print(
         f"Retention as of {found.as_of}: destroyed {found.destroyed:,} rows; "
-        f"{len(found.expired_records):,} person-level records expired (run {done.run_id}); "
-        f"{sum(published.values()):,} rows removed from kept snapshots."
+        f"{len(found.expired_records):,} person-level records expired "
+        f"(run {result.done.run_id}); {sum(result.published.values()):,} rows removed from "
+        "kept snapshots."
     )
 
 

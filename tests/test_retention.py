@@ -456,6 +456,7 @@ def test_cli_dry_run_reports_and_changes_nothing_then_applies_and_audits(warehou
 
     default_day = sdv(data, "--dry-run")  # as of the newest extract: nothing has expired
     assert "as of 2026-11-01: 0 rows" in default_day.output
+    assert not (data / "operational.db").exists()  # a dry run records nothing, anywhere
 
     real = sdv(data, "--as-of", "2026-11-20", "--by", "dpo1")
     assert real.exit_code == 0, real.output
@@ -539,6 +540,12 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     check = connect(data / "warehouse.duckdb")
     assert keys(check, "school", "pupils", "upn")["raw"] == ["A900000000002"]
     check.close()
+    # The same audit event as `sdv retention`, the scheduler as the actor.
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    events = [e for e in audit.events(engine, limit=50) if e.action == "retention"]
+    assert [(e.user_id, e.role, e.purpose) for e in events] == [("dagster", "system", "retention")]
+    assert events[0].detail["run_id"] == meta["run_id"].value
+    assert events[0].detail["per_source"] == meta["per_source"].value
 
 
 def values(con, sql: str) -> set:

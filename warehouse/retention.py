@@ -66,10 +66,13 @@ from typing import Any
 
 import duckdb
 import polars as pl
+from sqlalchemy.engine import Engine
 
-from warehouse import landing_retention, purge
+from warehouse import audit, landing_retention, purge
+from warehouse.operational import ensure_schema
+from warehouse.pseudonymise import load_key
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
-from warehouse.store import RECORD_ID, holds_records_once, relation_name, table_exists
+from warehouse.store import RECORD_ID, connect, holds_records_once, relation_name, table_exists
 from warehouse.subjects import Relation, key_sql, relations, row_subjects
 
 RUNS_DDL = """
@@ -406,8 +409,8 @@ def apply(
 
     With ``path`` (the warehouse file behind ``con``), the file is then rewritten so no
     destroyed value survives in a free block (:func:`warehouse.purge.rewrite_database`):
-    close ``con`` straight afterwards. Kept snapshots are the caller's next step
-    (:func:`purge_published`)."""
+    close ``con`` straight afterwards. The landing zone and kept snapshots come next
+    (:func:`enforce`)."""
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC).replace(tzinfo=None)
     con.execute("BEGIN TRANSACTION")
@@ -454,44 +457,82 @@ def apply(
     return RetentionRun(run_id, plan, destroyed)
 
 
-def purge_published(published_dir: Path, done: RetentionRun, key: bytes) -> dict[str, int]:
-    """Remove the run's expired records from every kept snapshot and the analysts' file
-    (tonight's publish then rebuilds the current view without them)."""
-    if not done.plan.expired_records or not published_dir.exists():
-        return {}
-    return purge.purge_published(published_dir, done.plan.expired_records, key)
+@dataclass(frozen=True)
+class Enforced:
+    """What one retention run found and did: what the CLI prints and the asset records."""
+
+    plan: RetentionPlan
+    done: RetentionRun | None  # None for a dry run
+    folders: list[landing_retention.LandingFolder]  # landing folders destroyed (or due)
+    published: dict[str, int]  # rows removed per kept snapshot and analysts' file
+
+    def audit_detail(self) -> dict[str, Any]:
+        """Counts only, for the audit trail and the asset's metadata: no record ids (they
+        carry UPNs and local keys)."""
+        return {
+            "run_id": self.done.run_id if self.done else None,
+            "as_of": self.plan.as_of.isoformat(),
+            "per_source": self.plan.per_source(),
+            "records_expired": len(self.plan.expired_records),
+            "published_rows": sum(self.published.values()),
+            "landing_folders": landing_retention.per_source(self.folders),
+        }
 
 
-def run(
-    con: duckdb.DuckDBPyConnection,
+def enforce(
+    warehouse: Path,
+    landing: Path,
     sources: Mapping[str, Source],
-    as_of: date | None = None,
     *,
+    published_dir: Path,
+    data_dir: Path,
+    operational: Engine,
+    actor: tuple[str, str],
+    as_of: date | None = None,
     dry_run: bool = False,
-    path: Path | None = None,
-) -> tuple[RetentionPlan, RetentionRun | None]:
-    """Plan, and unless ``dry_run`` apply: what the CLI and the nightly asset call."""
-    found = plan(con, sources, as_of)
-    return found, None if dry_run else apply(con, found, path)
+) -> Enforced:
+    """Everything a retention run does, in order, for `sdv retention` and the nightly asset
+    alike, so that neither can leave a step out.
 
-
-def audit_detail(
-    done: RetentionRun,
-    published: Mapping[str, int],
-    landing: list[landing_retention.LandingFolder],
-) -> dict[str, Any]:
-    """Counts only for the audit trail: no record ids (they carry UPNs and local keys).
-
-    ``published``: rows removed per kept snapshot (:func:`purge_published`); ``landing``:
-    the delivery folders destroyed (:func:`warehouse.landing_retention.run`)."""
-    return {
-        "run_id": done.run_id,
-        "as_of": done.plan.as_of.isoformat(),
-        "per_source": done.plan.per_source(),
-        "records_expired": len(done.plan.expired_records),
-        "published_rows": sum(published.values()),
-        "landing_folders": landing_retention.per_source(landing),
-    }
+    Plan, and unless ``dry_run``: destroy the expired rows in the warehouse (:func:`apply`),
+    then the landing folders past their keep period (judged on the same date), then the
+    expired records in every kept snapshot and analysts' file (tonight's publish rebuilds
+    the current view without them), then append one audit event as ``actor`` (user id,
+    role) with counts only. A dry run changes nothing and records nothing.
+    """
+    con = connect(warehouse)
+    try:
+        found = plan(con, sources, as_of)
+        done = None if dry_run else apply(con, found, warehouse)
+    finally:
+        con.close()
+    con = connect(warehouse)  # apply may have rewritten the file
+    try:
+        run_id = done.run_id if done else None
+        folders = landing_retention.run(con, landing, sources, found.as_of, run_id)
+    finally:
+        con.close()
+    published: dict[str, int] = {}
+    if done is not None and done.plan.expired_records and published_dir.exists():
+        published = purge.purge_published(
+            published_dir, done.plan.expired_records, load_key(data_dir)
+        )
+    result = Enforced(found, done, folders, published)
+    if done is not None:
+        ensure_schema(operational)
+        user_id, role = actor
+        audit.append(
+            operational,
+            audit.AuditEvent(
+                user_id=user_id,
+                role=role,
+                purpose="retention",
+                action="retention",
+                outcome="allowed",
+                detail=result.audit_detail(),
+            ),
+        )
+    return result
 
 
 def runs(con: duckdb.DuckDBPyConnection, run_ids: Iterable[str] | None = None) -> pl.DataFrame:
