@@ -430,23 +430,20 @@ def check_present(con: duckdb.DuckDBPyConnection, delivery: Delivery, source: So
     """
     if delivery.folder.is_dir() or all(t.database is not None for t in source.tables.values()):
         return
-    purge = None
-    if table_exists(con, "meta", "landing_purges"):
-        purge = next(
-            iter(
-                con.execute(
-                    "SELECT purged_at, outcome, outcome_recorded_at FROM meta.landing_purges "
-                    "WHERE source = ? AND extract_date = ? ORDER BY purged_at DESC LIMIT 1",
-                    [delivery.source, delivery.extract_date],
-                ).fetchall()
-            ),
-            None,
-        )
-    if purge is None:
+    purges = (
+        con.execute(
+            "SELECT purged_at, outcome, outcome_recorded_at FROM meta.landing_purges "
+            "WHERE source = ? AND extract_date = ? ORDER BY purged_at DESC LIMIT 1",
+            [delivery.source, delivery.extract_date],
+        ).fetchall()
+        if table_exists(con, "meta", "landing_purges")
+        else []
+    )
+    if not purges:
         raise DeliveryGone(
             delivery.folder, "no such delivery folder: nothing was delivered for this date"
         )
-    purged_at, outcome, outcome_at = purge
+    purged_at, outcome, outcome_at = purges[0]
     held = (
         "nothing of it was loaded"
         if outcome == "rejected"
