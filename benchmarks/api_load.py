@@ -42,6 +42,7 @@ from urllib.parse import urlencode, urlsplit
 
 import urllib3
 
+from benchmarks import calibrate
 from warehouse.publish import SnapshotStore, open_snapshot
 
 ENDPOINTS = ("search", "child", "timeline")
@@ -262,6 +263,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"\n{report['overall']['requests']:,} requests from {report['clients']} clients in "
         f"{report['elapsed_s']}s: {report['overall']['throughput_rps']} requests/s"
     )
+    if "machine_probe_at_start" in report:
+        print(calibrate.describe(report["machine_probe_at_start"], report["machine_probe_at_end"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    probed = calibrate.probe()  # the machine's speed this hour, the server idle
     common = (args.url, headers, sample, args.mix, args.clients)
     if args.warmup > 0:
         run(*common, args.warmup, None, args.seed + 10_000, args.timeout)
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "mix": args.mix,
         "sampled_children": len(sample.children),
         **summarise(results, elapsed),
+        "machine_probe_at_start": probed,
+        "machine_probe_at_end": calibrate.probe(),
     }
     print_report(report)
     if args.out:

@@ -66,6 +66,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks import calibrate
+
 STAGES = (
     "ingest",
     "standardise",
@@ -602,6 +604,9 @@ def table_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{h:>10} per job, night 2 / night 1: {per_job}")
         lines.append("")
     lines.append(f"targets: {json.dumps(report['targets'])}")
+    if "machine_probe_at_start" in report:
+        start, end = report["machine_probe_at_start"], report.get("machine_probe_at_end")
+        lines.append(calibrate.describe(start, end))
     return lines
 
 
@@ -635,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
         "load_average_at_start": _load(),
+        "machine_probe_at_start": calibrate.probe(),
         "seed": args.seed,
         "rows_per_second_basis": {
             "ingest": "rows delivered (every table of every source, the night's delivery)",
@@ -650,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         report["load_average_at_end"] = _load()
+        report["machine_probe_at_end"] = calibrate.probe()
         report["targets"] = targets(report["sizes"])
         # Written after every size, so a long run leaves what it measured so far.
         (out / "pipeline.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -20,7 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from benchmarks import api_load
+from benchmarks import api_load, calibrate
 from pipelines.serve_cli import app_from_settings
 from pipelines.settings import Settings
 from warehouse import audit
@@ -115,7 +115,15 @@ def test_every_request_reported_reached_the_server_and_was_answered(
     assert 0 < overall["p50_ms"] <= overall["p95_ms"] <= overall["p99_ms"] <= overall["max_ms"]
     # The 45 measured requests and the two probes (/health is not audited: it reads nothing).
     assert served.audited() - before == 45 + 1
-    assert "overall" in capsys.readouterr().out
+    # The machine's speed, before and after, beside the figures it qualifies.
+    for when in ("start", "end"):
+        probed = report[f"machine_probe_at_{when}"]
+        assert probed["python_s"] > 0 and probed["native_s"] > 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed
+    assert calibrate.describe(report["machine_probe_at_start"], report["machine_probe_at_end"]) in (
+        printed
+    )
 
 
 def test_an_api_served_under_a_path_is_loaded_there(served: Served, tmp_path: Path):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import pipeline
+from benchmarks import calibrate, pipeline
 from benchmarks.pipeline import (
     NIGHTS,
     STAGES,
@@ -128,11 +128,16 @@ def test_benchmark_runs_its_three_nights_on_a_tiny_county(tmp_path: Path, capsys
     assert size["linkage_work_ratio"] == pytest.approx(work[1] / work[0], abs=1e-3)
     assert "second_night_under_quarter" in report["targets"]
     assert len(report["load_average_at_start"]) == 3
+    for when in ("start", "end"):
+        probed = report[f"machine_probe_at_{when}"]
+        assert probed["python_s"] > 0 and probed["native_s"] > 0
     assert not (tmp_path / "work" / "30").exists()  # data removed without --keep
     printed = capsys.readouterr().out
     assert "TOTAL" in printed and "per job, night 2 / night 1: ingest" in printed
     assert "the linkage's own work (standardise to hard-rule check), night 2 / night 1" in printed
     assert "night 3 (night 2's files again, nothing changed) / night 1" in printed
+    probes = (report["machine_probe_at_start"], report["machine_probe_at_end"])
+    assert calibrate.describe(*probes) in printed
 
 
 def test_a_redelivery_is_the_same_files_under_the_next_date(tmp_path: Path):
@@ -158,3 +163,16 @@ def test_the_extract_date_must_leave_room_for_the_third_night(tmp_path: Path, ca
     with pytest.raises(SystemExit):
         main(["--sizes", "30", "--out", str(tmp_path), "--extract-date", date.today().isoformat()])
     assert "must be before today" in capsys.readouterr().err
+
+
+def test_the_machine_probe_is_the_best_of_its_rounds(monkeypatch):
+    """A passing interruption (the slow first round) does not count; the work is timed."""
+    delays = iter([0.20, 0.03, 0.06])
+    monkeypatch.setattr(calibrate, "_python", lambda: time.sleep(next(delays)))
+    monkeypatch.setattr(calibrate, "_native", lambda: None)
+    probed = calibrate.probe()
+    assert 0.03 <= probed["python_s"] < 0.06
+    assert calibrate.describe(probed, {"python_s": 0.5, "native_s": 0.25}) == (
+        f"machine probe (fixed work, best of 3): at start python {probed['python_s']:.3f} s, "
+        f"native {probed['native_s']:.3f} s; at end python 0.500 s, native 0.250 s"
+    )
