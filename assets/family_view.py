@@ -45,16 +45,32 @@ def _store(settings: FamilyViewSettings) -> SnapshotStore:
 
 
 def refuse_broken_linkage(instance: dg.DagsterInstance) -> None:
-    """Fail when the newest evaluation of ``hard_rules_hold`` failed: the linked tables
-    then hold a wrong merge or a lost record, and the Family View would show one child's
-    records as another's. A later linkage that passes lifts this."""
+    """Fail unless the newest linkage passed ``hard_rules_hold``.
+
+    A failed check means the linked tables hold a wrong merge or a lost record, and the
+    Family View would show one child's records as another's. A check that was planned
+    but never evaluated means that linkage stopped part way (an error, a killed process),
+    possibly after writing the linked tables: they are unchecked, and are not published
+    either. A later linkage that passes lifts both. Never linked: nothing to refuse (the
+    build says what is missing).
+    """
     record = instance.get_latest_asset_check_evaluation_record(HARD_RULES)
-    if record is not None and record.evaluation is not None and not record.evaluation.passed:
+    if record is None:
+        return
+    evaluation = record.evaluation
+    if isinstance(evaluation, dg.AssetCheckEvaluation) and evaluation.passed:
+        return
+    if isinstance(evaluation, dg.AssetCheckEvaluation):
         raise dg.Failure(
             f"the newest linkage (run {record.run_id}) broke a hard rule (hard_rules_hold): "
             "not building the Family View from it; readers keep the current snapshot. "
             "Link again once the cause is fixed."
         )
+    raise dg.Failure(
+        f"the newest linkage (run {record.run_id}) stopped before its hard-rule check "
+        "(hard_rules_hold) ran, so the linked tables may be unchecked: not building the "
+        "Family View from them; readers keep the current snapshot. Link again."
+    )
 
 
 def build_family_view_assets(

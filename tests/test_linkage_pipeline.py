@@ -791,6 +791,35 @@ def test_a_hard_rule_breach_stops_the_night_before_anything_is_published(
     assert _pointer(settings) != before
 
 
+def test_a_linkage_that_stops_before_its_rule_check_is_not_published(
+    county, first_night, tmp_path, monkeypatch
+):
+    """Linkage dies after writing the linked tables but before ``hard_rules_hold`` is
+    evaluated (the check stays planned): publishing by hand must refuse the unchecked
+    tables with a reason, not crash or publish them, until a linkage passes again."""
+    settings = _copy_data(county, tmp_path / "data")
+    instance = dg.DagsterInstance.ephemeral()
+    before = _pointer(settings)
+
+    def dies(records: pl.DataFrame, person_records: pl.DataFrame) -> pl.DataFrame:
+        raise OSError("the disk went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("assets.linkage.breaches", dies)
+        result = _run_job(settings, NIGHTLY_JOB, instance)
+    assert not result.success
+    assert not [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "hard_rules_hold"
+    ]
+    by_hand = _run_job(settings, PUBLISH_JOB, instance)
+    assert not by_hand.success
+    assert "stopped before its hard-rule check (hard_rules_hold) ran" in _failure_message(by_hand)
+    assert _pointer(settings) == before
+    again = _run_job(settings, NIGHTLY_JOB, instance)
+    assert again.success
+    assert _pointer(settings) != before
+
+
 def test_the_rule_check_fails_on_a_broken_person_or_a_record_left_unlinked(
     county, first_night, tmp_path
 ):
