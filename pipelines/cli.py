@@ -68,8 +68,9 @@ class DeliveryOutcome:
     ran: bool = True  # False: the folder is the one already loaded, so no run was started
 
 
-# Runs are fully recorded in the Dagster instance; the terminal shows progress, not debug logs.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Runs are fully recorded in the Dagster instance; the terminal shows progress and, when a
+# run fails, the reason and the run to open in the UI: not Dagster's log and stack traces.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def _progress() -> Progress:
@@ -409,7 +410,10 @@ def run_job(settings: Settings, job_name: str, trigger: str) -> tuple[bool, str,
             metadata[materialization.asset_key.to_user_string()] = {
                 k: v.value for k, v in materialization.metadata.items()
             }
-    return result.success, ("ok" if result.success else _failure_message(result)), metadata
+    if result.success:
+        return True, "ok", metadata
+    where = f"run {result.run_id}; its full log: sdv dev --data-dir {settings.data_dir}"
+    return False, f"{_failure_message(result)}\n({where})", metadata
 
 
 def _linked_or_exit(settings: Settings, trigger: str) -> dict:

@@ -252,3 +252,25 @@ def test_sdv_nightly_publishes_what_loaded_and_exits_1_for_a_refused_delivery(
     finally:
         con.close()
     assert current["health"] == tonight and current["police"] == "2026-11-20"
+
+
+def test_a_failed_run_prints_its_reason_and_run_not_dagsters_stack_trace(tmp_path, capfd):
+    """The terminal gets the cause and where the full log is; the stack trace stays in the
+    Dagster instance, where `sdv dev` shows it with the run."""
+    data = tmp_path / "data"
+    result = CliRunner().invoke(app, ["link", "--data-dir", str(data)])
+    assert result.exit_code == 1
+    printed = result.output + "".join(capfd.readouterr())
+    assert "Linkage failed: no person-level rows in the warehouse yet" in printed
+    assert f"its full log: sdv dev --data-dir {data}" in printed
+    assert "Stack Trace" not in printed and "STEP_FAILURE" not in printed
+    instance = dg.DagsterInstance.from_config(str(data / "dagster"))
+    try:
+        [run] = instance.get_runs()
+        assert f"(run {run.run_id};" in printed
+        failures = [
+            e for e in instance.all_logs(run.run_id) if e.dagster_event_type == "STEP_FAILURE"
+        ]
+        assert failures  # the trace is kept where the UI reads it
+    finally:
+        instance.dispose()
