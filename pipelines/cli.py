@@ -59,6 +59,10 @@ register_rectify(app)
 register_erase(app)
 
 
+class LandingMissing(Exception):
+    """The landing zone to load from does not exist."""
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
     source: str
@@ -197,6 +201,12 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
 
     _prepare_instance(settings)
     sources = load_sources(settings.config_dir)
+    if not settings.landing.is_dir() and not all(s.reads_database for s in sources.values()):
+        # An unmounted share or a mistyped path must not pass for a night with no deliveries.
+        raise LandingMissing(
+            f"the landing zone {settings.landing} is not there (or is not a folder): nothing "
+            "loaded. Check --landing (or SDV_LANDING), and that the share is mounted."
+        )
     defs = build_defs(settings)
     instance = DagsterInstance.get()
     _report_released(release_dead_runs(instance))
@@ -357,6 +367,19 @@ def _load_or_exit(settings: Settings) -> list[DeliveryOutcome]:
     except ConfigError as exc:
         console.print(f"[red]Configuration error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
+    except LandingMissing as exc:
+        console.print(f"[red]Not loaded:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
+
+
+def _warehouse_or_exit(settings: Settings) -> Path:
+    """The warehouse file, or a clear exit when nothing has been loaded there yet."""
+    if not settings.warehouse.is_file():
+        console.print(
+            f"[red]No warehouse at {settings.warehouse}:[/red] load deliveries first (sdv load)"
+        )
+        raise typer.Exit(code=1)
+    return settings.warehouse
 
 
 @app.command()
@@ -548,7 +571,7 @@ def evaluate(
     settings = _settings(data_dir, None, DEFAULT_CONFIG_DIR)
     try:
         truth_data = read_truth(truth)
-        con = connect(settings.warehouse, read_only=True)
+        con = connect(_warehouse_or_exit(settings), read_only=True)
         try:
             metrics = score(linked.links_export(con), linked.households_export(con), truth_data)
         finally:
@@ -572,7 +595,7 @@ def _export(data_dir: Path, out_file: Path, kind: str) -> None:
     from warehouse.store import connect
 
     settings = _settings(data_dir, None, DEFAULT_CONFIG_DIR)
-    con = connect(settings.warehouse, read_only=True)
+    con = connect(_warehouse_or_exit(settings), read_only=True)
     try:
         frame = linked.links_export(con) if kind == "links" else linked.households_export(con)
     except LookupError as exc:

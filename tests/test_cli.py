@@ -274,3 +274,30 @@ def test_a_failed_run_prints_its_reason_and_run_not_dagsters_stack_trace(tmp_pat
         assert failures  # the trace is kept where the UI reads it
     finally:
         instance.dispose()
+
+
+def test_a_landing_zone_that_is_not_there_fails_the_load_but_an_empty_one_does_not(tmp_path):
+    """An unmounted share or a mistyped --landing must not pass for a quiet night."""
+    data = tmp_path / "data"
+    missing = tmp_path / "share" / "landing"
+    for command in ("load", "nightly"):
+        result = CliRunner().invoke(
+            app, [command, "--landing", str(missing), "--data-dir", str(data)]
+        )
+        assert result.exit_code == 1, result.output
+        assert f"the landing zone {missing} is not there" in result.output
+    assert not (data / "warehouse.duckdb").exists()
+    missing.mkdir(parents=True)  # mounted, and nothing delivered tonight
+    quiet = CliRunner().invoke(app, ["load", "--landing", str(missing), "--data-dir", str(data)])
+    assert quiet.exit_code == 0, quiet.output
+    assert f"No deliveries found under {missing}" in quiet.output
+
+
+def test_exports_without_a_warehouse_say_so(tmp_path):
+    for kind in ("links", "households"):
+        result = CliRunner().invoke(
+            app, ["export", kind, "--out", str(tmp_path / "x.csv"), "--data-dir", str(tmp_path)]
+        )
+        assert result.exit_code == 1
+        assert f"No warehouse at {tmp_path / 'warehouse.duckdb'}" in result.output
+        assert "Traceback" not in result.output

@@ -182,6 +182,7 @@ def test_postgresql_source_loads_through_sdv_load(tmp_path, monkeypatch):
         monkeypatch.setenv("SDV_TEST_POLICE_DB", url)
         config = database_config(tmp_path, "${SDV_TEST_POLICE_DB}")
         data_dir = tmp_path / "data"
+        (tmp_path / "landing").mkdir()  # the file sources' zone: there, and empty tonight
         result = sdv_load(tmp_path / "landing", data_dir, config)
         assert result.exit_code == 0, result.output
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
