@@ -37,6 +37,11 @@ def build_nightly_schedule(source: Source, job: JobTarget) -> dg.ScheduleDefinit
         tonight = context.scheduled_execution_time.date()
         if source.reads_database:
             key = tonight.isoformat()
+        elif not landing.root.is_dir():
+            return dg.SkipReason(
+                f"the landing zone {landing.path} is not there (is the share mounted?): "
+                f"nothing of {source.name} to load"
+            )
         else:
             complete = [
                 d

@@ -144,3 +144,20 @@ def test_nightly_schedule_loads_the_newest_complete_delivery(tmp_path, landing, 
         request = evaluate()
         assert request.partition_key == "2026-11-20"
         assert instance.has_dynamic_partition("police_deliveries", "2026-11-20")
+
+
+def test_nightly_schedule_names_a_landing_zone_that_is_not_there(tmp_path, sources):
+    gone = tmp_path / "share" / "landing"
+    settings = Settings(tmp_path, gone, tmp_path / "w.duckdb", DEFAULT_CONFIG_DIR)
+    schedule = next(s for s in build_defs(settings).schedules if s.name == "nightly_police")
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(
+            instance=instance,
+            resources={"landing": LandingZone(path=str(gone))},
+            scheduled_execution_time=TONIGHT,
+        ) as context,
+    ):
+        skipped = schedule(context)
+    assert isinstance(skipped, dg.SkipReason)
+    assert f"the landing zone {gone} is not there" in skipped.skip_message
