@@ -34,6 +34,10 @@ def build_delivery_sensor(sources: dict[str, Source], jobs: list[JobTarget]) -> 
         description="Starts the source's ingest job when a complete delivery lands.",
     )
     def delivery_sensor(context: dg.SensorEvaluationContext, landing: LandingZone):
+        if file_sources and not landing.root.is_dir():
+            return dg.SkipReason(
+                f"the landing zone {landing.path} is not there (is the share mounted?)"
+            )
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         requests: list[dg.RunRequest] = []
         new_partitions: dict[str, list[str]] = {}

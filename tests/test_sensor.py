@@ -161,3 +161,12 @@ def test_nightly_schedule_names_a_landing_zone_that_is_not_there(tmp_path, sourc
         skipped = schedule(context)
     assert isinstance(skipped, dg.SkipReason)
     assert f"the landing zone {gone} is not there" in skipped.skip_message
+
+
+def test_the_sensor_names_a_landing_zone_that_is_not_there(evaluate, landing, sources):
+    skipped = evaluate()
+    assert isinstance(skipped, dg.SkipReason)
+    assert f"the landing zone {landing} is not there" in skipped.skip_message
+    folder = write_delivery(landing, sources["police"], "2026-11-20", police_tables())
+    age(folder)
+    assert requested(evaluate()) == [("ingest_police_job", "2026-11-20")]
