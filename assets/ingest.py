@@ -298,6 +298,7 @@ def build_freshness_checks(source: Source) -> dg.AssetChecksDefinition:
         asset=key,
         name="source_freshness",
         blocking=False,
+        pool=WRITER_POOL,  # it opens the warehouse, which a loading run may hold
         description=f"{source.name} has delivered within {source.freshness_days} days.",
     )
     def _freshness(warehouse: Warehouse) -> dg.AssetCheckResult:

@@ -359,6 +359,7 @@ def build_linkage_assets(config: LinkageConfig) -> tuple[list[Any], list[Any]]:
         description="Persons with more records than "
         "thresholds.max_cluster_size are flagged for review, not silently accepted.",
         blocking=False,
+        pool=WRITER_POOL,  # it opens the warehouse, which another run may hold
     )
     def no_oversized_persons(warehouse: Warehouse) -> dg.AssetCheckResult:
         with warehouse.get_connection() as con:

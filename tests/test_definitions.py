@@ -29,10 +29,18 @@ def test_every_configured_table_has_raw_staged_and_quarantine_assets(tmp_path, s
     assert len(expected) == 42
 
 
-def test_writing_assets_share_the_single_writer_pool(tmp_path):
+def test_every_step_that_opens_the_warehouse_is_in_the_single_writer_pool(tmp_path):
+    """DuckDB lets one process open a file for writing and no other process open it then,
+    not even to read: an asset check reading the warehouse while another run loads fails
+    that run (found by tests/test_daemon.py). So every step holding the resource queues."""
     defs = defs_for(tmp_path)
     for assets_def in defs.assets:
         assert assets_def.op.pool == "duckdb_writer", assets_def.node_def.name
+    steps = defs.resolve_asset_graph().assets_defs
+    readers = [d for d in steps if "warehouse" in d.required_resource_keys]
+    assert len(readers) > len(list(defs.assets))  # the checks that read it are counted too
+    for step in readers:
+        assert step.node_def.pool == "duckdb_writer", step.node_def.name
     instance_config = yaml.safe_load((DEFAULT_CONFIG_DIR.parent / "dagster.yaml").read_text())
     assert instance_config["concurrency"]["pools"]["default_limit"] == 1
 
