@@ -121,6 +121,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No valid bearer token"},
     403: {"model": ErrorOut, "description": "The role may not read this, or not for that purpose"},
     404: {"model": ErrorOut, "description": "Nothing found within the caller's access"},
+    503: {"model": ErrorOut, "description": "Nothing published to serve yet; retry later"},
 }
 
 

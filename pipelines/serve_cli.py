@@ -92,13 +92,13 @@ def serve(
     if current is None:
         console.print(
             f"[yellow]Warning:[/yellow] nothing is published under {escape(str(published))} "
-            "yet: data endpoints answer 400 until a snapshot is."
+            "yet: data endpoints answer 503 until a snapshot is."
         )
     elif not serving_path(published / "snapshots" / current.snapshot).exists():
         console.print(
             f"[yellow]Warning:[/yellow] the published snapshot {escape(current.snapshot)} has "
             "no serving copy (it was published by an older version): data endpoints answer "
-            "400 until `sdv publish` publishes a new one."
+            "503 until `sdv publish` publishes a new one."
         )
     users = len(app.state.users)
     console.print(

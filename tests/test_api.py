@@ -620,3 +620,21 @@ def test_app_from_settings_serves_the_published_county(published_county, monkeyp
         headers={"Authorization": "Bearer demo-social-worker-token"},
     )
     assert response.status_code == 200, response.text
+
+
+def test_nothing_published_yet_is_503_not_a_client_error(tmp_path, monkeypatch):
+    """A fresh install answers every data path 503 (the server has nothing to serve: retry
+    later), not 400 as if the request were wrong; /health still says the API is up."""
+    from pipelines.serve_cli import app_from_settings
+    from pipelines.settings import Settings
+
+    monkeypatch.delenv("SDV_API_USERS", raising=False)
+    defaults = Settings.from_env()
+    settings = Settings(tmp_path, tmp_path / "landing", tmp_path / "w.duckdb", defaults.config_dir)
+    client = TestClient(app_from_settings(settings))
+    assert client.get("/health").status_code == 200
+    headers = {"Authorization": "Bearer demo-social-worker-token"}
+    for path, params in (("/people/search", {"name": "Smith"}), ("/children/P1", {})):
+        response = client.get(path, params=params, headers=headers)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json() == {"detail": "nothing has been published yet"}

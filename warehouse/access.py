@@ -70,6 +70,13 @@ class NotFound(AccessError):
     status = 404
 
 
+class Unavailable(AccessError):
+    """Nothing can be served now: no snapshot published yet, or its serving copy cannot be
+    read. The server's state, not the request's fault, so a client may retry later."""
+
+    status = 503
+
+
 def _check_offset(offset: int) -> None:
     if not 0 <= offset <= MAX_OFFSET:
         raise AccessError(f"offset must be between 0 and {MAX_OFFSET}")
@@ -150,7 +157,7 @@ class _Snapshots:
         try:
             con = open_serving(self.store.path(name))
         except ServingError as err:
-            raise AccessError(str(err)) from None
+            raise Unavailable(str(err)) from None
         con.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         con.set_authorizer(_read_only)
         return con
@@ -161,7 +168,7 @@ class _Snapshots:
         try:
             stamp = self._pointer_stamp()
         except FileNotFoundError:
-            raise AccessError("nothing has been published yet") from None
+            raise Unavailable("nothing has been published yet") from None
         stale: list[sqlite3.Connection] = []
         with self._lock:
             if stamp != self._stamp:
