@@ -1,15 +1,18 @@
 """The deployment path: a real Dagster daemon (what `dagster dev` and a production service
-run) evaluates `delivery_sensor`, queues a run for each complete delivery, and launches it
-in a process of its own, where the writer pool keeps the loads one at a time. Every other
-test runs jobs in-process, as `sdv` does; this one is what the schedules and sensors do
-on a server."""
+run) evaluates `delivery_sensor`, queues a run for each complete delivery and launches it
+in a process of its own, where the writer pool keeps the steps that open the warehouse one
+at a time; then a `link_and_publish` run queued from the command line, as the 03:30
+schedule queues it, links and publishes. Every other test runs jobs in-process, as `sdv`
+does; this is what the schedules and sensors do on a server."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -21,21 +24,31 @@ from synth.generate import generate_county
 from warehouse.sources import DEFAULT_CONFIG_DIR
 
 SOURCES = {"council_csc", "council_eh", "health", "police", "school"}
-DEADLINE_SECONDS = 300  # five runs, each a process start and import; about 30 s here
+DEADLINE_SECONDS = 300  # each wait; five loads take about 60 s here, the night's link 30 s
+DONE = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
 
 
-def _finished_runs(home: Path) -> list[dg.DagsterRun]:
+def _finished(home: Path, filters: dg.RunsFilter) -> list[dg.DagsterRun]:
     instance = dg.DagsterInstance.from_config(str(home))
     try:
-        done = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
-        # The sensor's runs only: a schedule whose time falls inside the test adds its own.
-        by_sensor = dg.RunsFilter(statuses=done, tags={"sdv/trigger": "delivery"})
-        return list(instance.get_runs(filters=by_sensor))
+        return list(instance.get_runs(filters=filters))
     finally:
         instance.dispose()
 
 
-def test_the_daemon_loads_every_complete_delivery_through_the_sensor(tmp_path):
+def _wait(
+    process: subprocess.Popen, log: Path, until: Callable[[], list[dg.DagsterRun]], count: int
+) -> list[dg.DagsterRun]:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    runs = until()
+    while len(runs) < count and time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        time.sleep(2)
+        runs = until()
+    return runs
+
+
+def test_the_daemon_loads_every_delivery_then_links_and_publishes(tmp_path):
     generate_county(30, 3, date(2026, 11, 20), tmp_path / "county")
     data = tmp_path / "data"
     home = data / "dagster"
@@ -48,27 +61,36 @@ def test_the_daemon_loads_every_complete_delivery_through_the_sensor(tmp_path):
         "SDV_LANDING": str(tmp_path / "county" / "landing"),
         "SDV_CONFIG_DIR": str(DEFAULT_CONFIG_DIR),
     }
-    daemon = Path(sys.executable).with_name("dagster-daemon")
-    with (tmp_path / "daemon.log").open("wb") as log:
+    bin_dir = Path(sys.executable).parent
+    log = tmp_path / "daemon.log"
+    # The sensor's runs only: a schedule whose time falls inside the test adds its own.
+    loads = dg.RunsFilter(statuses=DONE, tags={"sdv/trigger": "delivery"})
+    nights = dg.RunsFilter(statuses=DONE, job_name="link_and_publish")
+    with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(daemon), "run", "-m", "pipelines.definitions"],
+            [str(bin_dir / "dagster-daemon"), "run", "-m", "pipelines.definitions"],
             cwd=PROJECT_ROOT,
             env=env,
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its run processes go with it at the end
         )
         try:
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            runs = _finished_runs(home)
-            while len(runs) < len(SOURCES) and time.monotonic() < deadline:
-                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
-                time.sleep(2)
-                runs = _finished_runs(home)
+            runs = _wait(process, log, lambda: _finished(home, loads), len(SOURCES))
+            launch = ["job", "launch", "-m", "pipelines.definitions", "-j", "link_and_publish"]
+            launched = subprocess.run(
+                [str(bin_dir / "dagster"), *launch],
+                cwd=PROJECT_ROOT,
+                env=env,
+                capture_output=True,
+                timeout=120,
+            )
+            assert launched.returncode == 0, launched.stderr.decode()[-3000:]
+            night = _wait(process, log, lambda: _finished(home, nights), 1)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
-    log_tail = (tmp_path / "daemon.log").read_text(errors="replace")[-3000:]
+    log_tail = log.read_text(errors="replace")[-3000:]
     assert len(runs) == len(SOURCES), log_tail
     assert {run.tags["sdv/source"] for run in runs} == SOURCES
     failed = [r.tags["sdv/source"] for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
@@ -78,6 +100,12 @@ def test_the_daemon_loads_every_complete_delivery_through_the_sensor(tmp_path):
         loaded = con.execute(
             "SELECT source, extract_date::VARCHAR FROM meta.deliveries WHERE status = 'loaded'"
         ).fetchall()
+        persons = con.execute("SELECT count(DISTINCT person_id) FROM linked.person_records")
+        persons = persons.fetchall()[0][0]
     finally:
         con.close()
     assert sorted(loaded) == sorted((source, "2026-11-20") for source in SOURCES)
+    assert [run.status for run in night] == [dg.DagsterRunStatus.SUCCESS], log_tail
+    assert persons > 0
+    pointer = json.loads((data / "published" / "CURRENT.json").read_text(encoding="utf-8"))
+    assert (data / "published" / "snapshots" / pointer["snapshot"]).is_file()
