@@ -55,7 +55,8 @@ def test_the_daemon_loads_every_delivery_then_links_and_publishes(tmp_path):
     home.mkdir(parents=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {
-        **os.environ,
+        # Not another test's settings: `sdv` commands run in this process export theirs.
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SDV_", "DAGSTER_"))},
         "DAGSTER_HOME": str(home),
         "SDV_DATA_DIR": str(data),
         "SDV_LANDING": str(tmp_path / "county" / "landing"),
