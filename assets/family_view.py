@@ -57,20 +57,18 @@ def refuse_broken_linkage(instance: dg.DagsterInstance) -> None:
     record = instance.get_latest_asset_check_evaluation_record(HARD_RULES)
     if record is None:
         return
-    evaluation = record.evaluation
-    if isinstance(evaluation, dg.AssetCheckEvaluation) and evaluation.passed:
-        return
-    if isinstance(evaluation, dg.AssetCheckEvaluation):
+    if not isinstance(record.evaluation, dg.AssetCheckEvaluation):  # planned, never run
+        raise dg.Failure(
+            f"the newest linkage (run {record.run_id}) stopped before its hard-rule check "
+            "(hard_rules_hold) ran, so the linked tables may be unchecked: not building the "
+            "Family View from them; readers keep the current snapshot. Link again."
+        )
+    if not record.evaluation.passed:
         raise dg.Failure(
             f"the newest linkage (run {record.run_id}) broke a hard rule (hard_rules_hold): "
             "not building the Family View from it; readers keep the current snapshot. "
             "Link again once the cause is fixed."
         )
-    raise dg.Failure(
-        f"the newest linkage (run {record.run_id}) stopped before its hard-rule check "
-        "(hard_rules_hold) ran, so the linked tables may be unchecked: not building the "
-        "Family View from them; readers keep the current snapshot. Link again."
-    )
 
 
 def build_family_view_assets(

@@ -64,7 +64,7 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
             raise dg.Failure(str(exc)) from exc
         finally:
             engine.dispose()
-        detail = result.audit_detail()
+        detail = result.detail
         context.log.info(
             "retention as of %s destroyed %d rows", detail["as_of"], result.plan.destroyed
         )

@@ -195,18 +195,15 @@ def run_load(settings: Settings) -> list[DeliveryOutcome]:
     from assets.ingest import partitions_for
     from pipelines.definitions import build_defs
     from pipelines.sensors import ingest_job_name
-    from warehouse.landing import discover, split_loaded
+    from warehouse.landing import discover, landing_missing, split_loaded
     from warehouse.sources import load_sources
     from warehouse.store import loaded_folders
 
     _prepare_instance(settings)
     sources = load_sources(settings.config_dir)
-    if not settings.landing.is_dir() and not all(s.reads_database for s in sources.values()):
-        # An unmounted share or a mistyped path must not pass for a night with no deliveries.
-        raise LandingMissing(
-            f"the landing zone {settings.landing} is not there (or is not a folder): nothing "
-            "loaded. Check --landing (or SDV_LANDING), and that the share is mounted."
-        )
+    missing = landing_missing(settings.landing)
+    if missing and not all(s.reads_database for s in sources.values()):
+        raise LandingMissing(f"{missing}: nothing loaded (--landing, or SDV_LANDING)")
     defs = build_defs(settings)
     instance = DagsterInstance.get()
     _report_released(release_dead_runs(instance))

@@ -17,7 +17,7 @@ import dagster as dg
 from assets.ingest import partitions_for
 from assets.resources import LandingZone
 from pipelines.sensors import JobTarget
-from warehouse.landing import discover, is_complete
+from warehouse.landing import discover, is_complete, landing_missing
 from warehouse.sources import Source
 
 NIGHTLY_CRON = "30 1 * * *"
@@ -37,11 +37,8 @@ def build_nightly_schedule(source: Source, job: JobTarget) -> dg.ScheduleDefinit
         tonight = context.scheduled_execution_time.date()
         if source.reads_database:
             key = tonight.isoformat()
-        elif not landing.root.is_dir():
-            return dg.SkipReason(
-                f"the landing zone {landing.path} is not there (is the share mounted?): "
-                f"nothing of {source.name} to load"
-            )
+        elif missing := landing_missing(landing.root):
+            return dg.SkipReason(f"{missing}: nothing of {source.name} to load")
         else:
             complete = [
                 d

@@ -13,7 +13,7 @@ import dagster as dg
 
 from assets.ingest import partitions_for
 from assets.resources import LandingZone
-from warehouse.landing import delivery_fingerprint, discover, is_complete
+from warehouse.landing import delivery_fingerprint, discover, is_complete, landing_missing
 from warehouse.sources import Source
 
 JobTarget = Any  # what dg.define_asset_job returns; its class is not public
@@ -34,10 +34,9 @@ def build_delivery_sensor(sources: dict[str, Source], jobs: list[JobTarget]) -> 
         description="Starts the source's ingest job when a complete delivery lands.",
     )
     def delivery_sensor(context: dg.SensorEvaluationContext, landing: LandingZone):
-        if file_sources and not landing.root.is_dir():
-            return dg.SkipReason(
-                f"the landing zone {landing.path} is not there (is the share mounted?)"
-            )
+        missing = landing_missing(landing.root)
+        if file_sources and missing:
+            return dg.SkipReason(missing)
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         requests: list[dg.RunRequest] = []
         new_partitions: dict[str, list[str]] = {}

@@ -78,6 +78,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def landing_missing(landing: Path) -> str | None:
+    """Why nothing can be found under ``landing`` when it is not a folder, else None.
+
+    :func:`discover` finds nothing in a landing zone that is not there, just as in an
+    empty one; an unmounted share or a mistyped path must not pass for a night with no
+    deliveries, so `sdv load`, the sensor and the schedules all say this instead.
+    """
+    if landing.is_dir():
+        return None
+    return f"the landing zone {landing} is not there (is the share mounted, the path right?)"
+
+
 def discover(landing: Path, sources: dict[str, Source]) -> list[Delivery]:
     """Every dated delivery folder for the configured file-based sources, oldest first.
 

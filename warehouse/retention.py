@@ -61,6 +61,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -466,9 +467,10 @@ class Enforced:
     folders: list[landing_retention.LandingFolder]  # landing folders destroyed (or due)
     published: dict[str, int]  # rows removed per kept snapshot and analysts' file
 
-    def audit_detail(self) -> dict[str, Any]:
+    @cached_property
+    def detail(self) -> dict[str, Any]:
         """Counts only, for the audit trail and the asset's metadata: no record ids (they
-        carry UPNs and local keys)."""
+        carry UPNs and local keys). Computed once for both."""
         return {
             "run_id": self.done.run_id if self.done else None,
             "as_of": self.plan.as_of.isoformat(),
@@ -529,7 +531,7 @@ def enforce(
                 purpose="retention",
                 action="retention",
                 outcome="allowed",
-                detail=result.audit_detail(),
+                detail=result.detail,
             ),
         )
     return result
