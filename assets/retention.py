@@ -4,7 +4,8 @@ Runs after the night's loads and before linkage (its own job, ``nightly_retentio
 03:00; linkage follows at 03:30 and waits for the single-writer pool), so neither the
 linked layer nor the Family View is built from expired rows. What it decides and how is in
 ``warehouse.retention``; the counts per source go into the materialisation's metadata and
-``meta.retention_runs``, and one audit event per run records them (counts only).
+``meta.retention_runs``, and one audit event per run records them (counts only). The
+audit trail's own events go after ``config/audit.yaml``'s ``keep_years``.
 """
 
 from datetime import date
@@ -15,6 +16,8 @@ import dagster as dg
 from assets.ingest import WRITER_POOL, quarantine_key, raw_key, staged_key
 from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
 from warehouse import retention as rules
+from warehouse.audit import AuditError
+from warehouse.audit_config import AuditConfig
 from warehouse.sources import Source
 
 RETENTION = dg.AssetKey(["retention"])
@@ -26,7 +29,9 @@ class RetentionConfig(dg.Config):
     as_of: str | None = None
 
 
-def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
+def build_retention_asset(
+    sources: dict[str, Source], audit_config: AuditConfig
+) -> dg.AssetsDefinition:
     layers = (raw_key, staged_key, quarantine_key)
 
     @dg.asset(
@@ -37,7 +42,8 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
         description="Destroy rows whose source's retention period has ended, in raw, staged, "
         "quarantine, the linked layer and every kept snapshot; counts per source/table/layer "
         "kept in meta.retention_runs. Landing-zone delivery folders go landing_keep_days "
-        "after they were loaded or rejected (meta.landing_purges).",
+        "after they were loaded or rejected (meta.landing_purges); audit events after "
+        "config/audit.yaml's keep_years.",
     )
     def retention(
         context: dg.AssetExecutionContext,
@@ -58,9 +64,10 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 data_dir=Path(family_view.data_dir),
                 operational=engine,
                 actor=("dagster", "system"),
+                audit_config=audit_config,
                 as_of=as_of,
             )
-        except rules.RetentionError as exc:
+        except (rules.RetentionError, AuditError) as exc:
             raise dg.Failure(str(exc)) from exc
         finally:
             engine.dispose()
@@ -78,6 +85,8 @@ def build_retention_asset(sources: dict[str, Source]) -> dg.AssetsDefinition:
                 "undetermined_rows": int(result.plan.counts["undetermined"].sum()),
                 "snapshot_rows_destroyed": dg.MetadataValue.json(result.published),
                 "landing_folders_destroyed": dg.MetadataValue.json(detail["landing_folders"]),
+                # None when config/audit.yaml sets no keep_years (the trail is kept in full)
+                "audit_events_destroyed": detail["audit_events"],
             }
         )
 

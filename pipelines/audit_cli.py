@@ -291,6 +291,12 @@ def verify(
         report = audit.verify(_engine(settings_for(ctx, data_dir)), anchor=expected)
     if report.ok:
         out.print(f"Checked {report.checked:,} event(s): the audit chain is intact.")
+        if report.base_seq:
+            out.print(
+                f"It starts after seq {report.base_seq}: retention destroyed seq 1 to "
+                f"{report.base_seq} (config/audit.yaml keep_years), as its latest "
+                "audit_retention event records."
+            )
         if report.head_seq:
             out.print(
                 f"Head: {report.head_seq}:{report.head_hash}  (note it somewhere safe; "

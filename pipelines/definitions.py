@@ -24,6 +24,7 @@ from pipelines.schedules import (
 )
 from pipelines.sensors import build_delivery_sensor, ingest_job_name
 from pipelines.settings import Settings
+from warehouse.audit_config import load_audit_config
 from warehouse.curated_config import load_curated_config
 from warehouse.sources import load_sources
 
@@ -78,7 +79,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(MODEL),
         description="Train and save a new version of the Splink linkage model.",
     )
-    retention = build_retention_asset(sources)
+    retention = build_retention_asset(sources, load_audit_config(settings.config_dir))
     retention_job = dg.define_asset_job(
         RETENTION_JOB,
         selection=dg.AssetSelection.assets(RETENTION),

@@ -4,8 +4,10 @@ agreements no longer allow.
 Prints, per source, table and layer, the rows that went (or with ``--dry-run`` would go)
 and the rows whose expiry cannot be read from their dates (see ``warehouse.retention``),
 then the landing zone's delivery folders past their keep period
-(``warehouse.landing_retention``). A real run is recorded in ``meta.retention_runs`` and
-``meta.landing_purges``, and as one audit event with counts only.
+(``warehouse.landing_retention``), then the audit trail's events past ``keep_years``
+(``config/audit.yaml``, ``warehouse.audit.expire``). A real run is recorded in
+``meta.retention_runs`` and ``meta.landing_purges``, and as one audit event with counts
+only (a cut of the audit trail also as its own event).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.table import Table
 from pipelines.cli_support import reported, settings_for
 
 if TYPE_CHECKING:
+    from warehouse.audit import Expiry
     from warehouse.landing_retention import LandingFolder
 
 out = Console(soft_wrap=True)
@@ -72,6 +75,23 @@ def _print_landing(folders: list[LandingFolder], landing: Path, dry_run: bool) -
         )
 
 
+def _print_audit_trail(trail: Expiry | None, keep_years: int | None, dry_run: bool) -> None:
+    if trail is None:
+        out.print("Audit trail: no keep_years in config/audit.yaml, so every event is kept.")
+        return
+    kept = f"kept {keep_years} year(s): events recorded before {trail.before:%Y-%m-%d %H:%M} UTC"
+    if not trail.destroyed:
+        out.print(f"Audit trail ({kept}): none to destroy.")
+    elif dry_run:
+        out.print(f"Audit trail ({kept}): {trail.destroyed:,} event(s) would go.")
+    else:
+        out.print(
+            f"Audit trail ({kept}): destroyed {trail.destroyed:,} event(s), seq 1 to "
+            f"{trail.through_seq:,} at most; the cut is recorded as seq "
+            f"{trail.record.seq if trail.record else '?'} (`sdv audit verify` checks it)."
+        )
+
+
 def retention(
     ctx: typer.Context,
     dry_run: Annotated[
@@ -93,14 +113,18 @@ def retention(
     import duckdb
 
     from warehouse import retention as rules
+    from warehouse.audit import AuditError
+    from warehouse.audit_config import AuditConfigError, load_audit_config
     from warehouse.operational import engine_for
     from warehouse.sources import ConfigError, load_sources
 
     day = _as_of(as_of)
     settings = settings_for(ctx, data_dir)
     landing_zone = (landing or settings.landing).resolve()
-    with reported((rules.RetentionError, ConfigError), (duckdb.Error,), "the warehouse"):
+    errors = (rules.RetentionError, ConfigError, AuditConfigError, AuditError)
+    with reported(errors, (duckdb.Error,), "the warehouse"):
         sources = load_sources(settings.config_dir)
+        audit_config = load_audit_config(settings.config_dir)
         if not settings.warehouse.exists():
             raise rules.RetentionError(f"no warehouse at {settings.warehouse}: load first")
         result = rules.enforce(
@@ -111,6 +135,7 @@ def retention(
             data_dir=settings.data_dir,
             operational=engine_for(settings.operational_url),
             actor=(by or getpass.getuser(), "operator"),
+            audit_config=audit_config,
             as_of=day,
             dry_run=dry_run,
         )
@@ -123,6 +148,7 @@ def retention(
             "their newest extract under years_after_last_event."
         )
     _print_landing(result.folders, landing_zone, dry_run)
+    _print_audit_trail(result.audit_trail, audit_config.keep_years, dry_run)
     if result.done is None:
         out.print(
             f"Dry run as of {found.as_of}: {found.destroyed:,} rows and "

@@ -4,7 +4,8 @@ rows wait for everyone; unknown dates are reported, never silently destroyed."""
 
 from __future__ import annotations
 
-from datetime import date
+import shutil
+from datetime import UTC, date, datetime
 
 import duckdb
 import polars as pl
@@ -16,10 +17,11 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from warehouse import audit, purge, retention
+from warehouse.audit_config import AuditConfig
 from warehouse.landing import Delivery
 from warehouse.operational import engine_for, ensure_schema
 from warehouse.serving import serving_path
-from warehouse.sources import ConfigError, load_source
+from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError, load_source
 from warehouse.store import connect, load_delivery, per_delivery_sql
 from warehouse.subjects import INGEST_SCHEMAS
 
@@ -477,6 +479,58 @@ def test_cli_dry_run_reports_and_changes_nothing_then_applies_and_audits(warehou
     assert detail["as_of"] == "2026-11-20"
 
 
+def test_cli_cuts_the_audit_trail_past_keep_years_and_verify_accepts_the_cut(
+    warehouse, tmp_path, monkeypatch
+):
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    con.close()
+    data = tmp_path / "data"
+    config = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    (config / "audit.yaml").write_text("keep_years: 2\n")
+    monkeypatch.setenv("SDV_CONFIG_DIR", str(config))
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    ensure_schema(engine)
+    seen = {"user_id": "alice", "role": "social_worker", "purpose": "safeguarding"}
+    for moment in ("2024-11-20T23:00:00", "2024-11-21T08:00:00"):  # two years, and a day less
+        audit.append(
+            engine,
+            audit.AuditEvent(**seen, action="read", outcome="allowed", person_ids=["P1"]),
+            at=datetime.fromisoformat(moment).replace(tzinfo=UTC),
+        )
+    window = "kept 2 year(s): events recorded before 2024-11-21 00:00 UTC"
+
+    dry = sdv(data, "--dry-run", "--as-of", "2026-11-20")
+    assert dry.exit_code == 0, dry.output
+    assert f"Audit trail ({window}): 1 event(s) would go." in dry.output
+    assert len(audit.events(engine)) == 2
+
+    real = sdv(data, "--as-of", "2026-11-20", "--by", "dana")
+    assert real.exit_code == 0, real.output
+    assert f"Audit trail ({window}): destroyed 1 event(s)" in real.output
+    kept = audit.events(engine)
+    assert [(e.seq, e.action) for e in kept] == [
+        (2, "read"),
+        (3, "audit_retention"),
+        (4, "retention"),
+    ]
+    assert kept[1].user_id == "dana" and kept[2].detail["audit_events"] == 1
+    verified = CliRunner().invoke(app, ["audit", "verify", "--data-dir", str(data)])
+    assert verified.exit_code == 0, verified.output
+    assert "retention destroyed seq 1 to 1" in verified.output
+    engine.dispose()
+
+    # Without keep_years the trail is kept in full, and the run says so.
+    (config / "audit.yaml").write_text("# kept in full\n")
+    kept_all = sdv(data, "--as-of", "2030-01-01")
+    assert kept_all.exit_code == 0, kept_all.output
+    assert (
+        "Audit trail: no keep_years in config/audit.yaml, so every event is kept."
+        in kept_all.output
+    )
+
+
 def test_cli_explains_bad_input(tmp_path):
     bad = sdv(tmp_path, "--as-of", "20/11/2026")
     assert bad.exit_code != 0 and "is not a date (YYYY-MM-DD)" in bad.output
@@ -518,8 +572,16 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     load("school", "2026-11-01", school_tables(SCHOOL))
     con.close()
     data = tmp_path / "data"
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    ensure_schema(engine)
+    seen = {"user_id": "alice", "role": "social_worker", "purpose": "safeguarding"}
+    audit.append(  # recorded more than six years before 20 November 2026
+        engine,
+        audit.AuditEvent(**seen, action="read", outcome="allowed"),
+        at=datetime(2020, 11, 1, tzinfo=UTC),
+    )
     result = dg.materialize(
-        [build_retention_asset(sources)],
+        [build_retention_asset(sources, AuditConfig(keep_years=6))],
         resources={
             "warehouse": Warehouse(path=str(data / "warehouse.duckdb")),
             "landing": LandingZone(path=str(tmp_path / "landing")),
@@ -536,16 +598,20 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     assert meta["per_source"].value == {"school": {"destroy": 8, "undetermined": 0}}
     # Loaded today (the wall clock), so its folder is well inside the keep period.
     assert meta["landing_folders_destroyed"].value == {}
+    assert meta["audit_events_destroyed"].value == 1
     assert (tmp_path / "landing" / "school" / "2026-11-01").is_dir()
     check = connect(data / "warehouse.duckdb")
     assert keys(check, "school", "pupils", "upn")["raw"] == ["A900000000002"]
     check.close()
-    # The same audit event as `sdv retention`, the scheduler as the actor.
-    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
-    events = [e for e in audit.events(engine, limit=50) if e.action == "retention"]
-    assert [(e.user_id, e.role, e.purpose) for e in events] == [("dagster", "system", "retention")]
-    assert events[0].detail["run_id"] == meta["run_id"].value
-    assert events[0].detail["per_source"] == meta["per_source"].value
+    # The same audit events as `sdv retention`, the scheduler as the actor.
+    events = [e for e in audit.events(engine, limit=50) if e.purpose == "retention"]
+    assert [(e.action, e.user_id, e.role) for e in events] == [
+        ("audit_retention", "dagster", "system"),
+        ("retention", "dagster", "system"),
+    ]
+    assert audit.verify(engine).base_seq == 1
+    assert events[1].detail["run_id"] == meta["run_id"].value
+    assert events[1].detail["per_source"] == meta["per_source"].value
 
 
 def values(con, sql: str) -> set:

@@ -36,6 +36,15 @@ somewhere they cannot write (a ticket, an email to the DPO) and pass it back as 
 ``anchor``: a rewritten chain no longer contains it. In a deployment, grant the application's
 database role only INSERT and SELECT on the event tables (and UPDATE on the head).
 
+Retention. The trail is kept for the partnership's ``keep_years`` (``config/audit.yaml``), not
+for ever: :func:`expire` destroys the oldest events, from the start of the chain up to the
+last one recorded before the cut-off. It verifies them first, appends an ``audit_retention``
+event declaring the cut (how many, through which seq, that event's hash), then deletes them
+a chunk per transaction, each moving the trail's base (``audit_chain_base``: the seq and
+hash of the last event destroyed). :func:`verify` starts from the base and accepts it only
+within the latest declared cut, so a prefix deleted by hand is still reported; an anchor
+from before the cut can no longer be checked, and verify says so.
+
 Concurrent appenders (threads, processes, several PostgreSQL connections) never fork the
 chain: each append locks the head row first (``SELECT ... FOR UPDATE`` on PostgreSQL; on
 SQLite the transaction's first statement is a write to the head, which takes the database's
@@ -49,6 +58,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -148,6 +158,19 @@ audit_chain_head = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     sa.CheckConstraint("id = 1", name="ck_audit_chain_head_single_row"),
 )
+
+
+# Where the chain starts once retention has destroyed its oldest events: the seq and hash of
+# the last event destroyed. No row: the chain starts at seq 1 from GENESIS.
+audit_chain_base = sa.Table(
+    "audit_chain_base",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", _BIGINT, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.CheckConstraint("id = 1", name="ck_audit_chain_base_single_row"),
+)
+AUDIT_RETENTION = "audit_retention"  # the action of the event that records a cut
 
 
 @sa.event.listens_for(audit_chain_head, "after_create")
@@ -288,6 +311,7 @@ class ChainReport:
     problems: list[str] = field(default_factory=list)
     head_seq: int | None = None
     head_hash: str | None = None
+    base_seq: int = 0  # events up to here were destroyed by retention (0: none)
 
     @property
     def ok(self) -> bool:
@@ -456,47 +480,52 @@ def append(engine: Engine, event: AuditEvent, at: datetime | None = None) -> Aud
 
 def _append_batch(engine: Engine, batch: Sequence[_Pending]) -> list[AuditRecord]:
     """Append the events of ``batch`` in order, in one transaction."""
-    records: list[AuditRecord] = []
     with engine.begin() as conn:
-        prev_seq, prev_hash = _lock_head(conn)
-        events, persons = [], []
-        for pending in batch:
-            event = pending.event
-            fields = {
-                "seq": prev_seq + 1,
-                "event_id": str(uuid.uuid4()),
-                "occurred_at": (pending.at or datetime.now(UTC)).astimezone(UTC),
-                "user_id": event.user_id,
-                "role": event.role,
-                "organisation": event.organisation,
-                "purpose": event.purpose,
-                "lawful_basis": event.lawful_basis,
-                "action": event.action,
-                "outcome": event.outcome,
-                "tables": tuple(event.tables),
-                "columns": tuple(event.columns),
-                "person_ids": tuple(event.person_ids),
-                "detail": None if event.detail is None else json.loads(_canonical(event.detail)),
+        return _append_in(conn, batch)
+
+
+def _append_in(conn: Connection, batch: Sequence[_Pending]) -> list[AuditRecord]:
+    """Append the events of ``batch`` in order in ``conn``'s transaction (locking the head)."""
+    records: list[AuditRecord] = []
+    prev_seq, prev_hash = _lock_head(conn)
+    events, persons = [], []
+    for pending in batch:
+        event = pending.event
+        fields = {
+            "seq": prev_seq + 1,
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": (pending.at or datetime.now(UTC)).astimezone(UTC),
+            "user_id": event.user_id,
+            "role": event.role,
+            "organisation": event.organisation,
+            "purpose": event.purpose,
+            "lawful_basis": event.lawful_basis,
+            "action": event.action,
+            "outcome": event.outcome,
+            "tables": tuple(event.tables),
+            "columns": tuple(event.columns),
+            "person_ids": tuple(event.person_ids),
+            "detail": None if event.detail is None else json.loads(_canonical(event.detail)),
+        }
+        record = AuditRecord(**fields, prev_hash=prev_hash, hash=_hash(prev_hash, fields))
+        events.append(
+            {
+                **fields,
+                "tables": _canonical(list(record.tables)),
+                "columns": _canonical(list(record.columns)),
+                "person_ids": _canonical(list(record.person_ids)),
+                "detail": None if record.detail is None else _canonical(record.detail),
+                "prev_hash": prev_hash,
+                "hash": record.hash,
             }
-            record = AuditRecord(**fields, prev_hash=prev_hash, hash=_hash(prev_hash, fields))
-            events.append(
-                {
-                    **fields,
-                    "tables": _canonical(list(record.tables)),
-                    "columns": _canonical(list(record.columns)),
-                    "person_ids": _canonical(list(record.person_ids)),
-                    "detail": None if record.detail is None else _canonical(record.detail),
-                    "prev_hash": prev_hash,
-                    "hash": record.hash,
-                }
-            )
-            persons.extend({"seq": record.seq, "person_id": p} for p in record.person_ids)
-            records.append(record)
-            prev_seq, prev_hash = record.seq, record.hash
-        conn.execute(_INSERT_EVENTS, events)
-        if persons:
-            conn.execute(_INSERT_PERSONS, persons)
-        conn.execute(_MOVE_HEAD, {"new_seq": prev_seq, "new_hash": prev_hash})
+        )
+        persons.extend({"seq": record.seq, "person_id": p} for p in record.person_ids)
+        records.append(record)
+        prev_seq, prev_hash = record.seq, record.hash
+    conn.execute(_INSERT_EVENTS, events)
+    if persons:
+        conn.execute(_INSERT_PERSONS, persons)
+    conn.execute(_MOVE_HEAD, {"new_seq": prev_seq, "new_hash": prev_hash})
     return records
 
 
@@ -565,6 +594,169 @@ def record_no_share(
         detail={"recipient": recipient, "reason": reason},
     )
     return append(engine, event, at=at)
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """What :func:`expire` destroyed (in a dry run, would): every event from the start of
+    the trail through ``through_seq``, all recorded before ``before``."""
+
+    before: datetime
+    destroyed: int
+    through_seq: int = 0  # the last event destroyed; 0 when none
+    through_hash: str | None = None
+    record: AuditRecord | None = None  # the audit_retention event; None in a dry run
+
+
+def _has_trail(engine: Engine) -> bool:
+    """Whether the store holds an audit trail, without creating a SQLite file to find out."""
+    database = engine.url.database
+    on_disk = engine.dialect.name == "sqlite" and database and database != ":memory:"
+    if on_disk and not Path(database).exists():
+        return False
+    return sa.inspect(engine).has_table(audit_events.name)
+
+
+def _base_row(conn: Connection) -> tuple[int, str]:
+    row = conn.execute(sa.select(audit_chain_base.c.seq, audit_chain_base.c.hash)).one_or_none()
+    return (0, GENESIS) if row is None else (row.seq, row.hash)
+
+
+def _declared_cut(conn: Connection) -> tuple[int, str | None]:
+    """(through_seq, through_hash) of the latest ``audit_retention`` event; (0, None) when
+    retention never cut the trail (or the event's detail is unreadable)."""
+    text = conn.execute(
+        sa.select(audit_events.c.detail)
+        .where(audit_events.c.action == AUDIT_RETENTION)
+        .order_by(audit_events.c.seq.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    try:
+        said = json.loads(text) if text else {}
+    except ValueError:
+        said = {}
+    if not isinstance(said, dict) or not isinstance(said.get("through_seq"), int):
+        return 0, None
+    return said["through_seq"], said.get("through_hash")
+
+
+def _due(conn: Connection, base_seq: int, before: datetime) -> tuple[int, int]:
+    """(last seq to destroy, events to destroy): the trail's oldest events, up to the last
+    one before the first event recorded at or after ``before``. An old event recorded after
+    a newer one waits for the next run, so the trail never gets a gap."""
+    first_kept = conn.execute(
+        sa.select(sa.func.min(audit_events.c.seq)).where(
+            audit_events.c.seq > base_seq, audit_events.c.occurred_at >= before
+        )
+    ).scalar_one()
+    if first_kept is None:
+        cut = conn.execute(sa.select(audit_chain_head.c.seq)).scalar_one()
+    else:
+        cut = first_kept - 1
+    if cut <= base_seq:
+        return base_seq, 0
+    count = conn.execute(
+        sa.select(sa.func.count()).select_from(audit_events).where(audit_events.c.seq <= cut)
+    ).scalar_one()
+    return cut, count
+
+
+_CUT_CHUNK = 5_000  # events deleted per transaction: an appender waits a fraction of a second
+_CUT_PAUSE = 0.01  # seconds between chunks: locks are not fair, so let waiting appenders in
+
+
+def _destroy_through(engine: Engine, target: int) -> None:
+    """Delete the trail's events up to ``target`` (a cut already declared by an
+    ``audit_retention`` event), a chunk per transaction, moving the base with each, so
+    appenders wait for one chunk, never for the whole cut, and the trail verifies between
+    chunks (it chains on from the base). A run that dies part way is finished by the next."""
+    committer = _committer(engine)
+    while True:
+        with committer.commit, committer.between_processes(), engine.begin() as conn:
+            _lock_head(conn)
+            base_seq, _ = _base_row(conn)
+            if base_seq >= target:
+                return
+            end = min(base_seq + _CUT_CHUNK, target)
+            digest = conn.execute(
+                sa.select(audit_events.c.hash).where(audit_events.c.seq == end)
+            ).scalar_one_or_none()
+            if digest is None:
+                raise AuditError(f"seq {end}: missing, so the cut cannot end there")
+            conn.execute(audit_event_persons.delete().where(audit_event_persons.c.seq <= end))
+            conn.execute(audit_events.delete().where(audit_events.c.seq <= end))
+            conn.execute(audit_chain_base.delete())
+            conn.execute(audit_chain_base.insert().values(id=1, seq=end, hash=digest))
+        time.sleep(_CUT_PAUSE)
+
+
+def expire(
+    engine: Engine,
+    before: datetime,
+    *,
+    actor: tuple[str, str],
+    keep_years: int,
+    dry_run: bool = False,
+) -> Expiry:
+    """Destroy the trail's events recorded before ``before`` (its keep period over).
+
+    First the events due are verified, outside any lock: retention refuses to destroy a
+    stretch of the trail that shows tampering (``AuditError`` naming the problems), since
+    that would destroy the evidence. Then an ``audit_retention`` event by ``actor`` (user
+    id, role) declares the cut: how many events, through which seq, and that event's hash.
+    Then the events go, a chunk per transaction, the base following (:func:`_destroy_through`).
+    A cut left unfinished (the process died) is finished first. A dry run only counts.
+    """
+    if before.tzinfo is None:
+        raise AuditError(f"naive datetime {before!r}: audit times must be timezone-aware")
+    if not _has_trail(engine):
+        return Expiry(before, 0)
+    if not dry_run:
+        with engine.connect() as conn:
+            declared, _ = _declared_cut(conn)
+        _destroy_through(engine, declared)
+    with engine.connect() as conn:
+        base_seq, base_hash = _base_row(conn)
+        cut, count = _due(conn, base_seq, before)
+    if dry_run or not count:
+        return Expiry(before, count, cut if count else 0)
+    problems: list[str] = []
+    last: sa.Row | None = None
+    with engine.connect() as conn:
+        for row in _walk(conn, base_seq, base_hash, problems, through=cut):
+            last = row
+    if last is None or last.seq != cut:
+        problems.append(f"seq {cut}: the last event due to be destroyed is missing")
+    if problems:
+        raise AuditError(
+            "the audit events due for retention do not verify, so none were destroyed "
+            f"(destroying them would destroy the evidence): {'; '.join(problems[:5])}"
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
+    assert last is not None
+    user_id, role = actor
+    event = AuditEvent(
+        user_id=user_id,
+        role=role,
+        purpose="retention",
+        action=AUDIT_RETENTION,
+        outcome="allowed",
+        detail={
+            "destroyed": count,
+            "through_seq": cut,
+            "through_hash": last.hash,
+            "recorded_before": _iso(before),
+            "keep_years": keep_years,
+        },
+    )
+    committer = _committer(engine)
+    with committer.commit, committer.between_processes(), engine.begin() as conn:
+        _lock_head(conn)
+        if _base_row(conn) != (base_seq, base_hash):
+            raise AuditError("another retention run cut the audit trail meanwhile: run again")
+        [record] = _append_in(conn, [_Pending(event, None)])
+    _destroy_through(engine, cut)
+    return Expiry(before, count, cut, last.hash, record)
 
 
 def _record(row: sa.Row) -> AuditRecord:
@@ -688,8 +880,63 @@ def _check_event(
         problems.append(f"seq {seq}: person index lists {pid}, not in the event (a row was added)")
 
 
+def _walk(
+    conn: Connection,
+    prev_seq: int,
+    prev_hash: str,
+    problems: list[str],
+    through: int | None = None,
+) -> Iterator[sa.Row]:
+    """Check each event after ``prev_seq`` (through ``through``) in chain order against the
+    one before it and the person index, adding to ``problems``; yield each row checked.
+    Reads in batches, so memory stays flat however long the trail."""
+    while True:
+        query = sa.select(audit_events).where(audit_events.c.seq > prev_seq)
+        if through is not None:
+            query = query.where(audit_events.c.seq <= through)
+        rows = conn.execute(query.order_by(audit_events.c.seq).limit(_BATCH)).all()
+        if not rows:
+            return
+        index: dict[int, set[str]] = defaultdict(set)
+        persons = sa.select(audit_event_persons).where(
+            audit_event_persons.c.seq.between(rows[0].seq, rows[-1].seq)
+        )
+        for seq, person_id in conn.execute(persons):
+            index[seq].add(person_id)
+        for row in rows:
+            _check_event(row, prev_seq, prev_hash, index.get(row.seq, set()), problems)
+            yield row
+            prev_seq, prev_hash = row.seq, row.hash
+
+
+def _checked_base(conn: Connection, problems: list[str]) -> tuple[int, str]:
+    """Where the chain starts: after the base retention left, if the latest
+    ``audit_retention`` event declared a cut reaching it (else a problem: a prefix deleted
+    by hand). A base short of the declared cut is a cut still under way; the walk from it
+    checks that the events kept chain on from its hash."""
+    rows = conn.execute(sa.select(audit_chain_base.c.seq, audit_chain_base.c.hash)).all()
+    if len(rows) > 1:
+        problems.append(f"seq 0: the chain base has {len(rows)} rows, not 1 (tampered)")
+    if len(rows) != 1:
+        return 0, GENESIS
+    seq, digest = rows[0].seq, rows[0].hash
+    through_seq, through_hash = _declared_cut(conn)
+    if seq > through_seq or (seq == through_seq and digest != through_hash):
+        problems.append(
+            f"seq {seq}: the chain starts after seq {seq} (audit_chain_base), but no "
+            "audit_retention event records that cut (events deleted outside retention)"
+        )
+    left = conn.execute(
+        sa.select(audit_events.c.seq).where(audit_events.c.seq <= seq).order_by(audit_events.c.seq)
+    ).scalars()
+    for kept in left:
+        problems.append(f"seq {kept}: still present though retention destroyed up to seq {seq}")
+    return seq, digest
+
+
 def verify(engine: Engine, anchor: tuple[int, str] | None = None) -> ChainReport:
-    """Check every event's hash and link, the numbering, the head and the person index.
+    """Check every event's hash and link, the numbering, the head and the person index,
+    from the start of the chain or from where retention cut it (:func:`expire`).
 
     ``anchor`` is a (seq, hash) recorded earlier outside the database (``sdv audit verify``
     prints the head): if the chain no longer holds it, the chain was rewritten. Events
@@ -702,27 +949,12 @@ def verify(engine: Engine, anchor: tuple[int, str] | None = None) -> ChainReport
         if len(heads) != 1:
             problems.append(f"seq 0: the chain head has {len(heads)} rows, not 1 (tampered)")
         head_seq, head_hash = (heads[0].seq, heads[0].hash) if len(heads) == 1 else (None, None)
-        prev_seq, prev_hash, checked, hash_at_head = 0, GENESIS, 0, None
-        while True:
-            rows = conn.execute(
-                sa.select(audit_events)
-                .where(audit_events.c.seq > prev_seq)
-                .order_by(audit_events.c.seq)
-                .limit(_BATCH)
-            ).all()
-            if not rows:
-                break
-            index: dict[int, set[str]] = defaultdict(set)
-            persons = sa.select(audit_event_persons).where(
-                audit_event_persons.c.seq.between(rows[0].seq, rows[-1].seq)
-            )
-            for seq, person_id in conn.execute(persons):
-                index[seq].add(person_id)
-            for row in rows:
-                _check_event(row, prev_seq, prev_hash, index.get(row.seq, set()), problems)
-                if row.seq == head_seq:
-                    hash_at_head = row.hash
-                prev_seq, prev_hash, checked = row.seq, row.hash, checked + 1
+        base_seq, base_hash = _checked_base(conn, problems)
+        prev_seq, checked, hash_at_head = base_seq, 0, None
+        for row in _walk(conn, base_seq, base_hash, problems):
+            if row.seq == head_seq:
+                hash_at_head = row.hash
+            prev_seq, checked = row.seq, checked + 1
         if head_seq:
             if hash_at_head is None and prev_seq < head_seq:
                 problems.append(
@@ -751,16 +983,32 @@ def verify(engine: Engine, anchor: tuple[int, str] | None = None) -> ChainReport
         for seq, person_id in conn.execute(orphans.order_by(audit_event_persons.c.seq)):
             problems.append(f"seq {seq}: person index lists {person_id} but there is no such event")
         if anchor is not None:
-            anchor_seq, anchor_hash = anchor
-            found = conn.execute(
-                sa.select(audit_events.c.hash).where(audit_events.c.seq == anchor_seq)
-            ).scalar_one_or_none()
-            if found != anchor_hash:
-                problems.append(
-                    f"seq {anchor_seq}: hash is not the anchor recorded earlier "
-                    "(the chain was rewritten at or before this event)"
-                )
-    return ChainReport(checked, problems, head_seq, head_hash)
+            problems.extend(_anchor_problems(conn, anchor, base_seq, base_hash))
+    return ChainReport(checked, problems, head_seq, head_hash, base_seq)
+
+
+def _anchor_problems(
+    conn: Connection, anchor: tuple[int, str], base_seq: int, base_hash: str
+) -> list[str]:
+    anchor_seq, anchor_hash = anchor
+    if base_seq and anchor_seq < base_seq:
+        return [
+            f"seq {anchor_seq}: the anchor is older than the trail, which retention has "
+            f"destroyed up to seq {base_seq}: it can no longer be checked; check against an "
+            "anchor noted since (the head printed by this command)"
+        ]
+    if base_seq and anchor_seq == base_seq:
+        found: str | None = base_hash
+    else:
+        found = conn.execute(
+            sa.select(audit_events.c.hash).where(audit_events.c.seq == anchor_seq)
+        ).scalar_one_or_none()
+    if found != anchor_hash:
+        return [
+            f"seq {anchor_seq}: hash is not the anchor recorded earlier "
+            "(the chain was rewritten at or before this event)"
+        ]
+    return []
 
 
 def head(engine: Engine) -> tuple[int, str]:

@@ -70,6 +70,7 @@ import polars as pl
 from sqlalchemy.engine import Engine
 
 from warehouse import audit, landing_retention, purge
+from warehouse.audit_config import AuditConfig
 from warehouse.operational import ensure_schema
 from warehouse.pseudonymise import load_key
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
@@ -466,6 +467,7 @@ class Enforced:
     done: RetentionRun | None  # None for a dry run
     folders: list[landing_retention.LandingFolder]  # landing folders destroyed (or due)
     published: dict[str, int]  # rows removed per kept snapshot and analysts' file
+    audit_trail: audit.Expiry | None = None  # None: the trail is kept in full (no keep_years)
 
     @cached_property
     def detail(self) -> dict[str, Any]:
@@ -478,6 +480,7 @@ class Enforced:
             "records_expired": len(self.plan.expired_records),
             "published_rows": sum(self.published.values()),
             "landing_folders": landing_retention.per_source(self.folders),
+            "audit_events": self.audit_trail.destroyed if self.audit_trail else None,
         }
 
 
@@ -490,6 +493,7 @@ def enforce(
     data_dir: Path,
     operational: Engine,
     actor: tuple[str, str],
+    audit_config: AuditConfig | None = None,
     as_of: date | None = None,
     dry_run: bool = False,
 ) -> Enforced:
@@ -499,8 +503,10 @@ def enforce(
     Plan, and unless ``dry_run``: destroy the expired rows in the warehouse (:func:`apply`),
     then the landing folders past their keep period (judged on the same date), then the
     expired records in every kept snapshot and analysts' file (tonight's publish rebuilds
-    the current view without them), then append one audit event as ``actor`` (user id,
-    role) with counts only. A dry run changes nothing and records nothing.
+    the current view without them), then the audit trail's events past ``audit_config``'s
+    ``keep_years`` (:func:`warehouse.audit.expire`, which records its own cut), then append
+    one audit event as ``actor`` (user id, role) with counts only. A dry run changes nothing
+    and records nothing.
     """
     con = connect(warehouse)
     try:
@@ -519,9 +525,19 @@ def enforce(
         published = purge.purge_published(
             published_dir, done.plan.expired_records, load_key(data_dir)
         )
-    result = Enforced(found, done, folders, published)
     if done is not None:
         ensure_schema(operational)
+    trail = None
+    if audit_config is not None and audit_config.keep_years is not None:
+        trail = audit.expire(
+            operational,
+            audit_config.cutoff(found.as_of),
+            actor=actor,
+            keep_years=audit_config.keep_years,
+            dry_run=dry_run,
+        )
+    result = Enforced(found, done, folders, published, trail)
+    if done is not None:
         user_id, role = actor
         audit.append(
             operational,
