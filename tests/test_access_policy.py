@@ -10,6 +10,7 @@ agreements allow and nothing more.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,12 +116,68 @@ def user_for(role: str, schools: dict[str, str]) -> User:
     return User(f"test-{role}", role, organisation)
 
 
+@pytest.fixture(scope="module")
+def dsl_scope(snapshot, schools) -> dict[str, set[str]]:
+    """From the snapshot itself: school A's pupils, their households, and everyone living
+    in those households (the DSL's reach)."""
+    pupils = {
+        r[0]
+        for r in snapshot.sql(
+            "select person_id from person_organisations where organisation_type = 'school' "
+            "and organisation_id = ?",
+            params=[schools["school_a"]],
+        ).fetchall()
+    }
+    households = {
+        r[0]
+        for r in snapshot.sql(
+            "select distinct household_id from household_members "
+            "where person_id in (select unnest(?::varchar[]))",
+            params=[sorted(pupils)],
+        ).fetchall()
+    }
+    reach = pupils | {
+        r[0]
+        for r in snapshot.sql(
+            "select person_id from household_members "
+            "where household_id in (select unnest(?::varchar[]))",
+            params=[sorted(households)],
+        ).fetchall()
+    }
+    assert pupils and households and reach > pupils, "school A needs pupils living with others"
+    return {"pupils": pupils, "households": households, "reach": reach}
+
+
+def rows_in_scope(snapshot, dsl_scope: dict[str, set[str]], role: str, grant) -> int:
+    """Rows of the grant's table the snapshot holds for ``role``, counted from the snapshot:
+    for the DSL only its pupils' rows (``rows: organisation``) or its reach's, and only the
+    granted agencies' rows."""
+    clauses, params = [], []
+    if role == "school_dsl" and grant.rows != "all":
+        column = TABLES[grant.table].person_column
+        if column is None:  # the household table: the pupils' households
+            clauses.append("household_id in (select unnest(?::varchar[]))")
+            params.append(sorted(dsl_scope["households"]))
+        else:
+            people = dsl_scope["pupils" if grant.rows == "organisation" else "reach"]
+            clauses.append(f'"{column}" in (select unnest(?::varchar[]))')
+            params.append(sorted(people))
+    if grant.agencies is not None:
+        clauses.append("agency in (select unnest(?::varchar[]))")
+        params.append(list(grant.agencies))
+    where = " and ".join(clauses) or "true"
+    sql = f'select count(*) from "{grant.table}" where {where}'
+    return snapshot.sql(sql, params=params).fetchall()[0][0]
+
+
 # --- the matrix ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("table", READABLE)
-def test_every_role_gets_exactly_its_granted_columns_or_is_denied(access, schools, role, table):
+def test_every_role_gets_exactly_its_granted_columns_or_is_denied(
+    access, schools, snapshot, dsl_scope, role, table
+):
     user = user_for(role, schools)
     grant = load_policy().grant(role, table)
     if grant is None:
@@ -131,10 +188,14 @@ def test_every_role_gets_exactly_its_granted_columns_or_is_denied(access, school
     page = access.read(user, purpose(role), table, limit=50)
     granted = set(grant.columns)
     assert set(grant.columns) <= set(TABLES[table].column_names)
+    # Every row in scope is counted and the page is full: an empty read is no pass.
+    expected = rows_in_scope(snapshot, dsl_scope, role, grant)
+    assert expected > 0, f"the county has no {table} rows in {role}'s scope"
+    assert page.total == expected and len(page.items) == min(expected, 50)
     for row in page.items:
         assert set(row) == granted, f"{role} got {set(row) ^ granted} of {table}"
     for column in TABLES[table].column_names:
-        assert (column in granted) == (column in (page.items[0] if page.items else granted))
+        assert (column in granted) == (column in page.items[0])
     assert table not in NEVER.get(role, set()), f"{role} may read {table}: need-to-know says no"
     assert not granted & NEVER_COLUMNS.get(role, {}).get(table, set())
     if table == "timeline" and role in TIMELINE_AGENCIES:
@@ -234,38 +295,41 @@ def test_dsl_of_school_a_cannot_reach_a_pupil_of_school_b(access, schools, snaps
     assert access.person(user_for("social_worker", schools), "safeguarding", outsider)
 
 
-def test_dsl_table_reads_hold_only_their_scope(access, schools, snapshot):
+def test_dsl_table_reads_hold_only_their_scope(access, schools, snapshot, dsl_scope):
+    """Each table read holds exactly the snapshot's rows in the DSL's scope: all of them,
+    and nothing else."""
     dsl = user_for("school_dsl", schools)
-    pupils = {
-        r[0]
-        for r in snapshot.sql(
-            "select person_id from person_organisations where organisation_type = 'school' "
-            "and organisation_id = ?",
-            params=[schools["school_a"]],
-        ).fetchall()
-    }
-    households = {
-        r[0]
-        for r in snapshot.sql(
-            f"select distinct household_id from household_members where person_id in "
-            f"({', '.join('?' for _ in pupils)})",
-            params=list(pupils),
-        ).fetchall()
-    }
-    reach = pupils | {
-        r[0]
-        for r in snapshot.sql(
-            f"select person_id from household_members where household_id in "
-            f"({', '.join('?' for _ in households)})",
-            params=list(households),
-        ).fetchall()
-    }
+    pupils, reach = dsl_scope["pupils"], dsl_scope["reach"]
     read = lambda table: access.read(dsl, "safeguarding", table, limit=500).items  # noqa: E731
+
+    def held(table: str, columns: str, people: set[str], where: str = "true") -> Counter:
+        """The snapshot's rows of ``table`` about ``people`` (``columns``, as a multiset)."""
+        rows = snapshot.sql(
+            f"select {columns} from {table} where {where} "
+            "and person_id in (select unnest(?::varchar[]))",
+            params=[sorted(people)],
+        ).fetchall()
+        assert rows, f"the county needs {table} rows in the DSL's scope"
+        return Counter(rows)
+
+    def got(table: str, columns: str) -> Counter:
+        return Counter(tuple(r[c] for c in columns.split(", ")) for r in read(table))
+
     assert {r["person_id"] for r in read("person")} == reach
-    assert {r["person_id"] for r in read("child_summary")} <= pupils
-    assert {r["person_id"] for r in read("timeline")} <= pupils
-    assert {r["person_id"] for r in read("involvement")} <= pupils
-    assert {r["household_id"] for r in read("household")} == households
+    assert {r["household_id"] for r in read("household")} == dsl_scope["households"]
+    assert got("household_members", "person_id, household_id") == held(
+        "household_members", "person_id, household_id", reach
+    )
+    assert got("child_summary", "person_id") == held("child_summary", "person_id", pupils)
+    assert got("timeline", "person_id, agency, event_type") == held(
+        "timeline", "person_id, agency, event_type", pupils, "agency = 'school'"
+    )
+    assert got("involvement", "person_id, agency, service, status") == held(
+        "involvement", "person_id, agency, service, status", pupils
+    )
+    assert got("relationships", "person_id, related_person_id, relationship") == held(
+        "relationships", "person_id, related_person_id, relationship", pupils
+    )
 
 
 # --- audit ---------------------------------------------------------------------------------

@@ -611,7 +611,25 @@ append(engine, AuditEvent(user_id="other-process", role="social_worker", purpose
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the lock file is POSIX flock")
+PROC_LOCKS = Path("/proc/locks")
+
+
+def blocked_on_flock(pid: int, inode: int) -> bool:
+    """Whether process ``pid`` waits for an flock on the file with ``inode``, as Linux
+    lists it in /proc/locks: ``N: -> FLOCK  ADVISORY  WRITE <pid> <maj:min:inode> 0 EOF``."""
+    return any(
+        fields[1:3] == ["->", "FLOCK"]
+        and fields[5] == str(pid)
+        and fields[6].rsplit(":", 1)[-1] == str(inode)
+        for fields in (line.split() for line in PROC_LOCKS.read_text().splitlines())
+    )
+
+
+@pytest.mark.skipif(
+    not PROC_LOCKS.exists(),
+    reason="proving the other process waits on the lock needs Linux's /proc/locks (a sleep "
+    "could not tell a waiting process from a slow one that ignores the lock)",
+)
 def test_processes_take_turns_on_the_lock_file_and_a_waiter_appends_once_released(engine):
     """Appenders in other processes (``sdv serve --workers 2``) wait on the store's lock
     file, which wakes them as soon as it is free, rather than polling SQLite's lock."""
@@ -630,10 +648,18 @@ def test_processes_take_turns_on_the_lock_file_and_a_waiter_appends_once_release
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert other.stdout.readline().strip() == b"ready"
-        time.sleep(0.5)  # long enough for an unguarded append to finish
-        assert other.poll() is None and [e.user_id for e in events(engine)] == ["alice"]
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            assert other.stdout.readline().strip() == b"ready"
+            # Positive proof it waits on this file's lock (not merely that it is slow): the
+            # kernel lists it as a blocked flock waiter on the lock file's inode.
+            deadline = time.monotonic() + 60  # bounds the wait only; it never passes the test
+            while not blocked_on_flock(other.pid, os.fstat(handle.fileno()).st_ino):
+                assert other.poll() is None, "appended without waiting for the lock file"
+                assert time.monotonic() < deadline, "never waited on the lock file"
+                time.sleep(0.01)
+            assert other.poll() is None and [e.user_id for e in events(engine)] == ["alice"]
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
     _, stderr = other.communicate(timeout=60)
     assert other.returncode == 0, stderr.decode()
     assert [e.user_id for e in events(engine)] == ["alice", "other-process"]

@@ -8,14 +8,20 @@ their own, not read back from the curated build.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
 import sqlalchemy as sa
+from family_view_county import PSEUDONYM_KEY
 
+from warehouse.curated_config import load_curated_config
 from warehouse.dictionary import render
 from warehouse.policy import load_policy
 from warehouse.publish import open_snapshot
@@ -174,17 +180,122 @@ def test_timeline_carries_fact_opinion_confidentiality_and_sensitivity(db):
     assert offences == 0
 
 
+# Each agency's involvement rows, worked out here: (person, agency, service, start, end,
+# practitioner), resolved to golden persons through the linkage.
+_INVOLVEMENT_ROWS = """
+    select l.person_id, 'council_csc', e.episode_type, e.start_date, e.end_date, e.worker_name
+    from w.current.council_csc__episodes e
+    join w.linked.person_records l on l.source = 'council_csc' and l.source_table = 'people'
+         and l.local_key = e.csc_person_id
+    union all
+    select l.person_id, 'council_eh', 'early_help', e.start_date, e.end_date,
+           e.lead_practitioner
+    from w.current.council_eh__episodes e
+    join w.current.council_eh__people p on p.family_id = e.family_id
+    join w.linked.person_records l on l.source = 'council_eh' and l.source_table = 'people'
+         and l.local_key = p.eh_person_id
+    union all
+    select l.person_id, 'police', 'police_contact', cast(min(i.occurred_at) as date),
+           cast(max(i.occurred_at) as date), null
+    from w.current.police__involvements v
+    join w.current.police__incidents i on i.incident_ref = v.incident_ref
+    join w.linked.person_records l on l.source = 'police' and l.source_table = 'persons'
+         and l.local_key = v.nominal_id
+    group by l.person_id, v.nominal_id
+    union all
+    select l.person_id, 'health', 'gp_registration', null, null, null
+    from w.current.health__patients h
+    join w.linked.person_records l on l.source = 'health' and l.source_table = 'patients'
+         and l.local_key = h.local_patient_id
+    union all
+    select l.person_id, 'school', 'school_roll', s.entry_date, s.leaving_date, null
+    from w.current.school__pupils s
+    join w.linked.person_records l on l.source = 'school' and l.source_table = 'pupils'
+         and l.local_key = s.upn
+"""
+
+
+def _leads(rows: list[tuple]) -> set:
+    """Who may lead a service with these (start, end, practitioner, open) rows: the
+    practitioners on its latest open row, else on its latest row (ties: any of them)."""
+    candidates = [r for r in rows if r[3]] or rows
+    latest = max((r[0] or date.min) for r in candidates)
+    return {r[2] for r in candidates if (r[0] or date.min) == latest}
+
+
 def test_involvement_status_and_lead_practitioner(db):
     as_of = rows(db, "select max(extract_date) from w.meta.deliveries where status='loaded'")[0][0]
-    assert as_of <= date.today()
-    for status, practitioner in rows(
-        db,
-        "select status, practitioner from s.involvement where agency = 'council_csc' "
-        "and service = 'cp_plan'",
-    ):
-        assert status in ("open", "closed")
-        if status == "open":
-            assert practitioner
+    # A service is open while any of its rows is (no end, or an end after the as-of date);
+    # its lead practitioner is the one on its latest open row (else its latest row).
+    services: dict[tuple, list[tuple]] = {}
+    for person, agency, service, start, end, practitioner in rows(db, _INVOLVEMENT_ROWS):
+        services.setdefault((person, agency, service), []).append(
+            (start, end, practitioner, end is None or end > as_of)
+        )
+    got = {
+        (person, agency, service): (status, practitioner)
+        for person, agency, service, status, practitioner in rows(
+            db, "select person_id, agency, service, status, practitioner from s.involvement"
+        )
+    }
+    assert {k: s for k, (s, _) in got.items()} == {
+        k: "open" if any(r[3] for r in service) else "closed" for k, service in services.items()
+    }
+    for key, (_, practitioner) in got.items():
+        assert practitioner in _leads(services[key]), key
+    # Both outcomes are exercised, open services with a named lead, and a service whose
+    # rows name different practitioners.
+    assert {s for s, _ in got.values()} == {"open", "closed"}
+    led = [k for k, (s, p) in got.items() if s == "open" and p]
+    assert {agency for _, agency, _ in led} == {"council_csc", "council_eh"}
+    assert any(len({r[2] for r in service}) > 1 for service in services.values())
+
+
+def test_the_lead_practitioner_is_on_the_latest_open_row():
+    """The cases the county's data may not hold: a closed row newer than the open ones,
+    two open rows, an end on the as-of date itself (closed) and the day after (open)."""
+    import polars as pl
+
+    from warehouse.curate import build_involvement
+    from warehouse.curated_config import InvolvementSource
+
+    as_of = date(2026, 11, 20)
+    con = duckdb.connect()
+    con.execute(
+        """
+        create table episodes as select * from (values
+          ('1', 'cin_plan', date '2025-01-01', null, 'Open Older'),
+          ('1', 'cin_plan', date '2026-01-01', date '2026-11-21', 'Open Newer'),
+          ('1', 'cin_plan', date '2026-06-01', date '2026-10-01', 'Closed Newest'),
+          ('1', 'referral', date '2024-01-01', date '2024-02-01', 'Early'),
+          ('1', 'referral', date '2025-05-01', date '2026-11-20', 'Late'),
+          ('2', 'cin_plan', date '2026-02-01', date '2026-11-20', 'Ends Today')
+        ) t(local_key, service, start_date, end_date, practitioner)
+        """
+    )
+    source = InvolvementSource(
+        agency="council_csc",
+        person_table="council_csc.people",
+        sql="select *, null as team, null as practitioner_email, null as organisation "
+        "from episodes",
+    )
+    links = pl.DataFrame(
+        {
+            "source": ["council_csc"] * 2,
+            "source_table": ["people"] * 2,
+            "local_key": ["1", "2"],
+            "person_id": ["P1", "P2"],
+        }
+    )
+    config = SimpleNamespace(involvement=[source])
+    got = build_involvement(con, config, links, {}, as_of)
+    assert got.select(
+        "person_id", "service", "status", "start_date", "end_date", "practitioner"
+    ).rows() == [
+        ("P1", "cin_plan", "open", date(2025, 1, 1), None, "Open Newer"),
+        ("P1", "referral", "closed", date(2024, 1, 1), date(2026, 11, 20), "Late"),
+        ("P2", "cin_plan", "closed", date(2026, 2, 1), date(2026, 11, 20), "Ends Today"),
+    ]
 
 
 # --- analysts and partnership ----------------------------------------------------------------
@@ -238,17 +349,52 @@ def test_analyst_file_holds_no_identifying_value(db, analyst_file):
                     assert not FULL_POSTCODE.match(value) and not ISO_DATE.match(value)
 
 
+def _keyed(value: str | None) -> str | None:
+    """The pseudonym under the test county's key: HMAC-SHA256, first 20 hex digits."""
+    if value is None:
+        return None
+    return hmac.new(PSEUDONYM_KEY, value.encode(), hashlib.sha256).hexdigest()[:20]
+
+
 def test_analyst_file_pseudonyms_are_keyed_and_consistent(db, analyst_file):
+    people = dict(rows(db, "select person_id, household_id from s.person"))
+    households = {h for h in people.values() if h}
+    summary = {
+        p: rest
+        for p, *rest in rows(
+            db,
+            "select person_id, social_care_status, cp_open, looked_after, domestic_abuse_12m "
+            "from s.child_summary",
+        )
+    }
     with open_snapshot(analyst_file) as con:
-        people = rows(con, "select count(distinct person_key) from person")[0][0]
-        joined = rows(
+        analyst_people = dict(rows(con, "select person_key, household_key from person"))
+        analyst_summary = {
+            k: rest
+            for k, *rest in rows(
+                con,
+                "select person_key, social_care_status, cp_open, looked_after, "
+                "domestic_abuse_12m from child_summary",
+            )
+        }
+        text_values = set()
+        for table, column in rows(
             con,
-            "select count(*) from child_summary c join person p using (person_key)",
-        )[0][0]
-        children = rows(con, "select count(*) from child_summary")[0][0]
-    assert people == rows(db, "select count(*) from s.person")[0][0]
-    assert joined == children
-    assert not rows(db, "select 1 from s.person where person_id in (select 'x')")
+            "select table_name, column_name from duckdb_columns() "
+            "where not internal and data_type = 'VARCHAR'",
+        ):
+            text_values |= {
+                v for (v,) in rows(con, f'select distinct "{column}" from "{table}"') if v
+            }
+    # Each person (and their household) is the keyed hash of their id, so a person's rows
+    # join across tables and nights, and nobody without the key can recompute them.
+    assert len(analyst_people) == len(people)
+    assert analyst_people == {_keyed(p): _keyed(h) for p, h in people.items()}
+    assert analyst_summary == {_keyed(p): rest for p, rest in summary.items()}
+    unkeyed = {hashlib.sha256(p.encode()).hexdigest()[:20] for p in people}
+    assert not unkeyed & set(analyst_people)
+    # No id of the curated tables appears anywhere in the analysts' file.
+    assert text_values and not text_values & (set(people) | households)
 
 
 def test_analysts_can_use_sqlalchemy_on_their_file(analyst_file):
@@ -345,9 +491,28 @@ def test_child_summary_marks_young_adults_and_counts_only_children(db):
         if not is_child:
             eighteenth = date(dob.year + 18, dob.month, min(dob.day, 28))
             assert as_of - timedelta(days=366) <= eighteenth <= as_of
-    counted = rows(db, "select coalesce(sum(children), 0) from s.agg_children_by_status")[0][0]
-    children = rows(db, "select count(*) from s.child_summary where age_status = 'child'")[0][0]
-    assert counted <= children
+    # The partnership's counts are of children only, by district and status, each count
+    # under the configured minimum withheld.
+    min_count = load_curated_config().aggregates.min_count
+    groups = Counter(
+        rows(
+            db,
+            "select coalesce(p.postcode_district, 'unknown'), c.social_care_status "
+            "from s.child_summary c join s.person p using (person_id) "
+            "where c.age_status = 'child'",
+        )
+    )
+    expected = [
+        (district, status, None if n < min_count else n, n < min_count)
+        for (district, status), n in groups.items()
+    ]
+    published = rows(
+        db,
+        "select postcode_district, social_care_status, children, suppressed "
+        "from s.agg_children_by_status",
+    )
+    assert sorted(published, key=repr) == sorted(expected, key=repr)
+    assert any(s for *_, s in published) and not all(s for *_, s in published)
 
 
 def test_a_death_ends_household_membership_but_keeps_the_history():

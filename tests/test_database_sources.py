@@ -10,7 +10,7 @@ import yaml
 from conftest import sdv_load
 from postgres import postgres_cluster
 
-from warehouse.landing import Delivery
+from warehouse.landing import Delivery, DeliveryError
 from warehouse.sources import DEFAULT_CONFIG_DIR, load_sources
 from warehouse.store import connect, load_delivery
 
@@ -169,8 +169,19 @@ def test_unreachable_database_is_a_clear_rejection(tmp_path):
     url = f"sqlite:///{tmp_path / 'missing' / 'cms.sqlite'}"
     source = load_sources(database_config(tmp_path, url))["police"]
     con = connect(tmp_path / "w.duckdb")
-    with pytest.raises(Exception, match="db:nominals: database read failed"):
+    with pytest.raises(DeliveryError) as err:
         load_delivery(con, Delivery("police", date(2026, 11, 20), tmp_path), source)
+    assert err.value.path == "db:nominals"
+    assert err.value.reason.startswith("database read failed: OperationalError: ")
+    # The rejection is on record, with the same words, for the load report; nothing of
+    # the delivery was written.
+    recorded = con.execute(
+        "SELECT source, extract_date, status, origin, error FROM meta.deliveries"
+    ).fetchall()
+    assert recorded == [("police", date(2026, 11, 20), "rejected", str(tmp_path), str(err.value))]
+    assert con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'police__%'"
+    ).fetchall() == [(0,)]
     con.close()
 
 

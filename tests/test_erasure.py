@@ -50,7 +50,7 @@ def county(published_county, tmp_path, monkeypatch):
 class Identity:
     person_id: str
     record_ids: list[str]
-    tokens: set[str]  # person id, local keys, UPNs: never a whole token of any value
+    tokens: set[str]  # person id and its keyed hash, local keys, UPNs: never a whole token
     nhs_numbers: set[str]  # digits only
     name_dob: tuple[str, str, str]  # forename, surname, dob (ISO)
 
@@ -83,7 +83,8 @@ def _identity(county, person_id: str) -> Identity:
             "select forename, surname, cast(dob as varchar) from person where person_id = ?",
             params=[person_id],
         ).fetchall()[0]
-    tokens = {person_id}
+    # The analysts' files know the person only by the keyed hash of their id (person_key).
+    tokens = {person_id, pseudonym(person_id, PSEUDONYM_KEY)}
     nhs: set[str] = set()
     con = county.connect()
     try:
@@ -265,6 +266,10 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     assert _in_bytes(county.warehouse, who), "the byte scan must see the person before"
     serving = [p for p in before_files if p.name.endswith(SERVING_SUFFIX)]
     assert len(serving) == 2 and all(_hits(p, who) for p in serving), "the API's copies too"
+    analysts = [p for p in before_files if p.name.startswith("analyst-")]
+    assert len(analysts) == 2, "both kept analysts' files are scanned"
+    for path in analysts:  # by the keyed hash alone: no name, NHS number or local key there
+        assert _hits(path, who) and _in_bytes(path, who), f"{path.name} must hold them before"
     with county.store().reader() as con:
         other = con.sql(
             "select * from person where person_id <> ? order by person_id limit 1",
@@ -294,7 +299,8 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     assert f"school/{school_day}" in result.output  # counted, folder by folder
 
     after_files = _files(county.data)
-    for path in after_files:
+    assert len([p for p in after_files if p.name.startswith("analyst-")]) == 2
+    for path in after_files:  # the analysts' files included: no row has their keyed hash
         assert _hits(path, who) == [], path
         assert _in_bytes(path, who) == set(), path
     # No delivery still says it carried an erased record (raw holds each record once;
@@ -401,8 +407,12 @@ def test_erase_refuses_unconfirmed_unknown_or_while_the_warehouse_is_in_use(coun
         input="n\n",
     )
     assert declined.exit_code == 1
+    assert f"Erase {child} from the warehouse" in declined.output
+    assert "cannot be undone" in declined.output and "Aborted" in declined.output
     with county.store().reader() as con:
-        assert con.sql("select count(*) from person where person_id = ?", params=[child]).fetchall()
+        assert con.sql(
+            "select count(*) from person where person_id = ?", params=[child]
+        ).fetchall() == [(1,)]
     unknown = _erase(county, "PNOSUCHPERSON", "--yes")
     assert unknown.exit_code == 1 and "no records found" in unknown.output
     blank = CliRunner().invoke(

@@ -332,6 +332,7 @@ def test_truth_rows_repeated_across_extract_dates_keep_the_latest(tmp_path: Path
         ("health", "patients", "h1", "2026-01-01", "P2"),  # an earlier, different answer
         ("health", "patients", "h1", "2026-12-31", "P1"),  # a later delivery, same answer
         ("school", "pupils", "00123", "2025-09-01", "P3"),
+        ("health", "patients", "h1", "2025-01-01", "P7"),  # older still, but last in the file
     ]
     truth = read_truth(write_truth(tmp_path, extra_rows=tuple(extra)))
     rows = truth.person_rows
@@ -345,9 +346,22 @@ def test_truth_rows_repeated_across_extract_dates_keep_the_latest(tmp_path: Path
 
 
 def test_latest_extract_date_decides_a_changed_answer(tmp_path: Path) -> None:
-    extra = [("health", "patients", "h2", "2027-01-01", "P7")]
+    # The file is not in date order: h2's newest answer (P7) is followed by an older
+    # delivery with yet another answer (P5), and h5's older answer (P4) is written after
+    # its 2026-11-21 one. The latest extract_date decides, not the position in the file.
+    extra = [
+        ("health", "patients", "h2", "2027-01-01", "P7"),
+        ("health", "patients", "h2", "2025-06-30", "P5"),
+        ("health", "patients", "h5", "2026-01-01", "P4"),
+    ]
     truth = read_truth(write_truth(tmp_path, extra_rows=tuple(extra)))
-    assert truth.person_rows.filter(pl.col("local_key") == "h2")["true_person_id"][0] == "P7"
+    answers = dict(
+        truth.person_rows.filter(pl.col("local_key").is_in(["h2", "h5"]))
+        .select("local_key", "true_person_id")
+        .iter_rows()
+    )
+    assert answers == {"h2": "P7", "h5": "P5"}
+    assert truth.person_rows.height == 11
 
 
 @pytest.mark.parametrize("name", ["person_rows.csv", "persons.csv", "relationships.csv"])

@@ -481,7 +481,8 @@ def test_truth_contains_the_hard_linkage_cases(county: County) -> None:
     assert movers
     # School contacts name the adult, not the pupil, and carry no dob.
     contact_people = {r["true_person_id"] for r in county.person_rows if r["table"] == "contacts"}
-    assert any(persons[p]["is_child"] == "false" for p in contact_people)
+    assert contact_people
+    assert all(persons[p]["is_child"] == "false" for p in contact_people)
 
 
 def test_messiness_the_spec_promises_is_present(county: County) -> None:
@@ -516,9 +517,23 @@ def test_messiness_the_spec_promises_is_present(county: County) -> None:
             if dob and m != d and dob == f"{y}-{d}-{m}":
                 swapped += 1
     assert nicknamed and swapped
-    # Missing identifiers: some patients lack an NHS number, some social care children a UPN.
+    # Missing identifiers: some patients lack an NHS number, some social care children a UPN
+    # (children: adults never have one, so an adult's blank UPN says nothing).
     assert any(not r["nhs_number"] for r in patients)
-    assert any(not r["upn"] for r in county.rows[(day, "council_eh/people")])
+    csc_children = [
+        row
+        for pid, rows in by_person.items()
+        if persons[pid]["is_child"] == "true"
+        for table, row in rows
+        if table == "council_csc/people"
+    ]
+    assert any(r["upn"] for r in csc_children)
+    assert any(not r["upn"] for r in csc_children)
+    eh_children = [
+        r for r in county.rows[(day, "council_eh/people")] if r["role_in_family"] == "child"
+    ]
+    assert any(r["upn"] for r in eh_children)
+    assert any(not r["upn"] for r in eh_children)
 
 
 def test_two_deliveries_are_full_snapshots_that_differ(county: County) -> None:

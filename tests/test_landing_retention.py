@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from warehouse import audit, landing_retention
+from warehouse.audit_config import AuditConfig
 from warehouse.landing import Delivery, DeliveryError, DeliveryGone
 from warehouse.operational import engine_for, ensure_schema
 from warehouse.store import connect, load_delivery
@@ -143,9 +144,10 @@ def test_a_rejected_folder_goes_after_its_keep_period_unless_mended_since(tmp_pa
             load_delivery(con, Delivery("police", date(2026, 11, 20), folder), sources["police"])
         rejected_on = con.execute("SELECT recorded_at FROM meta.deliveries").fetchall()[0][0]
         keep = timedelta(days=sources["police"].landing_keep_days)
+        day_before = rejected_on.date() + keep - timedelta(days=1)
+        assert landing_retention.expired(con, landing, sources, day_before) == []
         due = landing_retention.expired(con, landing, sources, rejected_on.date() + keep)
         assert _names(due) == ["police 2026-11-20 rejected"]
-        assert landing_retention.expired(con, landing, sources, rejected_on.date()) == []
 
         mended = rejected_on.timestamp() + 3600  # the agency mends the file in place
         os.utime(persons, (mended, mended))
@@ -205,7 +207,7 @@ def test_the_nightly_asset_destroys_expired_folders(zone, tmp_path, sources):
     data = tmp_path / "data"
     as_of = (loaded_on + timedelta(days=14)).isoformat()
     result = dg.materialize(
-        [build_retention_asset(sources)],
+        [build_retention_asset(sources, AuditConfig())],
         resources={
             "warehouse": Warehouse(path=str(data / "warehouse.duckdb")),
             "landing": LandingZone(path=str(landing)),

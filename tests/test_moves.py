@@ -10,11 +10,12 @@ import polars as pl
 from matching.config import load_linkage_config
 from matching.moves import MOVE_LINK_PROBABILITY, move_links
 from matching.standardise import standardise
-from tests.test_linkage_rules import NHS_A, NHS_B, NHS_C, rec, rows
+from tests.test_linkage_rules import NHS_A, NHS_B, NHS_C, nhs, rec, rows
 
 CONFIG = load_linkage_config()
 NEW = {"address_line_1": "88 Middle Drive", "postcode": "TA13 6JS"}
 OLD = {"address_line_1": "35 Castle Terrace", "postcode": "TA12 4EH"}
+NHS_D = nhs("999000004")
 
 
 def _police(key: str, forename: str, age: str, sex: str, **where: Any) -> dict[str, Any]:
@@ -55,13 +56,22 @@ def test_one_person_alone_at_another_address_is_not_linked() -> None:
 
 def test_a_match_that_is_not_one_to_one_is_not_linked() -> None:
     # Two girls at the new address answer to "Flo" (Florence and her sister Flora): which
-    # one the police met is a guess, so only Karen is linked.
+    # one the police met is a guess, so neither is linked. That leaves Karen as the only
+    # one-to-one match, and one match is no family (MIN_MEMBERS people must match one to
+    # one), so Karen is not linked either.
     flora = rec("health|patients|F2", forename="Flora", surname="Griffiths", dob="2011-11-11",
                 sex="F", nhs_number=NHS_C, **NEW)  # fmt: skip
-    found = _links(KAREN, FLORENCE, flora, _police("P1", "Karen", "48", "F"),
-                   _police("P2", "Flo", "15", "F"), _police("P3", "Ann", "80", "F"))  # fmt: skip
-    assert ("health|patients|F", "police|persons|P2") not in found
-    assert ("health|patients|F2", "police|persons|P2") not in found
+    police = [_police("P1", "Karen", "48", "F"), _police("P2", "Flo", "15", "F"),
+              _police("P3", "Ann", "80", "F")]  # fmt: skip
+    assert _links(KAREN, FLORENCE, flora, *police) == []
+    # With Ann at the new address too, Karen and Ann are two one-to-one matches: they are
+    # linked, and "Flo" still is not.
+    ann = rec("health|patients|A", forename="Ann", surname="Griffiths", dob="1946-01-01",
+              sex="F", nhs_number=NHS_D, **NEW)  # fmt: skip
+    assert _links(KAREN, FLORENCE, flora, ann, *police) == [
+        ("health|patients|A", "police|persons|P3"),
+        ("health|patients|K", "police|persons|P1"),
+    ]
 
 
 def test_wrong_age_or_sex_is_not_a_match() -> None:

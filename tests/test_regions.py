@@ -391,17 +391,31 @@ def test_an_unchanged_night_reuses_everything(base: Base) -> None:
 
 def test_other_thresholds_or_model_reuse_nothing(base: Base) -> None:
     before = _resolve(base, base.night, None, reuse=False)
-    state = regions_module.region_state(
-        base.night.records,
-        base.night.pairs,
-        threshold=base.config.thresholds.match,
-        constraints=None,
-        relationships=base.night.relationships,
-        salt=regions_module.salt(base.config, "another model"),
-    )
     previous = Reusable(before.state, before.person_records.rename({"record_id": "unique_id"}),
                         before.ambiguous)  # fmt: skip
-    assert clean_records(state, previous).is_empty()
+
+    def clean(config: LinkageConfig, model: str) -> pl.DataFrame:
+        state = regions_module.region_state(
+            base.night.records,
+            base.night.pairs,
+            threshold=config.thresholds.match,
+            constraints=None,
+            relationships=base.night.relationships,
+            salt=regions_module.salt(config, model),
+        )
+        return clean_records(state, previous)
+
+    # The same night, thresholds and model (``_resolve`` salts with "model") reuse every
+    # record: what changes below is all that stops it.
+    assert clean(base.config, "model").height == base.night.records.height
+    assert clean(base.config, "another model").is_empty()
+    # A match threshold a hair higher moves few pairs across it, so nearly every region
+    # is the same, but every stored outcome was decided with the old threshold.
+    thresholds = base.config.thresholds.model_copy(
+        update={"match": base.config.thresholds.match + 0.01}
+    )
+    stricter = base.config.model_copy(update={"thresholds": thresholds})
+    assert clean(stricter, "model").is_empty()
 
 
 def test_resolve_reads_only_the_hashed_columns(base: Base) -> None:

@@ -111,8 +111,11 @@ def test_restriction_follows_the_person_through_a_new_person_id(county):
 
 
 def test_restriction_needs_a_reason_and_a_known_person(county):
-    assert _sdv(county, "restrict", "PNOSUCHPERSON", "--reason", "x").exit_code == 1
-    with pytest.raises(restriction.RestrictionError):
+    unknown = _sdv(county, "restrict", "PNOSUCHPERSON", "--reason", "x")
+    assert unknown.exit_code == 1
+    assert unknown.stderr.strip() == "no records found for person PNOSUCHPERSON"
+    assert restriction.active(county.engine()) == []  # nothing recorded
+    with pytest.raises(restriction.RestrictionError, match="needs a reason"):
         restriction.restrict(county.engine(), "P1", ["a|b|c"], " ", "dpo")
-    with pytest.raises(restriction.RestrictionError):
+    with pytest.raises(restriction.RestrictionError, match="no active restriction"):
         restriction.lift(county.engine(), ["a|b|c"], "no such", "dpo")

@@ -539,25 +539,58 @@ def test_cli_explains_bad_input(tmp_path):
 
 
 def test_a_county_run_is_idempotent_and_covers_every_relation(published_county, tmp_path):
-    county = published_county.copy(tmp_path / "county")
+    """On a date when police and health records have expired, every ingest relation of
+    every source is planned, exactly the planned rows leave each one (and the deliveries
+    naming them), the counts are recorded per source, and a second run finds nothing."""
     from warehouse.sources import load_sources
+    from warehouse.store import relation_name
 
+    county = published_county.copy(tmp_path / "county")
+    as_of = D("2031-06-01")
     con = connect(county.warehouse)
     try:
         sources = load_sources()
-        plan = retention.plan(con, sources)
-        assert plan.as_of == D("2026-11-20")
-        assert plan.counts.height == 42
+        assert retention.plan(con, sources).as_of == D("2026-11-20")  # the newest extract
+        plan = retention.plan(con, sources, as_of)
+        assert plan.as_of == as_of
+        stored = {
+            (schema, name)
+            for schema, name in con.execute(
+                "select schema_name, table_name from duckdb_tables() "
+                "where schema_name in ('raw', 'staged', 'quarantine')"
+            ).fetchall()
+        }
+        planned = {(r.schema, relation_name(r.source, r.table)) for r in plan.rows_seen}
+        assert planned == stored and plan.counts.height == len(stored) == 42
+        assert plan.destroyed > 0 and plan.expired_records, "the county needs expired rows"
+        count = lambda name: con.execute(f"select count(*) from {name}").fetchall()[0][0]  # noqa: E731
+        before = {rel: count(rel.name) for rel in plan.rows_seen}
+        assert before == plan.rows_seen
+
         done = retention.apply(con, plan)
+
+        for rel, rows in before.items():
+            gone = len(plan.targets.get(rel, ()))
+            assert count(rel.name) == rows - gone, rel.name
+        for source in sources.values():  # no delivery still names a destroyed record
+            for table in source.tables:
+                name = relation_name(source.name, table)
+                if ("raw", name) in stored:
+                    assert count(f'delivered."{name}"') == count(f'raw."{name}"'), name
         ingest = {k: v for k, v in done.destroyed.items() if ":linked." not in k}
-        assert sum(ingest.values()) == plan.destroyed
-        assert retention.plan(con, sources).destroyed == 0
+        assert sum(n for k, n in ingest.items() if ":delivered." not in k) == plan.destroyed
+        assert any(":linked." in k for k in done.destroyed), "linkage's copies go too"
+        again = retention.plan(con, sources, as_of)
+        assert again.destroyed == 0 and again.targets == {} and not again.expired_records
+        assert not any(retention.apply(con, again).destroyed.values())  # a second run
+        assert {rel: count(rel.name) for rel in before} == again.rows_seen
         after = dict(
             con.execute(
                 "select source, sum(rows_destroyed) from meta.retention_runs group by 1"
             ).fetchall()
         )
         assert after == {s: v["destroy"] for s, v in plan.per_source().items()}
+        assert after["police"] > 0
     finally:
         con.close()
 
@@ -619,13 +652,18 @@ def values(con, sql: str) -> set:
 
 
 def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
-    published_county, tmp_path
+    published_county, tmp_path, monkeypatch
 ):
     """Police records six years after the person's last incident: gone from raw, staged,
-    quarantine, linked, every kept snapshot and the analysts' file, and from the files'
+    quarantine, linked, every kept snapshot and every analysts' file, and from the files'
     bytes; incidents still in their period stay everywhere."""
+    from family_view_county import PSEUDONYM_KEY
+
+    from warehouse.pseudonymise import pseudonym
     from warehouse.sources import load_sources
 
+    # The key the county's analysts' files were built with (the CLI reads it from here).
+    monkeypatch.setenv("SDV_PSEUDONYM_KEY", PSEUDONYM_KEY.hex())
     county = published_county.copy(tmp_path / "county")
     county.publish()  # two kept snapshots: both must be purged
     as_of = D("2031-06-01")
@@ -650,6 +688,50 @@ def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
         con.close()
     gone = set().union(*refs.values())
     assert plan.expired_records and gone and kept, "the county needs expired and kept incidents"
+    # The people holding an expired police record, and those whose police records are all
+    # still in their period, by their keyed hash: what the analysts' files know them by.
+    expired, in_period = set(), set()
+    for path in county.published.rglob("family-view-*.duckdb"):
+        snap = duckdb.connect(str(path), read_only=True)
+        try:
+            for person, record in snap.execute(
+                "select person_id, record_id from person_records where record_id like 'police|%'"
+            ).fetchall():
+                (expired if record in plan.expired_records else in_period).add(person)
+        finally:
+            snap.close()
+    in_period -= expired
+    expired = sorted(pseudonym(p, PSEUDONYM_KEY) for p in expired)
+    in_period = sorted(pseudonym(p, PSEUDONYM_KEY) for p in in_period)
+
+    def police_rows(path, people: list[str]) -> dict[str, int]:
+        """Per table, the analysts' file's police rows about ``people``."""
+        analyst = duckdb.connect(str(path), read_only=True)
+        try:
+            counts = {
+                table: analyst.execute(
+                    f"select count(*) from {table} where agency = 'police' "
+                    "and person_key in (select unnest(?::varchar[]))",
+                    [people],
+                ).fetchall()[0][0]
+                for table in ("timeline", "involvement")
+            }
+            counts["person"] = analyst.execute(
+                "select count(*) from person where list_contains(string_split(sources, ','), "
+                "'police') and person_key in (select unnest(?::varchar[]))",
+                [people],
+            ).fetchall()[0][0]
+        finally:
+            analyst.close()
+        return counts
+
+    analysts = sorted(county.published.rglob("analyst-*.duckdb"))
+    assert len(analysts) == 2
+    stem = lambda path: path.name.split(".")[0]  # noqa: E731 (a rewritten file: stem.eXXXXXX)
+    kept_rows = {stem(p): police_rows(p, in_period) for p in analysts}
+    for path in analysts:
+        assert all(police_rows(path, expired).values()), f"{path.name} must hold them before"
+        assert all(kept_rows[stem(path)].values()), path.name
 
     result = CliRunner().invoke(
         app, ["retention", "--as-of", "2031-06-01", "--data-dir", str(county.data)]
@@ -694,6 +776,23 @@ def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
             snap.close()
         assert not events & gone and kept & events, path.name
         assert not records & set(plan.expired_records), path.name
+    # Every kept analysts' file (rewritten under a new name): no police row about the
+    # people whose police records expired, every one about people still in their period.
+    after = sorted(county.published.rglob("analyst-*.duckdb"))
+    assert sorted(stem(p) for p in after) == sorted(kept_rows)
+    assert not {p.name for p in after} & {p.name for p in analysts}
+    for path in after:
+        assert police_rows(path, in_period) == kept_rows[stem(path)], path.name
+        assert police_rows(path, expired) == {"timeline": 0, "involvement": 0, "person": 0}
+        analyst = duckdb.connect(str(path), read_only=True)
+        try:  # they stay, with their other sources' rows
+            people = analyst.execute(
+                "select count(*) from person where person_key in (select unnest(?::varchar[]))",
+                [expired],
+            ).fetchall()[0][0]
+        finally:
+            analyst.close()
+        assert people == len(expired), path.name
     copies = [serving_path(p) for p in snapshots]  # the API's copies go the same way
     for path in [county.warehouse, *snapshots, *copies]:
         data = path.read_bytes()

@@ -222,9 +222,24 @@ def test_invalid_backend_settings_are_refused(tmp_path: Path, model: dict, probl
         load_linkage_config(path)
 
 
-def test_spark_options_need_storage_for_parquet_lineage():
-    options = SparkOptions(break_lineage="parquet", checkpoint_dir="s3a://bucket/checkpoints")
-    assert options.checkpoint_dir == "s3a://bucket/checkpoints"
+@pytest.mark.parametrize("lineage", ["parquet", "checkpoint"])
+def test_lineage_written_to_storage_needs_a_checkpoint_dir(tmp_path: Path, lineage: str):
+    # The counterpart of the refusal above: the same file is accepted once it names the
+    # storage, and refused without it, for both ways of writing lineage out.
+    data = yaml.safe_load(DEFAULT_LINKAGE_CONFIG.read_text(encoding="utf-8"))
+    spark = {"break_lineage": lineage, "checkpoint_dir": "s3a://bucket/checkpoints"}
+    data["model"] = {"backend": "spark", "spark": spark}
+    path = tmp_path / "linkage.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    options = load_linkage_config(path).model.spark
+    assert (options.break_lineage, options.checkpoint_dir) == (lineage, spark["checkpoint_dir"])
+    for missing in ({}, {"checkpoint_dir": ""}):
+        data["model"]["spark"] = {"break_lineage": lineage, **missing}
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        with pytest.raises(LinkageConfigError, match=f"'{lineage}' needs a checkpoint_dir"):
+            load_linkage_config(path)
+    # Lineage kept in memory needs no storage.
+    assert SparkOptions(break_lineage="persist").checkpoint_dir is None
 
 
 @pytest.mark.parametrize(

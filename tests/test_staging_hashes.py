@@ -3,6 +3,7 @@ computed, they must stay the very values written before (a SHA-256 of the rules'
 fingerprint then the record's JSON, first 32 hex digits)."""
 
 import hashlib
+import json
 import random
 
 import polars as pl
@@ -34,6 +35,7 @@ def test_hash_is_of_the_fingerprint_then_the_record_json(sources):
             ("I1", "N1", "victim", None),
             ("I2", None, "", "record has 2 fields, the header has 3"),
             ('Zoë "Jr"', "a\\b\n\t", "😀", None),
+            ("\x00\x1f\r", "\ufeff𝄞", "\x7f\u2028", "\x08\x0c"),
         ],
     )
     expected = [
@@ -50,6 +52,13 @@ def test_hash_is_of_the_fingerprint_then_the_record_json(sources):
             '{"incident_ref":"Zoë \\"Jr\\"","nominal_id":"a\\\\b\\n\\t","role":"😀",'
             '"_shape_error":null}',
         ),
+        # Control characters escaped (short forms where JSON has them), the byte-order
+        # mark, DEL, U+2028 and a character beyond the BMP as they are, in UTF-8.
+        _expected(
+            sources,
+            '{"incident_ref":"\\u0000\\u001f\\r","nominal_id":"\ufeff𝄞",'
+            '"role":"\x7f\u2028","_shape_error":"\\b\\f"}',
+        ),
     ]
     assert_series_equal(
         record_hashes(frame, sources[SOURCE], TABLE), pl.Series(RECORD_HASH, expected)
@@ -57,10 +66,15 @@ def test_hash_is_of_the_fingerprint_then_the_record_json(sources):
 
 
 def _as_before(frame: pl.DataFrame, source, table_name: str) -> pl.Series:
-    """How the hashes were computed when the stored ones were written."""
+    """How the hashes were computed when the stored ones were written, spelled out without
+    Polars: compact JSON (no spaces), text as UTF-8 (not ``\\u`` escapes) but control
+    characters escaped, as the hand-pinned rows above show."""
     columns = [*source.tables[table_name].columns, SHAPE_ERROR]
     prefix = rules_fingerprint(source, table_name).encode()
-    encoded = frame.select(pl.struct(columns).struct.json_encode()).to_series().to_list()
+    encoded = [
+        json.dumps(dict(zip(columns, row, strict=True)), separators=(",", ":"), ensure_ascii=False)
+        for row in frame.select(columns).iter_rows()
+    ]
     return pl.Series(
         RECORD_HASH,
         [hashlib.sha256(prefix + r.encode()).hexdigest()[:32] for r in encoded],
@@ -94,6 +108,8 @@ def test_hashes_are_those_stored_before_on_any_text(sources):
         )
         for _ in range(2000)
     ]
+    # And each awkward character on its own, whatever the draw above gave.
+    rows += [(c, c * 2, f"x{c}y", None) for c in [*alphabet, "\x7f", "\u2028", "𝄞", "\x08"]]
     frame = _frame(sources, rows)
     assert_series_equal(
         record_hashes(frame, sources[SOURCE], TABLE), _as_before(frame, sources[SOURCE], TABLE)
