@@ -135,6 +135,18 @@ def sdv_load(landing: Path, data_dir: Path, config: Path | None = None):
     return CliRunner().invoke(app, args + (["--config", str(config)] if config else []))
 
 
+@pytest.fixture
+def engine(tmp_path):
+    """An empty operational store (SQLite, in a folder not yet made: the engine makes it)
+    with every table created: audit, review, restriction and the rest."""
+    from warehouse.operational import engine_for, ensure_schema
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'op' / 'operational.db'}")
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def published_county(tmp_path_factory):
     """A generated county loaded, linked and published once (see family_view_county.py)."""

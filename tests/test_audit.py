@@ -75,14 +75,6 @@ def sql(engine, statement: str, **params) -> None:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    engine = engine_for(f"sqlite:///{tmp_path / 'op' / 'operational.db'}")
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def chain(engine):
     """Five events: seq 2 and 4 touch P1, seq 3 touches nobody (a search with no result)."""
     append(engine, read("P2"))

@@ -24,14 +24,6 @@ def at(day: str) -> datetime:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    engine = engine_for(f"sqlite:///{tmp_path / 'operational.db'}")
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def trail(engine):
     """Four events: seq 1-3 recorded in 2019 (P1 in seq 1 and 3, P2 in seq 2), seq 4 in 2025."""
     audit.append(engine, read("P1"), at=at("2019-01-10"))

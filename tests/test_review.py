@@ -58,14 +58,6 @@ def cons(engine) -> list[tuple[str, str, str]]:
     return [tuple(row) for row in constraints(engine).iter_rows()]
 
 
-@pytest.fixture
-def engine(tmp_path):
-    engine = engine_for(f"sqlite:///{tmp_path / 'nested' / 'operational.db'}")
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-
-
 def test_enqueue_twice_is_one_item_per_pair_refreshed(engine):
     assert enqueue(engine, frame(pair(ALFIE, ALFIE_POLICE, 0.7), pair(ZOE, ZOE_CARE)), "r1") == 2
     first = {item.pair_id: item for item in pending(engine)}

@@ -150,26 +150,23 @@ audit_event_persons = sa.Table(
     sa.Index("ix_audit_event_persons_person", "person_id"),
 )
 
-audit_chain_head = sa.Table(
-    "audit_chain_head",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", _BIGINT, nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.CheckConstraint("id = 1", name="ck_audit_chain_head_single_row"),
-)
+
+def _chain_point(name: str) -> sa.Table:
+    """A table of at most one row: a (seq, hash) point of the chain."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("seq", _BIGINT, nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.CheckConstraint("id = 1", name=f"ck_{name}_single_row"),
+    )
 
 
+audit_chain_head = _chain_point("audit_chain_head")  # the last event appended
 # Where the chain starts once retention has destroyed its oldest events: the seq and hash of
 # the last event destroyed. No row: the chain starts at seq 1 from GENESIS.
-audit_chain_base = sa.Table(
-    "audit_chain_base",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", _BIGINT, nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.CheckConstraint("id = 1", name="ck_audit_chain_base_single_row"),
-)
+audit_chain_base = _chain_point("audit_chain_base")
 AUDIT_RETENTION = "audit_retention"  # the action of the event that records a cut
 
 
