@@ -86,8 +86,8 @@ def _print_audit_trail(trail: Expiry | None, keep_years: int | None, dry_run: bo
         out.print(f"Audit trail ({kept}): {trail.destroyed:,} event(s) would go.")
     else:
         out.print(
-            f"Audit trail ({kept}): destroyed {trail.destroyed:,} event(s), seq 1 to "
-            f"{trail.through_seq:,} at most; the cut is recorded as seq "
+            f"Audit trail ({kept}): destroyed {trail.destroyed:,} event(s), through seq "
+            f"{trail.through_seq:,}; the cut is recorded as seq "
             f"{trail.record.seq if trail.record else '?'} (`sdv audit verify` checks it)."
         )
 

@@ -531,6 +531,42 @@ def test_cli_cuts_the_audit_trail_past_keep_years_and_verify_accepts_the_cut(
     )
 
 
+def test_a_tampered_audit_trail_is_kept_and_reported_after_the_rows_go(
+    warehouse, tmp_path, monkeypatch
+):
+    """Retention never destroys audit events that fail verification (that would destroy
+    the evidence): the run destroys the expired rows, records that as usual, keeps the
+    trail and exits 1 naming the problem."""
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    con.close()
+    data = tmp_path / "data"
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    ensure_schema(engine)
+    seen = {"user_id": "alice", "role": "social_worker", "purpose": "safeguarding"}
+    for day in (1, 2):
+        audit.append(
+            engine,
+            audit.AuditEvent(**seen, action="read", outcome="allowed", person_ids=["P1"]),
+            at=datetime(2019, 1, day, tzinfo=UTC),
+        )
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE audit_events SET user_id = 'mallory' WHERE seq = 1")
+
+    run = sdv(data, "--as-of", "2026-11-20")
+    assert run.exit_code == 1
+    assert "do not verify, so none were destroyed" in run.output and "seq 1" in run.output
+    check = connect(data / "warehouse.duckdb")
+    assert keys(check, "school", "pupils", "upn")["staged"] == ["A900000000002"]
+    check.close()
+    kept = audit.events(engine)
+    assert [(e.seq, e.action) for e in kept] == [(1, "read"), (2, "read"), (3, "retention")]
+    assert kept[2].detail["per_source"]["school"]["destroy"] == 8
+    assert "do not verify" in kept[2].detail["audit_trail_refused"]
+    assert kept[2].detail["audit_events"] is None
+    engine.dispose()
+
+
 def test_cli_explains_bad_input(tmp_path):
     bad = sdv(tmp_path, "--as-of", "20/11/2026")
     assert bad.exit_code != 0 and "is not a date (YYYY-MM-DD)" in bad.output

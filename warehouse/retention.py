@@ -468,6 +468,7 @@ class Enforced:
     folders: list[landing_retention.LandingFolder]  # landing folders destroyed (or due)
     published: dict[str, int]  # rows removed per kept snapshot and analysts' file
     audit_trail: audit.Expiry | None = None  # None: the trail is kept in full (no keep_years)
+    audit_refused: str | None = None  # why the trail's due events were not destroyed
 
     @cached_property
     def detail(self) -> dict[str, Any]:
@@ -481,7 +482,7 @@ class Enforced:
             "published_rows": sum(self.published.values()),
             "landing_folders": landing_retention.per_source(self.folders),
             "audit_events": self.audit_trail.destroyed if self.audit_trail else None,
-        }
+        } | ({"audit_trail_refused": self.audit_refused} if self.audit_refused else {})
 
 
 def enforce(
@@ -527,16 +528,21 @@ def enforce(
         )
     if done is not None:
         ensure_schema(operational)
-    trail = None
+    trail, refused = None, None
     if audit_config is not None and audit_config.keep_years is not None:
-        trail = audit.expire(
-            operational,
-            audit_config.cutoff(found.as_of),
-            actor=actor,
-            keep_years=audit_config.keep_years,
-            dry_run=dry_run,
-        )
-    result = Enforced(found, done, folders, published, trail)
+        try:
+            trail = audit.expire(
+                operational,
+                audit_config.cutoff(found.as_of),
+                actor=actor,
+                keep_years=audit_config.keep_years,
+                dry_run=dry_run,
+            )
+        except audit.AuditError as exc:
+            if dry_run:
+                raise
+            refused = exc  # the rows are gone all the same: record that first, then fail
+    result = Enforced(found, done, folders, published, trail, str(refused) if refused else None)
     if done is not None:
         user_id, role = actor
         audit.append(
@@ -550,6 +556,8 @@ def enforce(
                 detail=result.detail,
             ),
         )
+    if refused is not None:
+        raise refused
     return result
 
 
