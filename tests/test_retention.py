@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -479,6 +480,27 @@ def test_cli_dry_run_reports_and_changes_nothing_then_applies_and_audits(warehou
     assert detail["as_of"] == "2026-11-20"
 
 
+def audited(data, *moments: str):
+    """``data``'s operational store, with a practitioner's read of P1 recorded at each of
+    ``moments`` (ISO, UTC)."""
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    ensure_schema(engine)
+    for moment in moments:
+        audit.append(
+            engine,
+            audit.AuditEvent(
+                user_id="alice",
+                role="social_worker",
+                purpose="safeguarding",
+                action="read",
+                outcome="allowed",
+                person_ids=["P1"],
+            ),
+            at=datetime.fromisoformat(moment).replace(tzinfo=UTC),
+        )
+    return engine
+
+
 def test_cli_cuts_the_audit_trail_past_keep_years_and_verify_accepts_the_cut(
     warehouse, tmp_path, monkeypatch
 ):
@@ -490,15 +512,8 @@ def test_cli_cuts_the_audit_trail_past_keep_years_and_verify_accepts_the_cut(
     shutil.copytree(DEFAULT_CONFIG_DIR, config)
     (config / "audit.yaml").write_text("keep_years: 2\n")
     monkeypatch.setenv("SDV_CONFIG_DIR", str(config))
-    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
-    ensure_schema(engine)
-    seen = {"user_id": "alice", "role": "social_worker", "purpose": "safeguarding"}
-    for moment in ("2024-11-20T23:00:00", "2024-11-21T08:00:00"):  # two years, and a day less
-        audit.append(
-            engine,
-            audit.AuditEvent(**seen, action="read", outcome="allowed", person_ids=["P1"]),
-            at=datetime.fromisoformat(moment).replace(tzinfo=UTC),
-        )
+    # Two years before 20 November 2026, and a day less.
+    engine = audited(data, "2024-11-20T23:00:00", "2024-11-21T08:00:00")
     window = "kept 2 year(s): events recorded before 2024-11-21 00:00 UTC"
 
     dry = sdv(data, "--dry-run", "--as-of", "2026-11-20")
@@ -541,15 +556,7 @@ def test_a_tampered_audit_trail_is_kept_and_reported_after_the_rows_go(
     load("school", "2026-11-01", school_tables(SCHOOL))
     con.close()
     data = tmp_path / "data"
-    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
-    ensure_schema(engine)
-    seen = {"user_id": "alice", "role": "social_worker", "purpose": "safeguarding"}
-    for day in (1, 2):
-        audit.append(
-            engine,
-            audit.AuditEvent(**seen, action="read", outcome="allowed", person_ids=["P1"]),
-            at=datetime(2019, 1, day, tzinfo=UTC),
-        )
+    engine = audited(data, "2019-01-01", "2019-01-02")
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE audit_events SET user_id = 'mallory' WHERE seq = 1")
 
@@ -599,7 +606,10 @@ def test_a_county_run_is_idempotent_and_covers_every_relation(published_county, 
         planned = {(r.schema, relation_name(r.source, r.table)) for r in plan.rows_seen}
         assert planned == stored and plan.counts.height == len(stored) == 42
         assert plan.destroyed > 0 and plan.expired_records, "the county needs expired rows"
-        count = lambda name: con.execute(f"select count(*) from {name}").fetchall()[0][0]  # noqa: E731
+
+        def count(name: str) -> int:
+            return con.execute(f"select count(*) from {name}").fetchall()[0][0]
+
         before = {rel: count(rel.name) for rel in plan.rows_seen}
         assert before == plan.rows_seen
 
@@ -641,14 +651,7 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     load("school", "2026-11-01", school_tables(SCHOOL))
     con.close()
     data = tmp_path / "data"
-    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
-    ensure_schema(engine)
-    seen = {"user_id": "alice", "role": "social_worker", "purpose": "safeguarding"}
-    audit.append(  # recorded more than six years before 20 November 2026
-        engine,
-        audit.AuditEvent(**seen, action="read", outcome="allowed"),
-        at=datetime(2020, 11, 1, tzinfo=UTC),
-    )
+    engine = audited(data, "2020-11-01")  # more than six years before 20 November 2026
     result = dg.materialize(
         [build_retention_asset(sources, AuditConfig(keep_years=6))],
         resources={
@@ -763,7 +766,10 @@ def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
 
     analysts = sorted(county.published.rglob("analyst-*.duckdb"))
     assert len(analysts) == 2
-    stem = lambda path: path.name.split(".")[0]  # noqa: E731 (a rewritten file: stem.eXXXXXX)
+
+    def stem(path: Path) -> str:
+        return path.name.split(".")[0]  # a rewritten file is named <stem>.eXXXXXX
+
     kept_rows = {stem(p): police_rows(p, in_period) for p in analysts}
     for path in analysts:
         assert all(police_rows(path, expired).values()), f"{path.name} must hold them before"

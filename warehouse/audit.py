@@ -658,6 +658,16 @@ def _due(conn: Connection, base_seq: int, before: datetime) -> tuple[int, int]:
     return cut, count
 
 
+@contextmanager
+def _holding_the_chain(engine: Engine) -> Iterator[Connection]:
+    """A transaction in which nothing else can append: this process's appenders (the
+    committer), other processes' (the lock file) and every connection's (the head row)."""
+    committer = _committer(engine)
+    with committer.commit, committer.between_processes(), engine.begin() as conn:
+        _lock_head(conn)
+        yield conn
+
+
 _CUT_CHUNK = 5_000  # events deleted per transaction: an appender waits a fraction of a second
 _CUT_PAUSE = 0.01  # seconds between chunks: locks are not fair, so let waiting appenders in
 
@@ -667,10 +677,8 @@ def _destroy_through(engine: Engine, target: int) -> None:
     ``audit_retention`` event), a chunk per transaction, moving the base with each, so
     appenders wait for one chunk, never for the whole cut, and the trail verifies between
     chunks (it chains on from the base). A run that dies part way is finished by the next."""
-    committer = _committer(engine)
     while True:
-        with committer.commit, committer.between_processes(), engine.begin() as conn:
-            _lock_head(conn)
+        with _holding_the_chain(engine) as conn:
             base_seq, _ = _base_row(conn)
             if base_seq >= target:
                 return
@@ -746,9 +754,7 @@ def expire(
             "keep_years": keep_years,
         },
     )
-    committer = _committer(engine)
-    with committer.commit, committer.between_processes(), engine.begin() as conn:
-        _lock_head(conn)
+    with _holding_the_chain(engine) as conn:
         if _base_row(conn) != (base_seq, base_hash):
             raise AuditError("another retention run cut the audit trail meanwhile: run again")
         [record] = _append_in(conn, [_Pending(event, None)])
