@@ -18,6 +18,7 @@ from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, 
 from warehouse import retention as rules
 from warehouse.audit import AuditError
 from warehouse.audit_config import AuditConfig
+from warehouse.erasure import ErasureError
 from warehouse.sources import Source
 
 RETENTION = dg.AssetKey(["retention"])
@@ -43,7 +44,8 @@ def build_retention_asset(
         "quarantine, the linked layer and every kept snapshot; counts per source/table/layer "
         "kept in meta.retention_runs. Landing-zone delivery folders go landing_keep_days "
         "after they were loaded or rejected (meta.landing_purges); audit events after "
-        "config/audit.yaml's keep_years.",
+        "config/audit.yaml's keep_years. First, erased records that a restored backup "
+        "brought back are destroyed again.",
     )
     def retention(
         context: dg.AssetExecutionContext,
@@ -67,7 +69,7 @@ def build_retention_asset(
                 audit_config=audit_config,
                 as_of=as_of,
             )
-        except (rules.RetentionError, AuditError) as exc:
+        except (rules.RetentionError, AuditError, ErasureError) as exc:
             raise dg.Failure(str(exc)) from exc
         finally:
             engine.dispose()
@@ -87,6 +89,8 @@ def build_retention_asset(
                 "landing_folders_destroyed": dg.MetadataValue.json(detail["landing_folders"]),
                 # None when config/audit.yaml sets no keep_years (the trail is kept in full)
                 "audit_events_destroyed": detail["audit_events"],
+                # erased records a restored backup brought back, destroyed again
+                "erased_records_destroyed_again": detail["erased_records_found_again"],
             }
         )
 

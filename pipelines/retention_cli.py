@@ -5,9 +5,11 @@ Prints, per source, table and layer, the rows that went (or with ``--dry-run`` w
 and the rows whose expiry cannot be read from their dates (see ``warehouse.retention``),
 then the landing zone's delivery folders past their keep period
 (``warehouse.landing_retention``), then the audit trail's events past ``keep_years``
-(``config/audit.yaml``, ``warehouse.audit.expire``). A real run is recorded in
-``meta.retention_runs`` and ``meta.landing_purges``, and as one audit event with counts
-only (a cut of the audit trail also as its own event).
+(``config/audit.yaml``, ``warehouse.audit.expire``). Erased records that a restored backup
+brought back are destroyed again first (``warehouse.erasure.reapply``). A real run is
+recorded in ``meta.retention_runs`` and ``meta.landing_purges``, and as one audit event
+with counts only (a cut of the audit trail, and erased records destroyed again, also as
+their own events).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipelines.cli_support import reported, settings_for
 
 if TYPE_CHECKING:
     from warehouse.audit import Expiry
+    from warehouse.erasure import Reapplied
     from warehouse.landing_retention import LandingFolder
 
 out = Console(soft_wrap=True)
@@ -92,6 +95,18 @@ def _print_audit_trail(trail: Expiry | None, keep_years: int | None, dry_run: bo
         )
 
 
+def _print_erased_again(again: Reapplied, dry_run: bool) -> None:
+    """Said only when it happened: an erased record back means a restore undid an erasure."""
+    if not again.records:
+        return
+    erasures = ", ".join(f"#{i}" for i in again.erasure_ids)
+    verb = "would be destroyed again" if dry_run else "destroyed again"
+    out.print(
+        f"[yellow]Erased records found again: {again.records:,} (erasure {erasures}), "
+        f"{verb}. Was the warehouse or the published folder restored from a backup?[/yellow]"
+    )
+
+
 def retention(
     ctx: typer.Context,
     dry_run: Annotated[
@@ -115,13 +130,14 @@ def retention(
     from warehouse import retention as rules
     from warehouse.audit import AuditError
     from warehouse.audit_config import AuditConfigError, load_audit_config
+    from warehouse.erasure import ErasureError
     from warehouse.operational import engine_for
     from warehouse.sources import ConfigError, load_sources
 
     day = _as_of(as_of)
     settings = settings_for(ctx, data_dir)
     landing_zone = (landing or settings.landing).resolve()
-    errors = (rules.RetentionError, ConfigError, AuditConfigError, AuditError)
+    errors = (rules.RetentionError, ConfigError, AuditConfigError, AuditError, ErasureError)
     with reported(errors, (duckdb.Error,), "the warehouse"):
         sources = load_sources(settings.config_dir)
         audit_config = load_audit_config(settings.config_dir)
@@ -140,6 +156,7 @@ def retention(
             dry_run=dry_run,
         )
     found = result.plan
+    _print_erased_again(result.erased_again, dry_run)
     out.print(_table(found.counts, dry_run))
     undetermined = int(found.counts["undetermined"].sum())
     if undetermined:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -513,3 +514,129 @@ def test_purging_some_records_keeps_the_person_without_what_came_from_them(count
         ).fetchall() == [(0,)]
     finally:
         analyst.close()
+
+
+def _backup(county, folder: Path) -> Path:
+    """The warehouse and the published folder, copied as a nightly backup would."""
+    folder.mkdir()
+    shutil.copy2(county.warehouse, folder / county.warehouse.name)
+    shutil.copytree(county.published, folder / "published", symlinks=True)
+    return folder
+
+
+def _restore(county, folder: Path) -> None:
+    shutil.copy2(folder / county.warehouse.name, county.warehouse)
+    shutil.rmtree(county.published)
+    shutil.copytree(folder / "published", county.published, symlinks=True)
+
+
+def _nightly_retention(county):
+    import dagster as dg
+
+    from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, Warehouse
+    from assets.retention import build_retention_asset
+    from warehouse.audit_config import AuditConfig
+    from warehouse.sources import load_sources
+
+    result = dg.materialize(
+        [build_retention_asset(load_sources(), AuditConfig())],
+        resources={
+            "warehouse": Warehouse(path=str(county.warehouse)),
+            "landing": LandingZone(path=str(_landing(county))),
+            "operational": OperationalStore(url=county.operational_url),
+            "family_view": FamilyViewSettings(
+                published_dir=str(county.published), data_dir=str(county.data)
+            ),
+        },
+    )
+    assert result.success
+    return result.asset_materializations_for_node("retention")[0].metadata
+
+
+def _reapplied(engine) -> list:
+    return [e for e in audit.events(engine, limit=500) if e.action == erasure.REAPPLY_ACTION]
+
+
+def test_a_restored_backup_does_not_bring_an_erased_person_back(county, monkeypatch):
+    """Warehouse and published folder restored from last night's backup, taken before the
+    erasure: the nightly retention run finds the records by their tombstones and destroys
+    them again everywhere, before anything is linked or published from them."""
+    child = _child(county)
+    who = _identity(county, child)
+    engine = county.engine()
+    saved = _backup(county, county.root / "backup")
+    assert _erase(county, child, "--yes").exit_code == 0
+    _restore(county, saved)
+    restored = [p for p in _files(county.data) if _hits(p, who)]
+    assert county.warehouse in restored and len(restored) >= 3, "the backup holds them"
+    landing = _landing(county)
+    assert any(_in_bytes(p, who) for p in landing.rglob("*.csv"))
+
+    dry = CliRunner().invoke(
+        app,
+        ["retention", "--dry-run", "--landing", str(landing), "--data-dir", str(county.data)],
+    )
+    assert dry.exit_code == 0, dry.output
+    found = int(re.search(r"Erased records found again: (\d+) \(erasure #1\)", dry.output)[1])
+    assert found >= len(who.record_ids) and "would be destroyed again" in dry.output
+    assert [p for p in _files(county.data) if _hits(p, who)] == restored  # nothing changed
+    assert _reapplied(engine) == []
+
+    meta = _nightly_retention(county)
+    assert meta["erased_records_destroyed_again"].value == found
+    for path in _files(county.data):
+        assert _hits(path, who) == [], path
+        assert _in_bytes(path, who) == set(), path
+    assert all(_in_bytes(p, who) == set() for p in landing.rglob("*.csv"))
+    (event,) = _reapplied(engine)
+    assert (event.user_id, event.role, event.purpose, event.person_ids) == (
+        "dagster",
+        "system",
+        "subject_rights",
+        (child,),
+    )
+    assert event.detail["erasures"] == [1] and event.detail["records"] == found
+    assert event.detail["counts"]["warehouse.duckdb:raw.school__pupils"] >= 1
+    assert audit.verify(engine).ok
+
+    # The next night finds nothing more to do, and tonight's snapshot is built without them.
+    assert _nightly_retention(county)["erased_records_destroyed_again"].value == 0
+    assert len(_reapplied(engine)) == 1
+    _, checks, _ = county.publish()
+    assert all(c.passed for c in checks)
+    assert _hits(county.store().current_path(), who) == []
+
+    # Under another key the tombstones cannot be matched: refused, not passed over.
+    monkeypatch.setenv("SDV_PSEUDONYM_KEY", (b"x" * 32).hex())
+    refused = CliRunner().invoke(
+        app, ["retention", "--dry-run", "--landing", str(landing), "--data-dir", str(county.data)]
+    )
+    assert refused.exit_code == 1 and "another pseudonymisation key" in refused.output
+
+
+def test_a_restored_published_folder_alone_is_purged_again(county):
+    """Only the published folder restored (the warehouse kept): the erased person is found
+    in the kept snapshots themselves and purged from them and their analysts' files."""
+    child = _child(county)
+    who = _identity(county, child)
+    saved = county.root / "published-backup"
+    shutil.copytree(county.published, saved, symlinks=True)
+    assert _erase(county, child, "--yes").exit_code == 0
+    shutil.rmtree(county.published)
+    shutil.copytree(saved, county.published, symlinks=True)
+    snapshots = county.published / "snapshots"
+    assert any(_hits(p, who) for p in _files(snapshots))
+    assert not _hits(county.warehouse, who)
+
+    result = CliRunner().invoke(
+        app, ["retention", "--landing", str(_landing(county)), "--data-dir", str(county.data)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Erased records found again" in result.output
+    for path in _files(snapshots):
+        assert _hits(path, who) == [], path
+        assert _in_bytes(path, who) == set(), path
+    with pytest.raises(NotFound):
+        AccessLayer(county.store(), load_policy(), county.engine()).person(
+            User("sw", "social_worker"), "safeguarding", child
+        )

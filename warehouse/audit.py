@@ -76,7 +76,7 @@ try:
 except ImportError:  # Windows: appenders meet in SQLite's busy handler instead
     fcntl = None  # type: ignore[assignment]
 
-from warehouse.operational import UTCDateTime, metadata
+from warehouse.operational import UTCDateTime, holds_table, metadata
 
 GENESIS = "0" * 64  # prev_hash of the first event
 OUTCOMES = ("allowed", "denied", "not_found", "withheld")
@@ -605,15 +605,6 @@ class Expiry:
     record: AuditRecord | None = None  # the audit_retention event; None in a dry run
 
 
-def _has_trail(engine: Engine) -> bool:
-    """Whether the store holds an audit trail, without creating a SQLite file to find out."""
-    database = engine.url.database
-    on_disk = engine.dialect.name == "sqlite" and database and database != ":memory:"
-    if on_disk and not Path(database).exists():
-        return False
-    return sa.inspect(engine).has_table(audit_events.name)
-
-
 def _base_row(conn: Connection) -> tuple[int, str]:
     row = conn.execute(sa.select(audit_chain_base.c.seq, audit_chain_base.c.hash)).one_or_none()
     return (0, GENESIS) if row is None else (row.seq, row.hash)
@@ -714,7 +705,7 @@ def expire(
     """
     if before.tzinfo is None:
         raise AuditError(f"naive datetime {before!r}: audit times must be timezone-aware")
-    if not _has_trail(engine):
+    if not holds_table(engine, audit_events.name):
         return Expiry(before, 0)
     if not dry_run:
         with engine.connect() as conn:

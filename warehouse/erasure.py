@@ -26,13 +26,17 @@
 
 The person id stays in two places on purpose: this erasure's row (accountability: who
 upheld what, when) and the audit; linkage reads erased ids as issued so none is reused.
+
+A backup taken before the erasure still holds the person. :func:`reapply` finds erased
+records that a restore brought back, by their tombstones, and destroys them again; the
+nightly retention run calls it before anything is linked or published.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,11 +45,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from warehouse import audit, landing_retention, purge, review
-from warehouse.operational import UTCDateTime, ensure_schema, metadata
-from warehouse.publish import PublishError, SnapshotStore, person_record_ids
+from warehouse.operational import UTCDateTime, ensure_schema, holds_table, metadata
+from warehouse.publish import ANALYST_PREFIX, PublishError, SnapshotStore, person_record_ids
 from warehouse.restriction import restrictions
 from warehouse.sources import Source
 from warehouse.store import table_exists
+from warehouse.subjects import key_sql, relations
 from warehouse.tombstone import Tombstones, key_id, record_hash
 
 erasures = sa.Table(
@@ -109,8 +114,10 @@ def tombstones(engine: Engine, key: bytes) -> Tombstones:
 
 
 def any_tombstones(engine: Engine) -> bool:
-    """Whether any record was ever erased (so loads need the key to check deliveries)."""
-    ensure_schema(engine)
+    """Whether any record was ever erased (so loads need the key to check deliveries).
+    Creates no store or table to find out."""
+    if not holds_table(engine, erasure_tombstones.name):
+        return False
     with engine.connect() as conn:
         return (
             conn.execute(sa.select(erasure_tombstones.c.record_hash).limit(1)).first() is not None
@@ -182,10 +189,10 @@ def _linked_records(con: duckdb.DuckDBPyConnection, person_id: str) -> set[str]:
 
 
 def _people_losing_everything(
-    con: duckdb.DuckDBPyConnection, person_id: str, purged: set[str]
+    con: duckdb.DuckDBPyConnection, named: Iterable[str], purged: set[str]
 ) -> set[str]:
-    """The named person and anyone in ``linked`` none of whose records survive."""
-    people = {person_id}
+    """The ``named`` people and anyone in ``linked`` none of whose records survive."""
+    people = set(named)
     if table_exists(con, "linked", "person_records"):
         rows = con.execute(
             "select person_id, list(record_id) from linked.person_records group by person_id"
@@ -194,11 +201,11 @@ def _people_losing_everything(
     return people
 
 
-def _writer(warehouse: Path) -> duckdb.DuckDBPyConnection:
+def _writer(warehouse: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     if not Path(warehouse).exists():
         raise ErasureError(f"no warehouse at {warehouse}: nothing has been loaded there")
     try:
-        return duckdb.connect(str(warehouse))
+        return duckdb.connect(str(warehouse), read_only=read_only)
     except (duckdb.IOException, duckdb.ConnectionException) as err:
         raise ErasureError(
             f"the warehouse {warehouse} is in use by another process (a load, linkage or "
@@ -306,9 +313,9 @@ def erase(
             raise ErasureError(f"no records found for person {person_id}")
         targets = purge.erasure_targets(con, sources, record_ids)
         purged = record_ids | purge.target_records(con, sources, targets)
-        people = _people_losing_everything(con, person_id, purged)
+        people = _people_losing_everything(con, [person_id], purged)
         erasure_id = _record(engine, person_id, reason, upheld_by, recorded_by, purged, key)
-        counts = _purge_landing(con, landing, sources, purged, erasure_id)
+        counts = _purge_landing(con, landing, sources, purged, f"erasure-{erasure_id}")
         counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people)
         counts |= purge.purge_published(store.root, purged, key)
     finally:
@@ -335,17 +342,17 @@ def _purge_landing(
     landing: Path | None,
     sources: Mapping[str, Source],
     records: set[str],
-    erasure_id: int,
+    run_id: str,
 ) -> dict[str, int]:
     """Remove the dealt-with delivery folders of every source holding one of ``records``
-    (ids are ``source|table|local_key``), recorded in ``meta.landing_purges``."""
+    (ids are ``source|table|local_key``), recorded in ``meta.landing_purges`` as ``run_id``."""
     if landing is None:
         return {}
     holding = {record.split("|", 1)[0] for record in records}
     folders = landing_retention.recorded(
         con, landing, {name: source for name, source in sources.items() if name in holding}
     )
-    landing_retention.destroy(con, f"erasure-{erasure_id}", folders)
+    landing_retention.destroy(con, run_id, folders)
     return {f"{landing}:{f.delivery.source}/{f.delivery.extract_date}": f.files for f in folders}
 
 
@@ -366,3 +373,149 @@ def _purge_warehouse(
         raise
     purge.rewrite_database(con, path)
     return counts
+
+
+# --- after a restore ------------------------------------------------------------------------
+
+REAPPLY_ACTION = "erase_reapplied"
+
+
+@dataclass(frozen=True)
+class Reapplied:
+    """Erased records found again (a warehouse or published folder restored from a backup
+    taken before their erasure) and what destroying them again removed."""
+
+    records: int = 0  # erased records found again, by their tombstones
+    erasure_ids: tuple[int, ...] = ()  # the erasures those records belong to
+    counts: dict[str, int] = field(default_factory=dict)  # rows removed; empty in a dry run
+
+
+def _held_record_ids(con: duckdb.DuckDBPyConnection, sources: Mapping[str, Source]) -> set[str]:
+    """Every person-level record id the ingest layers and ``linked`` hold, as their rows
+    give it (raw as delivered, staged normalised: an erasure tombstoned both forms)."""
+    held: set[str] = set()
+    for relation in relations(con, dict(sources)):
+        spec = sources[relation.source].tables[relation.table]
+        if not spec.person_level or not spec.local_key:
+            continue
+        rows = con.sql(
+            f"select distinct '{relation.source}|{relation.table}|' || "
+            f"{key_sql(list(spec.local_key), 't')} from {relation.name} t"
+        ).fetchall()
+        held.update(r for (r,) in rows if r is not None)
+    if table_exists(con, "linked", "person_records"):
+        rows = con.sql("select distinct record_id from linked.person_records").fetchall()
+        held.update(r for (r,) in rows)
+    return held
+
+
+def _published_record_ids(published_dir: Path) -> set[str]:
+    """Record ids in every kept snapshot. The analysts' files name people by keyed hash
+    only; :func:`warehouse.purge.purge_published` purges each with its snapshot."""
+    held: set[str] = set()
+    folder = Path(published_dir) / "snapshots"
+    if not folder.is_dir():
+        return held
+    for path in sorted(folder.glob("*.duckdb")):
+        if path.name.startswith(ANALYST_PREFIX) or not path.is_file():
+            continue
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            if table_exists(con, "main", "person_records"):
+                rows = con.sql("select distinct record_id from person_records").fetchall()
+                held.update(r for (r,) in rows)
+        finally:
+            con.close()
+    return held
+
+
+def _found_again(engine: Engine, key: bytes, held: set[str]) -> dict[str, int]:
+    """The ``held`` record ids that carry a tombstone, each with its erasure's id."""
+    stones = tombstones(engine, key)  # refuses tombstones made under another key
+    by_hash = {record_hash(record, key): record for record in held}
+    wanted = sorted(by_hash.keys() & stones.hashes)
+    if not wanted:
+        return {}
+    t = erasure_tombstones
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.c.record_hash, t.c.erasure_id).where(t.c.record_hash.in_(wanted))
+        )
+        return {by_hash[h]: int(e) for h, e in rows}
+
+
+def _erased_people(engine: Engine, erasure_ids: Iterable[int]) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(erasures.c.person_id).where(erasures.c.id.in_(sorted(erasure_ids)))
+        )
+        return {p for (p,) in rows}
+
+
+def reapply(
+    *,
+    warehouse: Path,
+    published_dir: Path,
+    engine: Engine,
+    sources: Mapping[str, Source],
+    key: bytes,
+    landing: Path | None,
+    actor: tuple[str, str],
+    dry_run: bool = False,
+) -> Reapplied:
+    """Destroy again every erased record that is back in the warehouse or a kept snapshot.
+
+    Tombstones live in the operational store, so a warehouse or published folder restored
+    from a backup taken before an erasure brings the person back, and the next linkage and
+    publish would show them again. This finds such records by their tombstones (every
+    person-level record id held, hashed under ``key``) and destroys them as :func:`erase`
+    did: the same purges in the same order, landing folders and operational rows included,
+    under the same erasures (no new one is recorded). One audit event as ``actor`` (user
+    id, role), action ``erase_reapplied``, names the erasures and the people they erased,
+    with counts only. The nightly retention run calls this first, before anything is
+    linked or published (:func:`warehouse.retention.enforce`). A dry run only counts.
+
+    What this cannot mend: an operational store restored from before an erasure has lost
+    its tombstones; keep that store's backups at least as recent as the warehouse's.
+    """
+    if not any_tombstones(engine):
+        return Reapplied()
+    con = _writer(warehouse, read_only=dry_run)
+    try:
+        held = _held_record_ids(con, sources) | _published_record_ids(published_dir)
+        found = _found_again(engine, key, held)
+        ids = tuple(sorted(set(found.values())))
+        if not found or dry_run:
+            return Reapplied(len(found), ids)
+        named = _erased_people(engine, ids)
+        targets = purge.erasure_targets(con, sources, found)
+        purged = set(found) | purge.target_records(con, sources, targets)
+        people = _people_losing_everything(con, named, purged)
+        run_id = f"erasure-{'-'.join(map(str, ids))}-again"
+        counts = _purge_landing(con, landing, sources, purged, run_id)
+        counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people)
+        counts |= purge.purge_published(published_dir, purged, key)
+    finally:
+        con.close()
+    user_id, role = actor
+    with engine.begin() as conn:
+        counts |= purge_operational(conn, purged, people, user_id)
+    audit.append(
+        engine,
+        audit.AuditEvent(
+            user_id=user_id,
+            role=role,
+            purpose=audit.RIGHTS_PURPOSE,
+            action=REAPPLY_ACTION,
+            outcome="allowed",
+            person_ids=tuple(sorted(named)),
+            detail={
+                "reason": "erased records found again (restored from a backup taken before "
+                "their erasure?)",
+                "erasures": list(ids),
+                "records": len(found),
+                "counts": counts,
+            },
+        ),
+    )
+    return Reapplied(len(found), ids, counts)

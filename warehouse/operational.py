@@ -74,6 +74,16 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
+def holds_table(engine: Engine, name: str) -> bool:
+    """Whether the store has table ``name``, without creating a SQLite file to find out
+    (a dry run, or a read on a fresh data folder, must leave no store behind)."""
+    database = engine.url.database
+    on_disk = engine.dialect.name == "sqlite" and database and database != ":memory:"
+    if on_disk and not Path(database).exists():
+        return False
+    return sa.inspect(engine).has_table(name)
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create any missing operational tables (never alters or drops existing ones)."""
     for module in _TABLE_MODULES:

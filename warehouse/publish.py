@@ -36,6 +36,7 @@ from warehouse.serving import serving_path, write_serving_from
 POINTER = "CURRENT.json"
 HISTORY = "history.jsonl"
 ANALYST_LINK = "analyst.duckdb"
+ANALYST_PREFIX = "analyst-"  # an analysts' file; every other .duckdb in snapshots/ is a snapshot
 SNAPSHOT_TABLE = "snapshot_info"
 # Readers cannot read files, install extensions or change that: the access layer hands
 # out cursors on these connections, so SQL reaching them can touch nothing but the snapshot.
@@ -151,7 +152,7 @@ class SnapshotStore:
         """Where a new snapshot and its analyst file are built."""
         return (
             self.path(f"family-view-{snapshot_id}.duckdb"),
-            self.path(f"analyst-{snapshot_id}.duckdb"),
+            self.path(f"{ANALYST_PREFIX}{snapshot_id}.duckdb"),
         )
 
     # -- reading the pointer --------------------------------------------------------------
@@ -274,7 +275,7 @@ class SnapshotStore:
             if name.endswith(SERVING_SUFFIX):
                 name = name.removesuffix(SERVING_SUFFIX) + ".duckdb"
             old_snapshot = name.startswith("family-view-") and name not in kept
-            old_analyst = path.name.startswith("analyst-") and path.name not in keep_analyst
+            old_analyst = path.name.startswith(ANALYST_PREFIX) and path.name not in keep_analyst
             if unfinished or old_snapshot or old_analyst:
                 path.unlink()
                 removed.append(path)

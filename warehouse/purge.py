@@ -40,7 +40,7 @@ import polars as pl
 
 from warehouse.curated_schema import TABLES
 from warehouse.pseudonymise import pseudonym
-from warehouse.publish import ANALYST_LINK, HISTORY, POINTER
+from warehouse.publish import ANALYST_LINK, ANALYST_PREFIX, HISTORY, POINTER
 from warehouse.serving import serving_path, write_serving_from
 from warehouse.sources import Source
 from warehouse.store import RECORD_ID, relation_name, table_exists
@@ -611,7 +611,7 @@ def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes
     if not wanted or not folder.exists():
         return {}
     files = sorted(p for p in folder.glob("*.duckdb") if p.is_file())
-    analysts = {p.name for p in files if p.name.startswith("analyst-")}
+    analysts = {p.name for p in files if p.name.startswith(ANALYST_PREFIX)}
     plans: dict[str, _Plan] = {}
     counts: Counts = {}
     renamed: dict[str, str] = {}

@@ -69,7 +69,7 @@ import duckdb
 import polars as pl
 from sqlalchemy.engine import Engine
 
-from warehouse import audit, landing_retention, purge
+from warehouse import audit, erasure, landing_retention, purge
 from warehouse.audit_config import AuditConfig
 from warehouse.operational import ensure_schema
 from warehouse.pseudonymise import load_key
@@ -469,6 +469,8 @@ class Enforced:
     published: dict[str, int]  # rows removed per kept snapshot and analysts' file
     audit_trail: audit.Expiry | None = None  # None: the trail is kept in full (no keep_years)
     audit_refused: str | None = None  # why the trail's due events were not destroyed
+    # erased records a restored backup brought back, destroyed again first (or found)
+    erased_again: erasure.Reapplied = field(default_factory=erasure.Reapplied)
 
     @cached_property
     def detail(self) -> dict[str, Any]:
@@ -482,6 +484,7 @@ class Enforced:
             "published_rows": sum(self.published.values()),
             "landing_folders": landing_retention.per_source(self.folders),
             "audit_events": self.audit_trail.destroyed if self.audit_trail else None,
+            "erased_records_found_again": self.erased_again.records,
         } | ({"audit_trail_refused": self.audit_refused} if self.audit_refused else {})
 
 
@@ -501,7 +504,9 @@ def enforce(
     """Everything a retention run does, in order, for `sdv retention` and the nightly asset
     alike, so that neither can leave a step out.
 
-    Plan, and unless ``dry_run``: destroy the expired rows in the warehouse (:func:`apply`),
+    First, destroy again any erased record a restored backup brought back
+    (:func:`warehouse.erasure.reapply`, which records its own audit event). Then plan, and
+    unless ``dry_run``: destroy the expired rows in the warehouse (:func:`apply`),
     then the landing folders past their keep period (judged on the same date), then the
     expired records in every kept snapshot and analysts' file (tonight's publish rebuilds
     the current view without them), then the audit trail's events past ``audit_config``'s
@@ -509,6 +514,18 @@ def enforce(
     one audit event as ``actor`` (user id, role) with counts only. A dry run changes nothing
     and records nothing.
     """
+    erased_again = erasure.Reapplied()
+    if erasure.any_tombstones(operational):  # the key is read only when it is needed
+        erased_again = erasure.reapply(
+            warehouse=warehouse,
+            published_dir=published_dir,
+            engine=operational,
+            sources=sources,
+            key=load_key(data_dir),
+            landing=landing,
+            actor=actor,
+            dry_run=dry_run,
+        )
     con = connect(warehouse)
     try:
         found = plan(con, sources, as_of)
@@ -542,7 +559,9 @@ def enforce(
             if dry_run:
                 raise
             refused = exc  # the rows are gone all the same: record that first, then fail
-    result = Enforced(found, done, folders, published, trail, str(refused) if refused else None)
+    result = Enforced(
+        found, done, folders, published, trail, str(refused) if refused else None, erased_again
+    )
     if done is not None:
         user_id, role = actor
         audit.append(
