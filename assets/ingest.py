@@ -229,18 +229,20 @@ def _results(
             )
 
 
-def _tombstones(operational: OperationalStore, family_view: FamilyViewSettings) -> Tombstones:
+def _tombstones(
+    con: DuckDBPyConnection, operational: OperationalStore, family_view: FamilyViewSettings
+) -> Tombstones:
     """Erased records (keyed hashes) a delivery must not bring back; the key is read only
-    when there is something to check."""
+    when there is something to check. Refused, loading nothing, while the operational store
+    has lost an erasure the warehouse has had (restored from an older backup)."""
     engine = operational.engine()
     try:
+        erasure.check_register(con, engine)
         if not erasure.any_tombstones(engine):
             return Tombstones.of((), b"")
-        key = load_key(Path(family_view.data_dir))
-        try:
-            return erasure.tombstones(engine, key)
-        except erasure.ErasureError as exc:
-            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        return erasure.tombstones(engine, load_key(Path(family_view.data_dir)))
+    except erasure.ErasureError as exc:
+        raise dg.Failure(description=f"Nothing loaded: {exc}", allow_retries=False) from exc
     finally:
         engine.dispose()
 
@@ -266,8 +268,8 @@ def build_ingest_assets(source: Source) -> dg.AssetsDefinition:
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         day = date.fromisoformat(context.partition_key)
         delivery = Delivery(source.name, day, landing.root / source.name / context.partition_key)
-        tombstones = _tombstones(operational, family_view)
         with warehouse.get_connection() as con:
+            tombstones = _tombstones(con, operational, family_view)
             try:
                 result = load_delivery(con, delivery, source, tombstones)
             except DeliveryError as exc:

@@ -80,5 +80,55 @@ def erase(
     )
 
 
+def erasures(
+    ctx: typer.Context,
+    forget_lost: Annotated[
+        int | None,
+        typer.Option(
+            "--forget-lost",
+            help="Take this lost erasure off the warehouse's register, so loads resume.",
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (with --forget-lost).")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who decides (default $USER).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Erasures the warehouse has had that the operational store no longer holds (it was
+    restored from an older backup): loads stop until it is restored from a newer one, or
+    the DPO forgets each lost erasure and has the person erased again."""
+    import duckdb
+
+    from warehouse import erasure
+    from warehouse.store import connect
+
+    settings = settings_for(ctx, data_dir)
+    with reported((erasure.ErasureError,), (sa.exc.OperationalError, duckdb.Error), "the stores"):
+        if not settings.warehouse.exists():
+            raise erasure.ErasureError(f"no warehouse at {settings.warehouse}")
+        engine = settings.operational_engine()
+        con = connect(settings.warehouse)
+        try:
+            if forget_lost is not None:
+                erasure.forget_lost(
+                    con, engine, forget_lost, reason=reason or "", by=by or getpass.getuser()
+                )
+                out.print(
+                    f"Erasure #{forget_lost} is off the register: loads resume. Erase the "
+                    "person again once their records are back."
+                )
+            lost = erasure.lost_erasures(con, engine)
+        finally:
+            con.close()
+    if not lost:
+        out.print("No lost erasures: the operational store holds every erasure applied here.")
+        return
+    for erasure_id, recorded_at in lost:
+        out.print(f"[red]Lost:[/red] erasure #{erasure_id}, recorded {recorded_at}")
+    raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(erase)
+    app.command()(erasures)

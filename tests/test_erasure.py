@@ -640,3 +640,65 @@ def test_a_restored_published_folder_alone_is_purged_again(county):
         AccessLayer(county.store(), load_policy(), county.engine()).person(
             User("sw", "social_worker"), "safeguarding", child
         )
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """Copy a SQLite store as its backup would (SQLite's backup API: the WAL included),
+    over ``target`` if it exists."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _erasures(county, *extra: str):
+    return CliRunner().invoke(app, ["erasures", *extra, "--data-dir", str(county.data)])
+
+
+def test_an_operational_store_restored_from_before_an_erasure_stops_the_loads(county):
+    """The tombstones went with the restore, so a delivery would bring the person back: the
+    warehouse's own register of erasures notices, and loads stop until the DPO decides."""
+    child = _child(county)
+    who = _identity(county, child)
+    landing = _landing(county)
+    outbox = shutil.copytree(landing, county.root / "outbox")
+    store = county.data / "operational.db"
+    _sqlite_copy(store, county.root / "operational-backup.db")
+    assert _erase(county, child, "--yes").exit_code == 0
+    assert _erasures(county).exit_code == 0
+    _sqlite_copy(county.root / "operational-backup.db", store)
+    # Another erasure after the restore takes the same number, #1: still not the lost one.
+    with county.store().reader() as con:
+        ((other,),) = con.sql(
+            "select person_id from person where person_id <> ? order by person_id limit 1",
+            params=[child],
+        ).fetchall()
+    assert _erase(county, other, "--yes").exit_code == 0
+    assert [(e.id, e.person_id) for e in _erasure_rows(county)] == [(1, other)]
+    listed = _erasures(county)
+    assert listed.exit_code == 1 and "Lost: erasure #1, recorded" in listed.output
+
+    loaded = sdv_load(_redeliver(county, outbox), county.data)
+    assert loaded.exit_code == 1, loaded.output
+    assert "no longer holds erasure #1" in " ".join(loaded.output.split())
+    assert _hits(county.warehouse, who) == [], "nothing of the delivery was loaded"
+
+    unexplained = _erasures(county, "--forget-lost", "1")
+    assert unexplained.exit_code == 1 and "reason" in unexplained.output
+    forgotten = _erasures(
+        county, "--forget-lost", "1", "--reason", "no newer backup", "--by", "dpo1"
+    )
+    assert forgotten.exit_code == 0, forgotten.output
+    assert "No lost erasures" in forgotten.output
+    (event,) = [e for e in audit.events(county.engine()) if e.action == "erasure_forgotten"]
+    assert event.user_id == "dpo1" and event.detail["erasure_id"] == 1
+    # As the message says: loads resume, and the person is back until erased again.
+    assert sdv_load(landing, county.data).exit_code == 0
+    assert _hits(county.warehouse, who) != []
+
+
+def _erasure_rows(county) -> list:
+    with county.engine().connect() as conn:
+        return conn.execute(sa.select(erasure.erasures).order_by(erasure.erasures.c.id)).all()

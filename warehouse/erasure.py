@@ -213,6 +213,106 @@ def _writer(warehouse: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConne
         ) from err
 
 
+# --- the warehouse's register of the erasures applied to it ----------------------------------
+
+REGISTER_DDL = """
+CREATE TABLE IF NOT EXISTS meta.erasures_applied (
+    erasure_id BIGINT NOT NULL,
+    recorded_at VARCHAR NOT NULL,  -- as the operational store holds it: id and time name one
+    applied_at TIMESTAMPTZ NOT NULL
+)
+"""
+
+
+def _registered(engine: Engine, erasure_ids: Iterable[int]) -> set[tuple[int, str]]:
+    """``(id, recorded_at)`` of the operational store's erasures among ``erasure_ids``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(erasures.c.id, erasures.c.recorded_at).where(
+                erasures.c.id.in_(sorted(erasure_ids))
+            )
+        )
+        return {(int(i), at.isoformat()) for i, at in rows}
+
+
+def _register(con: duckdb.DuckDBPyConnection, applied: set[tuple[int, str]]) -> None:
+    """Note in the warehouse (inside the purge's transaction) which erasures it has had."""
+    con.execute(REGISTER_DDL)
+    for erasure_id, recorded_at in sorted(applied):
+        con.execute(
+            "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
+            [erasure_id, recorded_at],
+        )
+        con.execute(
+            "insert into meta.erasures_applied values (?, ?, ?)",
+            [erasure_id, recorded_at, datetime.now(UTC)],
+        )
+
+
+def lost_erasures(con: duckdb.DuckDBPyConnection, engine: Engine) -> list[tuple[int, str]]:
+    """Erasures this warehouse has had that the operational store no longer holds, as
+    ``(id, recorded_at)``: that store was restored from a backup taken before them (or
+    replaced), so their tombstones are gone and the next delivery would bring the erased
+    records back. Ids alone could match a later erasure given the same number."""
+    if not table_exists(con, "meta", "erasures_applied"):
+        return []
+    applied = {
+        (int(i), at)
+        for i, at in con.execute(
+            "select erasure_id, recorded_at from meta.erasures_applied"
+        ).fetchall()
+    }
+    if not applied:
+        return []
+    held = (
+        _registered(engine, {i for i, _ in applied})
+        if holds_table(engine, erasures.name)
+        else set()
+    )
+    return sorted(applied - held)
+
+
+def check_register(con: duckdb.DuckDBPyConnection, engine: Engine) -> None:
+    """Refuse (:class:`ErasureError`) while the operational store has lost an erasure this
+    warehouse had; loads call this before reading a delivery."""
+    lost = lost_erasures(con, engine)
+    if not lost:
+        return
+    named = ", ".join(f"#{i} (recorded {at})" for i, at in lost)
+    raise ErasureError(
+        f"the operational store no longer holds erasure {named}, which this warehouse has "
+        "had: it was restored from a backup taken before, or replaced, and the tombstones "
+        "are gone, so a delivery would bring the erased records back. Restore the "
+        "operational store from a newer backup. If there is none: `sdv erasures "
+        "--forget-lost ID --reason TEXT` lets loads resume, and the person must be erased "
+        "again once their records are back."
+    )
+
+
+def forget_lost(
+    con: duckdb.DuckDBPyConnection, engine: Engine, erasure_id: int, *, reason: str, by: str
+) -> tuple[int, str]:
+    """Take a lost erasure off the warehouse's register so loads resume (the DPO's decision,
+    recorded in the audit trail with ``reason``); returns it. Refuses one not lost."""
+    _accountable(reason=reason, by=by)
+    lost = [entry for entry in lost_erasures(con, engine) if entry[0] == erasure_id]
+    if not lost:
+        raise ErasureError(f"erasure #{erasure_id} is not lost: nothing to forget")
+    ((_, recorded_at),) = lost
+    con.execute(
+        "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
+        [erasure_id, recorded_at],
+    )
+    audit.record_rights_action(
+        engine,
+        by=by,
+        action="erasure_forgotten",
+        person_ids=[],
+        detail={"reason": reason, "erasure_id": erasure_id, "recorded_at": recorded_at},
+    )
+    return erasure_id, recorded_at
+
+
 # --- the operational store ------------------------------------------------------------------
 
 
@@ -316,7 +416,8 @@ def erase(
         people = _people_losing_everything(con, [person_id], purged)
         erasure_id = _record(engine, person_id, reason, upheld_by, recorded_by, purged, key)
         counts = _purge_landing(con, landing, sources, purged, f"erasure-{erasure_id}")
-        counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people)
+        applied = _registered(engine, [erasure_id])
+        counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people, applied)
         counts |= purge.purge_published(store.root, purged, key)
     finally:
         con.close()
@@ -362,11 +463,13 @@ def _purge_warehouse(
     targets: Mapping[purge.Relation, list[int]],
     records: set[str],
     people: set[str],
+    applied: set[tuple[int, str]],
 ) -> dict[str, int]:
     con.execute("begin transaction")
     try:
         counts = purge.purge_ingest(con, targets)
         counts |= purge.purge_linked(con, records, people)
+        _register(con, applied)
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
@@ -493,7 +596,8 @@ def reapply(
         people = _people_losing_everything(con, named, purged)
         run_id = f"erasure-{'-'.join(map(str, ids))}-again"
         counts = _purge_landing(con, landing, sources, purged, run_id)
-        counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people)
+        applied = _registered(engine, ids)
+        counts |= _purge_warehouse(con, Path(warehouse), targets, purged, people, applied)
         counts |= purge.purge_published(published_dir, purged, key)
     finally:
         con.close()
