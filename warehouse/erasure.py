@@ -299,16 +299,16 @@ def forget_lost(
     if not lost:
         raise ErasureError(f"erasure #{erasure_id} is not lost: nothing to forget")
     ((_, recorded_at),) = lost
-    con.execute(
-        "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
-        [erasure_id, recorded_at],
-    )
-    audit.record_rights_action(
+    audit.record_rights_action(  # first: a decision taken is never missing from the trail
         engine,
         by=by,
         action="erasure_forgotten",
         person_ids=[],
         detail={"reason": reason, "erasure_id": erasure_id, "recorded_at": recorded_at},
+    )
+    con.execute(
+        "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
+        [erasure_id, recorded_at],
     )
     return erasure_id, recorded_at
 
