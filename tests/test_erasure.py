@@ -657,6 +657,11 @@ def _erasures(county, *extra: str):
     return CliRunner().invoke(app, ["erasures", *extra, "--data-dir", str(county.data)])
 
 
+def _erasure_rows(county) -> list:
+    with county.engine().connect() as conn:
+        return conn.execute(sa.select(erasure.erasures).order_by(erasure.erasures.c.id)).all()
+
+
 def test_an_operational_store_restored_from_before_an_erasure_stops_the_loads(county):
     """The tombstones went with the restore, so a delivery would bring the person back: the
     warehouse's own register of erasures notices, and loads stop until the DPO decides."""
@@ -697,8 +702,3 @@ def test_an_operational_store_restored_from_before_an_erasure_stops_the_loads(co
     # As the message says: loads resume, and the person is back until erased again.
     assert sdv_load(landing, county.data).exit_code == 0
     assert _hits(county.warehouse, who) != []
-
-
-def _erasure_rows(county) -> list:
-    with county.engine().connect() as conn:
-        return conn.execute(sa.select(erasure.erasures).order_by(erasure.erasures.c.id)).all()
