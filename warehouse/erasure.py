@@ -235,14 +235,18 @@ def _registered(engine: Engine, erasure_ids: Iterable[int]) -> set[tuple[int, st
         return {(int(i), at.isoformat()) for i, at in rows}
 
 
+def _unregister(con: duckdb.DuckDBPyConnection, erasure_id: int, recorded_at: str) -> None:
+    con.execute(
+        "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
+        [erasure_id, recorded_at],
+    )
+
+
 def _register(con: duckdb.DuckDBPyConnection, applied: set[tuple[int, str]]) -> None:
     """Note in the warehouse (inside the purge's transaction) which erasures it has had."""
     con.execute(REGISTER_DDL)
     for erasure_id, recorded_at in sorted(applied):
-        con.execute(
-            "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
-            [erasure_id, recorded_at],
-        )
+        _unregister(con, erasure_id, recorded_at)
         con.execute(
             "insert into meta.erasures_applied values (?, ?, ?)",
             [erasure_id, recorded_at, datetime.now(UTC)],
@@ -291,26 +295,25 @@ def check_register(con: duckdb.DuckDBPyConnection, engine: Engine) -> None:
 
 def forget_lost(
     con: duckdb.DuckDBPyConnection, engine: Engine, erasure_id: int, *, reason: str, by: str
-) -> tuple[int, str]:
+) -> list[tuple[int, str]]:
     """Take a lost erasure off the warehouse's register so loads resume (the DPO's decision,
-    recorded in the audit trail with ``reason``); returns it. Refuses one not lost."""
+    recorded in the audit trail with ``reason``); returns what went. Refuses one not lost.
+    Two stores restored in turn can each have lost an erasure numbered ``erasure_id``:
+    both go."""
     _accountable(reason=reason, by=by)
     lost = [entry for entry in lost_erasures(con, engine) if entry[0] == erasure_id]
     if not lost:
         raise ErasureError(f"erasure #{erasure_id} is not lost: nothing to forget")
-    ((_, recorded_at),) = lost
-    audit.record_rights_action(  # first: a decision taken is never missing from the trail
-        engine,
-        by=by,
-        action="erasure_forgotten",
-        person_ids=[],
-        detail={"reason": reason, "erasure_id": erasure_id, "recorded_at": recorded_at},
-    )
-    con.execute(
-        "delete from meta.erasures_applied where erasure_id = ? and recorded_at = ?",
-        [erasure_id, recorded_at],
-    )
-    return erasure_id, recorded_at
+    for _, recorded_at in lost:
+        audit.record_rights_action(  # first: a decision taken is never missing from the trail
+            engine,
+            by=by,
+            action="erasure_forgotten",
+            person_ids=[],
+            detail={"reason": reason, "erasure_id": erasure_id, "recorded_at": recorded_at},
+        )
+        _unregister(con, erasure_id, recorded_at)
+    return lost
 
 
 # --- the operational store ------------------------------------------------------------------
