@@ -3,7 +3,7 @@
 ``sdv generate`` writes a synthetic landing zone; ``sdv load`` runs the nightly ingest
 job over a landing zone through Dagster (in-process, recorded in the Dagster instance
 under the data directory, so runs show in ``dagster dev`` afterwards); ``sdv nightly``
-loads and then links and publishes, as the schedules do; ``sdv demo`` generates a
+loads, applies retention, then links and publishes, as the schedules do; ``sdv demo`` generates a
 5,000-household county, loads, links and publishes it and prints what it did.
 """
 
@@ -472,7 +472,13 @@ def nightly(
     config: ConfigDir = DEFAULT_CONFIG_DIR,
 ) -> None:
     """Tonight's run, as the schedules do it: load every delivery in the landing zone, then
-    link and publish in one run (the ``link_and_publish`` job).
+    apply retention (the ``apply_retention`` job), then link and publish in one run (the
+    ``link_and_publish`` job).
+
+    Retention runs before linkage for the reason the 03:00 schedule does: nothing past its
+    period, and no erased record that a restored backup brought back, reaches the linked
+    layer or the Family View. If it fails, nothing is linked or published (readers keep
+    their snapshot) and the command exits 1.
 
     A refused delivery does not stop the night: its source keeps its last good delivery,
     as under the schedules, and the command exits 1 once the rest is published. A linkage
@@ -481,9 +487,39 @@ def nightly(
     settings = _settings(data_dir, landing, config)
     outcomes = _load_or_exit(settings)
     print_summary(settings, outcomes)
+    _retention_or_exit(settings, "sdv nightly")
     _linked_and_published_or_exit(settings, "sdv nightly")
     if not all(o.ok for o in outcomes):
         raise typer.Exit(code=1)
+
+
+def _retention_or_exit(settings: Settings, trigger: str) -> None:
+    """Run ``apply_retention``; print what it destroyed, or why nothing is linked (exit 1)."""
+    from assets.retention import RETENTION
+    from pipelines.definitions import RETENTION_JOB
+
+    with console.status("Applying retention"):
+        ok, message, metadata = run_job(settings, RETENTION_JOB, trigger)
+    if not ok:
+        console.print(
+            f"[red]Retention failed:[/red] {message}\n"
+            "Nothing linked or published: readers keep their snapshot."
+        )
+        raise typer.Exit(code=1)
+    meta = metadata[RETENTION.to_user_string()]
+    again = meta["erased_records_destroyed_again"]
+    if again:
+        out.print(
+            f"[yellow]Erased records found again and destroyed: {again:,}. Was the warehouse "
+            "or the published folder restored from a backup?[/yellow]"
+        )
+    folders = sum(s["folders"] for s in meta["landing_folders_destroyed"].values())
+    audit_events = meta["audit_events_destroyed"]
+    out.print(
+        f"Retention as of {meta['as_of']}: {meta['rows_destroyed']:,} rows destroyed "
+        f"({meta['records_expired']:,} person-level records expired), {folders} landing "
+        f"folder(s), {audit_events or 0:,} audit event(s) (retention run {meta['run_id']})"
+    )
 
 
 def _linked_and_published_or_exit(settings: Settings, trigger: str) -> None:

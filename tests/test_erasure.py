@@ -614,6 +614,36 @@ def test_a_restored_backup_does_not_bring_an_erased_person_back(county, monkeypa
     assert refused.exit_code == 1 and "another pseudonymisation key" in refused.output
 
 
+def test_sdv_nightly_after_a_restore_publishes_without_the_erased_person(county):
+    """``sdv nightly`` applies retention between the loads and linkage, as the schedules
+    do: run straight after restoring a backup from before an erasure, it destroys the
+    person again and publishes tonight's Family View without them."""
+    child = _child(county)
+    who = _identity(county, child)
+    saved = _backup(county, county.root / "backup")
+    assert _erase(county, child, "--yes").exit_code == 0
+    _restore(county, saved)
+    before = county.store().current_path()
+    assert _hits(county.warehouse, who) and _hits(before, who), "the backup holds them"
+
+    landing = _landing(county)
+    result = CliRunner().invoke(
+        app, ["nightly", "--landing", str(landing), "--data-dir", str(county.data)]
+    )
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "Erased records found again and destroyed" in output
+    assert re.search(r"Retention as of \S+: [\d,]+ rows destroyed", output)
+    assert output.index("Retention as of") < output.index("Linked ")
+    published = county.store().current_path()
+    assert published != before and _hits(published, who) == []
+    assert _hits(county.warehouse, who) == []
+    with pytest.raises(NotFound):
+        AccessLayer(county.store(), load_policy(), county.engine()).person(
+            User("sw", "social_worker"), "safeguarding", child
+        )
+
+
 def test_a_restored_published_folder_alone_is_purged_again(county):
     """Only the published folder restored (the warehouse kept): the erased person is found
     in the kept snapshots themselves and purged from them and their analysts' files."""
