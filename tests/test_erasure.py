@@ -614,7 +614,7 @@ def test_a_restored_backup_does_not_bring_an_erased_person_back(county, monkeypa
     assert refused.exit_code == 1 and "another pseudonymisation key" in refused.output
 
 
-def test_sdv_nightly_after_a_restore_publishes_without_the_erased_person(county):
+def test_sdv_nightly_after_a_restore_publishes_without_the_erased_person(county, monkeypatch):
     """``sdv nightly`` applies retention between the loads and linkage, as the schedules
     do: run straight after restoring a backup from before an erasure, it destroys the
     person again and publishes tonight's Family View without them."""
@@ -642,6 +642,18 @@ def test_sdv_nightly_after_a_restore_publishes_without_the_erased_person(county)
         AccessLayer(county.store(), load_policy(), county.engine()).person(
             User("sw", "social_worker"), "safeguarding", child
         )
+
+    # Retention that cannot run (the tombstones are under another key) stops the night
+    # before linkage: readers keep the snapshot they have.
+    monkeypatch.setenv("SDV_PSEUDONYM_KEY", (b"x" * 32).hex())
+    refused = CliRunner().invoke(
+        app, ["nightly", "--landing", str(landing), "--data-dir", str(county.data)]
+    )
+    assert refused.exit_code == 1, refused.output
+    said = " ".join(refused.output.split())
+    assert "Retention failed" in said and "another pseudonymisation key" in said
+    assert "Linked " not in said
+    assert county.store().current_path() == published
 
 
 def test_a_restored_published_folder_alone_is_purged_again(county):
