@@ -20,10 +20,14 @@ directory:
 A night is two jobs, as the schedules run them: ``sdv load`` (every source's ingest run)
 and the ``link_and_publish`` run. Each runs in a child process of its own, through the
 same code the ``sdv`` commands and the Dagster schedules use, so a night's wall time
-includes starting the processes and Dagster's runs, as at night. The child's peak
-resident memory comes from ``os.wait4``. The ``link_and_publish`` run's split into stages
-comes from what its assets record themselves (``linked.runs`` timings and the runs'
-``stage_seconds`` / ``stage_peak_rss_mib`` metadata, see :mod:`warehouse.stages`):
+includes starting the processes and Dagster's runs, as at night. Between the two the
+schedules (and ``sdv nightly``) run ``apply_retention``, its own job: it is timed in a
+child too, but reported apart from the night's stages and total (the ``(retention)`` row,
+and night 2 / night 1 with it), so that a night's figures compare with earlier rounds.
+The child's peak resident memory comes from ``os.wait4``. The ``link_and_publish`` run's
+split into stages comes from what its assets record themselves (``linked.runs`` timings
+and the runs' ``stage_seconds`` / ``stage_peak_rss_mib`` metadata, see
+:mod:`warehouse.stages`):
 
 ================  ==================================================================
 ingest            ``sdv load`` of the night's delivery (all five sources)
@@ -168,6 +172,18 @@ def _child_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": meta["records"], "model_version": meta["version"]}
 
 
+def _child_retention(args: argparse.Namespace) -> dict[str, Any]:
+    from assets.retention import RETENTION
+    from pipelines.definitions import RETENTION_JOB
+
+    meta = _job(_settings(args.data_dir, args.landing), RETENTION_JOB)[RETENTION.to_user_string()]
+    return {
+        "rows_destroyed": meta["rows_destroyed"],
+        "records_expired": meta["records_expired"],
+        "erased_records_destroyed_again": meta["erased_records_destroyed_again"],
+    }
+
+
 def _child_link_and_publish(args: argparse.Namespace) -> dict[str, Any]:
     from assets.family_view import PUBLISHED, SNAPSHOT
     from assets.linkage import PERSON_RECORDS
@@ -196,6 +212,7 @@ CHILD_JOBS = {
     "generate": _child_generate,
     "ingest": _child_ingest,
     "train": _child_train,
+    "retention": _child_retention,
     "link_and_publish": _child_link_and_publish,
 }
 
@@ -440,12 +457,15 @@ def bench_size(households: int, out: Path, *, seed: int, extract_date: str, keep
         options = {"data_dir": data, "landing": landings[night]}
         print(f"[{households:,} households] {night}: ingest", flush=True)
         ingest = run_child("ingest", logs, f"{night}-ingest", **options)
+        print(f"[{households:,} households] {night}: retention", flush=True)
+        retention = run_child("retention", logs, f"{night}-retention", **options)
         if index == 0:  # a fresh data directory has no model: train one, apart from the night
             print(f"[{households:,} households] training the model (not part of a night)")
             training = run_child("train", logs, "train", **options)
         print(f"[{households:,} households] {night}: link, curate and publish", flush=True)
         nightly = run_child("link_and_publish", logs, f"{night}-link_and_publish", **options)
         report[night] = night_stages(ingest, nightly)
+        report[night]["retention"] = asdict(retention)
     assert training is not None
     report["train"] = asdict(training)
     first, second = report["night_1"]["total_wall_seconds"], report["night_2"]["total_wall_seconds"]
@@ -454,6 +474,9 @@ def bench_size(households: int, out: Path, *, seed: int, extract_date: str, keep
     report["unchanged_night_ratio"] = round(unchanged / first, 3) if first else None
     report["job_ratios"] = job_ratios(report["night_1"], report["night_2"])
     report["linkage_work_ratio"] = linkage_work_ratio(report["night_1"], report["night_2"])
+    report["second_night_ratio_with_retention"] = with_retention_ratio(
+        report["night_1"], report["night_2"]
+    )
     if not keep:
         shutil.rmtree(work)
     return report
@@ -471,6 +494,17 @@ def job_ratios(first: dict[str, Any], second: dict[str, Any]) -> dict[str, float
         after = second["jobs"][job]["wall_seconds"]
         ratios[job] = round(after / before, 3) if before else None
     return ratios
+
+
+def with_retention(night: dict[str, Any]) -> float:
+    """A night's wall seconds with its retention run, as the schedules run the three."""
+    return night["total_wall_seconds"] + night["retention"]["wall_seconds"]
+
+
+def with_retention_ratio(first: dict[str, Any], second: dict[str, Any]) -> float | None:
+    """Night 2 / night 1, each with its retention run."""
+    before = with_retention(first)
+    return round(with_retention(second) / before, 3) if before else None
 
 
 def linkage_work_ratio(first: dict[str, Any], second: dict[str, Any]) -> float | None:
@@ -574,6 +608,11 @@ def table_lines(report: dict[str, Any]) -> list[str]:
                 f"{h:>10} {night[-1]:>7} {'TOTAL':<12} {_fmt(data['total_wall_seconds']):>9} "
                 f"{'':>9} {'':>10} {_fmt(data['max_peak_rss_mib']):>10} max"
             )
+            kept = data["retention"]
+            lines.append(
+                f"{h:>10} {night[-1]:>7} {'(retention)':<12} {_fmt(kept['wall_seconds']):>9} "
+                f"{'':>9} {'':>10} {_fmt(kept['peak_mib']):>10} process"
+            )
         train = size["train"]
         lines.append(
             f"{h:>10} {'-':>7} {'(train)':<12} {_fmt(train['wall_seconds']):>9} "
@@ -597,6 +636,14 @@ def table_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"{h:>10} the linkage's own work (standardise to hard-rule check), night 2 / "
             f"night 1 = {_fmt(size.get('linkage_work_ratio'), 2)}"
+        )
+        destroyed = " / ".join(
+            f"{size[n]['retention']['result']['rows_destroyed']:,}" for n in NIGHTS
+        )
+        lines.append(
+            f"{h:>10} with each night's retention run (its own job, not in TOTAL), night 2 / "
+            f"night 1 = {_fmt(size.get('second_night_ratio_with_retention'), 2)}; rows it "
+            f"destroyed, nights 1 / 2 / 3: {destroyed}"
         )
         per_job = ", ".join(
             f"{job} {_fmt(ratio, 2)}" for job, ratio in size.get("job_ratios", {}).items()

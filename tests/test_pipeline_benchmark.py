@@ -143,6 +143,10 @@ def test_benchmark_runs_its_three_nights_on_a_tiny_county(tmp_path: Path, capsys
             sum(s["wall_seconds"] for s in stages.values()), abs=0.1
         )
         assert size[night]["max_peak_rss_mib"] >= max(s["peak_rss_mib"] for s in stages.values())
+        # the retention run between the two jobs, timed apart from the night's total
+        retention = size[night]["retention"]
+        assert retention["job"] == "retention" and retention["wall_seconds"] > 0
+        assert retention["result"]["rows_destroyed"] == 0  # a fresh county: nothing expired
     # the second night re-scores only what the second delivery changed; the third (the
     # same files again, the next day) is loaded as a delivery of its own and re-scores none
     assert 0 < size["night_2"]["changed_records_scored"] < size["night_2"]["person_level_rows"]
@@ -158,6 +162,10 @@ def test_benchmark_runs_its_three_nights_on_a_tiny_county(tmp_path: Path, capsys
     # the linkage's own work, from what linked.runs recorded each night
     work = [sum(size[n]["linkage_recorded_seconds"].values()) for n in ("night_1", "night_2")]
     assert size["linkage_work_ratio"] == pytest.approx(work[1] / work[0], abs=1e-3)
+    nights = [size[n]["total_wall_seconds"] + size[n]["retention"]["wall_seconds"] for n in NIGHTS]
+    assert size["second_night_ratio_with_retention"] == pytest.approx(
+        nights[1] / nights[0], abs=1e-3
+    )
     assert "second_night_under_quarter" in report["targets"]
     assert len(report["load_average_at_start"]) == 3
     for when in ("start", "end"):
@@ -168,6 +176,8 @@ def test_benchmark_runs_its_three_nights_on_a_tiny_county(tmp_path: Path, capsys
     assert "TOTAL" in printed and "per job, night 2 / night 1: ingest" in printed
     assert "the linkage's own work (standardise to hard-rule check), night 2 / night 1" in printed
     assert "night 3 (night 2's files again, nothing changed) / night 1" in printed
+    assert printed.count("(retention)") == len(NIGHTS)
+    assert "with each night's retention run (its own job, not in TOTAL)" in printed
     probes = (report["machine_probe_at_start"], report["machine_probe_at_end"])
     assert calibrate.describe(*probes) in printed
 
