@@ -3,8 +3,8 @@
 ``sdv generate`` writes a synthetic landing zone; ``sdv load`` runs the nightly ingest
 job over a landing zone through Dagster (in-process, recorded in the Dagster instance
 under the data directory, so runs show in ``dagster dev`` afterwards); ``sdv nightly``
-loads, applies retention, then links and publishes, as the schedules do; ``sdv demo`` generates a
-5,000-household county, loads, links and publishes it and prints what it did.
+loads, applies retention, then links and publishes, as the schedules do; ``sdv demo``
+generates a 5,000-household county, loads, links and publishes it and prints what it did.
 """
 
 from __future__ import annotations

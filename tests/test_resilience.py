@@ -9,9 +9,10 @@
 * A duplicate delivery is a no-op reported as ``unchanged``; a delivery older than the
   current one loads for its own date and does not replace ``current``; one dated after
   today is refused (the rule is in ``warehouse.landing.check_not_future``).
-* ``sdv nightly`` (the ingest runs, then ``link_and_publish``), killed with SIGKILL at
-  seeded random points (inside a delivery's transaction, just after a delivery committed,
-  in the ingest runs, inside the linked tables' transaction, while the snapshot is built),
+* ``sdv nightly`` (the ingest runs, retention, then ``link_and_publish``), killed with
+  SIGKILL at seeded random points (inside a delivery's transaction, just after a delivery
+  committed, in the ingest runs, inside the linked tables' transaction, while the snapshot
+  is built, in the retention run with the warehouse open for writing),
   leaves the published view, the warehouse and the linked tables whole, and the next run
   completes and publishes. The run reports what it is doing as it goes, so each kill is
   checked to have landed inside the operation it is named after, and the state after it
@@ -445,7 +446,8 @@ def test_sdv_load_reports_each_broken_delivery_by_file_and_reason(tmp_path, sour
 
 # -- SIGKILL during the nightly run --------------------------------------------------------
 
-# The nightly sequence as `sdv nightly` runs it: the ingest runs, then `link_and_publish`.
+# The nightly sequence as `sdv nightly` runs it: the ingest runs, retention, then
+# `link_and_publish`.
 # The child reports each operation as it starts and ends, one line at a time, in PROGRESS
 # (appended and closed per line: what it wrote survives its SIGKILL), so the test knows
 # which operation each kill interrupted. Where a kill point names an operation too short
@@ -462,6 +464,7 @@ import assets.ingest
 import assets.linkage
 import pipelines.cli
 import warehouse.linked
+import warehouse.retention
 import warehouse.store
 from pipelines.cli import app
 
@@ -529,6 +532,16 @@ def _replace_then_linger(con, table, frame):
         report("linkage writing lingered")
 warehouse.linked._replace = _replace_then_linger
 
+# Retention has planned (the warehouse open for writing, nothing yet destroyed): linger.
+_plan = warehouse.retention.plan
+def _plan_then_linger(*args, **kwargs):
+    found = _plan(*args, **kwargs)
+    report("retention planned")
+    time.sleep({LINGER})
+    report("retention planned lingered")
+    return found
+warehouse.retention.plan = _plan_then_linger
+
 sys.exit(app(["nightly", "--landing", landing, "--data-dir", data], standalone_mode=False))
 """
 # The day after the shared county's extract date: a real new delivery for `sdv load`, which
@@ -589,12 +602,13 @@ def _in_snapshot_build(progress: list[str]) -> bool:
 
 
 def kill_points(rng: random.Random) -> list[KillPoint]:
-    """Five points over the nightly run: inside a delivery's transaction (all written,
+    """Six points over the nightly run: inside a delivery's transaction (all written,
     not committed); just after a delivery committed, its commit still only in the
     write-ahead log; part way through the ingest runs; inside the transaction writing the
-    linked tables; and part way through building the snapshot. The first two and the
-    fourth come while the child lingers there; the ingest and snapshot points are a
-    seeded random moment after their marker."""
+    linked tables; part way through building the snapshot; and in the retention run, the
+    warehouse open for writing. The first two, the fourth and the last come while the
+    child lingers there; the ingest and snapshot points are a seeded random moment after
+    their marker. (The retention point is last so that the others keep their draws.)"""
     return [
         KillPoint(
             "while a delivery commits",
@@ -620,6 +634,12 @@ def kill_points(rng: random.Random) -> list[KillPoint]:
             _snapshot_building,
             rng.uniform(0.0, 0.4),
             _in_snapshot_build,
+        ),
+        KillPoint(
+            "while retention runs",
+            _reported("retention planned"),
+            rng.uniform(0.0, 0.3),
+            _last_is("retention planned"),
         ),
     ]
 
