@@ -566,6 +566,8 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
             axis.plot(x, y, marker="o", label=stage)
         totals = [s[night]["total_wall_seconds"] for s in sizes]
         axis.plot(x, totals, marker="s", color="black", linewidth=2.5, label="night total")
+        kept = [max(s[night]["retention"]["wall_seconds"], 0.01) for s in sizes]
+        axis.plot(x, kept, marker="^", color="grey", linestyle="--", label="retention (own job)")
         axis.axhline(TARGET_NIGHT_SECONDS, color="red", linestyle=":", label="10 minutes")
         axis.set_xscale("log")
         axis.set_yscale("log")
