@@ -46,6 +46,12 @@ Reviewer = Annotated[
     str | None,
     typer.Option("--reviewer", envvar="USER", help="Who decides (default: $USER)."),
 ]
+Reader = Annotated[
+    str | None,
+    typer.Option(
+        "--reviewer", envvar="USER", help="Who reads the records, for the audit (default: $USER)."
+    ),
+]
 Reason = Annotated[str, typer.Option("--reason", help="Why: read later by auditors and peers.")]
 
 
@@ -59,9 +65,12 @@ def _reported() -> Iterator[None]:
     import duckdb
     import sqlalchemy as sa
 
+    from warehouse.audit import AuditError
+    from warehouse.audit_config import AuditConfigError
     from warehouse.review import ReviewError
 
-    with reported((ReviewError,), (sa.exc.OperationalError, duckdb.Error), "the store"):
+    refused = (ReviewError, AuditError, AuditConfigError)
+    with reported(refused, (sa.exc.OperationalError, duckdb.Error), "the store"):
         yield
 
 
@@ -95,11 +104,35 @@ def main(
     ctx: typer.Context,
     data_dir: DataDir = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many; 0 for all.")] = 50,
+    reviewer: Reader = None,
 ) -> None:
     """Without a subcommand: list the pairs waiting for review."""
     ctx.obj = {"data_dir": data_dir}
     if ctx.invoked_subcommand is None:
-        list_pending(ctx, data_dir=data_dir, limit=limit)
+        list_pending(ctx, data_dir=data_dir, limit=limit, reviewer=reviewer)
+
+
+def _read_recorded(
+    settings: Settings, items: list[ReviewItem], reader: str | None, shown: str
+) -> None:
+    """Record the reading in the audit trail before anything is shown (``review.record_read``):
+    under ``config/audit.yaml``'s ``review_access``, with the persons linkage last put the
+    records in."""
+    from warehouse import review
+    from warehouse.audit_config import load_audit_config
+    from warehouse.review import ReviewError
+
+    if not reader:
+        raise ReviewError("say who is reading: --reviewer NAME ($USER is not set)")
+    records = [r for item in items for r in (item.record_id_l, item.record_id_r)]
+    review.record_read(
+        _engine(settings),
+        items,
+        by=reader,
+        access=load_audit_config(settings.config_dir).review_access,
+        persons=persons_of(settings.warehouse, records),
+        shown=shown,
+    )
 
 
 @review_app.command("list")
@@ -107,16 +140,20 @@ def list_pending(
     ctx: typer.Context,
     data_dir: DataDir = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many; 0 for all.")] = 50,
+    reviewer: Reader = None,
 ) -> None:
-    """Pairs waiting for review, likeliest matches first."""
+    """Pairs waiting for review, likeliest matches first (the reading is audited)."""
     from warehouse import review
 
     with _reported():
-        items = review.pending(_engine(settings_for(ctx, data_dir)))
+        settings = settings_for(ctx, data_dir)
+        items = review.pending(_engine(settings))
+        shown = items[:limit] if limit else items
+        if shown:
+            _read_recorded(settings, shown, reviewer, "list")
     if not items:
         out.print("No pairs waiting for review.")
         return
-    shown = items[:limit] if limit else items
     table = Table(title=f"{len(items):,} pair(s) waiting for review")
     table.add_column("pair")
     table.add_column("probability", justify="right")
@@ -187,16 +224,20 @@ def show(
     ctx: typer.Context,
     pair_id: Annotated[str, typer.Argument(help="Pair id, or a unique prefix of it.")],
     data_dir: DataDir = None,
+    reviewer: Reader = None,
 ) -> None:
-    """The two records side by side, disagreements marked, and what drove the score."""
+    """The two records side by side, disagreements marked, and what drove the score (the
+    reading is audited)."""
     from warehouse import review
 
     with _reported():
-        engine = _engine(settings_for(ctx, data_dir))
+        settings = settings_for(ctx, data_dir)
+        engine = _engine(settings)
         item = review.get_item(engine, pair_id)
         decisions = review.decision_history(engine).filter(
             record_id_l=item.record_id_l, record_id_r=item.record_id_r
         )
+        _read_recorded(settings, [item], reviewer, "show")
     _show(item)
     for row in decisions.iter_rows(named=True):  # oldest first: the last one is in force
         out.print(
@@ -282,6 +323,29 @@ def person_records(warehouse: Path, person_id: str) -> list[str]:
     if not rows:
         raise ReviewError(f"no person {person_id} in linked.person_records")
     return [row[0] for row in rows]
+
+
+def persons_of(warehouse: Path, record_ids: list[str]) -> dict[str, str]:
+    """Record id to the person linkage last put it in, for the records that have one (none
+    before the first linkage, or where the warehouse is elsewhere than the queue)."""
+    import duckdb
+
+    if not warehouse.exists() or not record_ids:
+        return {}
+    con = duckdb.connect(
+        str(warehouse), read_only=True, config={"python_enable_replacements": False}
+    )
+    try:
+        rows = con.execute(
+            "SELECT record_id, CAST(person_id AS VARCHAR) FROM linked.person_records "
+            "WHERE record_id IN (SELECT unnest(?::VARCHAR[]))",
+            [sorted(set(record_ids))],
+        ).fetchall()
+    except duckdb.CatalogException:
+        return {}
+    finally:
+        con.close()
+    return dict(rows)
 
 
 def split_groups(person_id: str, records: list[str], listed: list[list[str]]) -> list[list[str]]:

@@ -238,8 +238,8 @@ def first_night(county: County) -> FirstNight:
         households=pl.read_csv(households_csv, infer_schema=False),
         households_header=households_csv.read_text().splitlines()[0],
         pending=pending,
-        review_list=county.sdv("review", "list"),
-        review_show=county.sdv("review", "show", pending[0].pair_id[:8]),
+        review_list=county.sdv("review", "list", "--reviewer", "alice"),
+        review_show=county.sdv("review", "show", pending[0].pair_id[:8], "--reviewer", "alice"),
     )
 
 

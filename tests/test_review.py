@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.settings import Settings
+from warehouse import audit
 from warehouse.operational import engine_for, ensure_schema
 from warehouse.review import (
+    REVIEW_READ,
     ReviewError,
     constraints,
     decide,
@@ -240,7 +242,8 @@ def cli_env(tmp_path, monkeypatch):
     con.execute("CREATE TABLE linked.person_records (person_id VARCHAR, record_id VARCHAR)")
     con.execute(
         "INSERT INTO linked.person_records VALUES "
-        "('P7', 'h|p|1'), ('P7', 'p|n|1'), ('P7', 's|u|1'), ('P8', 'h|p|2')"
+        "('P7', 'h|p|1'), ('P7', 'p|n|1'), ('P7', 's|u|1'), ('P8', 'h|p|2'), "
+        f"('P1', '{ALFIE}'), ('P2', '{ALFIE_POLICE}'), ('P3', '{ZOE}')"  # ZOE_CARE: none
     )
     con.close()
     engine = engine_for(url)
@@ -284,6 +287,51 @@ def test_cli_shows_records_side_by_side_with_levels(cli_env):
     assert any("surname" in x and "Example" in x and "=" in x for x in lines)
     assert "day/month swapped" in result.output and "nickname match" in result.output
     assert "match probability 0.900" in result.output and "match weight 2.00" in result.output
+
+
+def _reads(engine) -> list:
+    """The audit's record of the queue being read, oldest first."""
+    return [e for e in audit.events(engine) if e.action == REVIEW_READ]
+
+
+def test_cli_reading_the_queue_is_audited_with_the_persons_it_shows(cli_env, monkeypatch):
+    """The queue holds names, dates of birth and whole records from every source: each
+    reading is recorded before it is shown, with whom the records are about (the persons
+    linkage put them in), under config/audit.yaml's review_access; never a record id."""
+    listed = sdv("list", "--limit", "1")
+    assert listed.exit_code == 0 and "Alfred Example" in listed.output
+    (event,) = _reads(cli_env)
+    assert (event.user_id, event.role, event.purpose) == (
+        "alice",
+        "linkage_reviewer",
+        "identity_resolution",
+    )
+    assert "Art. 5(1)(d) accuracy" in event.lawful_basis
+    assert event.person_ids == ("P1", "P2")  # the one pair shown, not the whole queue
+    assert event.detail == {
+        "shown": "list",
+        "pairs": [pair_id(ALFIE, ALFIE_POLICE)],
+        "records": 2,
+        "records_not_linked": 0,
+    }
+    shown = sdv("show", pair_id(ZOE, ZOE_CARE)[:6], "--reviewer", "Bob Smith")
+    assert shown.exit_code == 0 and "Zoe" not in shown.stderr
+    event = _reads(cli_env)[-1]
+    assert (event.user_id, event.person_ids) == ("Bob Smith", ("P3",))
+    assert event.detail["shown"] == "show" and event.detail["records_not_linked"] == 1
+    for read in _reads(cli_env):
+        stored = json.dumps([read.detail, read.columns, read.tables])
+        assert not any(r in stored for r in (ALFIE, ALFIE_POLICE, ZOE, ZOE_CARE))
+    # "Who has seen this person's data" finds the reading.
+    seen = CliRunner().invoke(app, ["audit", "--person", "P3"])
+    assert seen.exit_code == 0 and "Bob Smith" in seen.output
+    assert audit.verify(cli_env).ok
+
+    # Nobody to record: nothing is shown.
+    monkeypatch.delenv("USER")
+    assert_one_line_error(sdv("list"), "say who is reading")
+    assert_one_line_error(sdv("show", pair_id(ZOE, ZOE_CARE)), "say who is reading")
+    assert len(_reads(cli_env)) == 2
 
 
 def test_cli_accept_then_reject(cli_env):

@@ -22,11 +22,31 @@ class AuditConfigError(ValueError):
     """The audit configuration is invalid; the message names file and key."""
 
 
+class ReviewAccess(BaseModel):
+    """How the trail records the data team reading the clerical review queue (``sdv review
+    list`` and ``show`` display names, dates of birth and whole records from every source):
+    under which role, for which purpose, on which lawful basis. The defaults stand until
+    the partnership's DPO writes its own under ``review_access``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str = Field(default="linkage_reviewer", min_length=1)
+    purpose: str = Field(default="identity_resolution", min_length=1)
+    lawful_basis: str = Field(
+        default=(
+            "UK GDPR 6(1)(e) public task (Children Act 2004 s.10-11) and Art. 5(1)(d) "
+            "accuracy; 9(2)(g) and DPA 2018 Sch 1 para 18 safeguarding of children"
+        ),
+        min_length=1,
+    )
+
+
 class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Whole years an event is kept after it was recorded; None: kept in full.
     keep_years: int | None = Field(default=None, ge=1, le=100)
+    review_access: ReviewAccess = ReviewAccess()
 
     def cutoff(self, as_of: date) -> datetime:
         """The moment (UTC) before which events have served their period on ``as_of``.

@@ -19,17 +19,21 @@ import hashlib
 import itertools
 import json
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from warehouse import audit
 from warehouse.operational import UTCDateTime, metadata
+
+if TYPE_CHECKING:
+    from warehouse.audit_config import ReviewAccess
 
 PENDING, DECIDED, STALE = "pending", "decided", "stale"
 DECISIONS = {"accept": "must_link", "reject": "cannot_link"}
@@ -291,6 +295,50 @@ def get_item(engine: Engine, pair_id_or_prefix: str) -> ReviewItem:
         shown = ", ".join(r.pair_id for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         raise ReviewError(f"pair id prefix {pair_id_or_prefix} is ambiguous: {shown}")
     return _item(rows[0])
+
+
+REVIEW_READ = "review"  # the audit action: the queue's records were read
+
+
+def record_read(
+    engine: Engine,
+    items: Sequence[ReviewItem],
+    *,
+    by: str,
+    access: ReviewAccess,
+    persons: Mapping[str, str],
+    shown: str,
+) -> None:
+    """Record in the audit trail that ``by`` is about to read these pairs' records.
+
+    The queue holds copies of what each source delivered (names, dates of birth, whole
+    records), and ``sdv review`` displays them, so each reading is an access like any
+    other: who, when, which pairs, and the persons linkage last put the records in
+    (``persons``: record id to person id), so that "who has seen this child's data"
+    finds it. Call it before anything is shown: a reading the trail cannot take is not
+    shown. The detail holds pair ids and counts, never a record id (a local key can be
+    an identifier such as a UPN); ``shown`` says which command (``list`` or ``show``).
+    """
+    records = {r for item in items for r in (item.record_id_l, item.record_id_r)}
+    audit.append(
+        engine,
+        audit.AuditEvent(
+            user_id=by,
+            role=access.role,
+            purpose=access.purpose,
+            lawful_basis=access.lawful_basis,
+            action=REVIEW_READ,
+            outcome="allowed",
+            columns=("review_pairs.record_l", "review_pairs.record_r"),
+            person_ids=sorted({persons[r] for r in records if r in persons}),
+            detail={
+                "shown": shown,
+                "pairs": sorted(item.pair_id for item in items),
+                "records": len(records),
+                "records_not_linked": sum(1 for r in records if r not in persons),
+            },
+        ),
+    )
 
 
 def _record_decision(
