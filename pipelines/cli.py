@@ -619,12 +619,30 @@ def evaluate(
     out.print(f"Written to {target}")
 
 
-export_app = typer.Typer(no_args_is_help=True, help="Export the linkage for scoring elsewhere.")
+export_app = typer.Typer(
+    no_args_is_help=True,
+    help="Export the linkage for use elsewhere: a share, recorded in the audit trail.",
+)
 app.add_typer(export_app, name="export")
 
+Recipient = Annotated[
+    str, typer.Option("--recipient", help="Who the file is for (recorded in the audit trail).")
+]
+ShareReason = Annotated[
+    str, typer.Option("--reason", help="Why it is shared (recorded in the audit trail).")
+]
+By = Annotated[
+    str | None, typer.Option("--by", envvar="USER", help="Who exports (default: $USER).")
+]
 
-def _export(data_dir: Path, out_file: Path, kind: str) -> None:
-    from warehouse import linked
+
+def _export(
+    data_dir: Path, out_file: Path, kind: str, recipient: str, reason: str, by: str | None
+) -> None:
+    """Write the export, once the audit trail has recorded the share (who, to whom, why,
+    every person in the file, under ``config/audit.yaml``'s ``linkage_access``)."""
+    from warehouse import audit, linked
+    from warehouse.audit_config import AuditConfigError, load_audit_config
     from warehouse.store import connect
 
     settings = _settings(data_dir, None, DEFAULT_CONFIG_DIR)
@@ -636,26 +654,53 @@ def _export(data_dir: Path, out_file: Path, kind: str) -> None:
         raise typer.Exit(code=1) from exc
     finally:
         con.close()
+    try:
+        if not by:
+            raise audit.AuditError("say who exports: --by NAME ($USER is not set)")
+        access = load_audit_config(settings.config_dir).linkage_access
+        audit.record_export(
+            settings.operational_engine(),
+            user_id=by,
+            role=access.role,
+            purpose=access.purpose,
+            lawful_basis=access.lawful_basis,
+            recipient=recipient,
+            reason=reason,
+            table="linked.person_records" if kind == "links" else "linked.household_members",
+            columns=frame.columns,
+            person_ids=frame["person_id"].unique().to_list(),
+            rows=frame.height,
+            file_name=out_file.name,
+        )
+    except (audit.AuditError, AuditConfigError) as exc:
+        console.print(f"[red]Not exported:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=1) from exc
     linked.write_csv(frame, out_file)
-    out.print(f"Wrote {frame.height:,} rows to {out_file}")
+    out.print(f"Wrote {frame.height:,} rows to {out_file} (recorded as a share to {recipient})")
 
 
 @export_app.command("links")
 def export_links(
     out_file: Annotated[Path, typer.Option("--out", help="CSV to write.")],
+    recipient: Recipient,
+    reason: ShareReason,
+    by: By = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """``source,table,local_key,person_id`` for every person-level row."""
-    _export(data_dir, out_file, "links")
+    _export(data_dir, out_file, "links", recipient, reason, by)
 
 
 @export_app.command("households")
 def export_households(
     out_file: Annotated[Path, typer.Option("--out", help="CSV to write.")],
+    recipient: Recipient,
+    reason: ShareReason,
+    by: By = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """``person_id,household_id`` for every person."""
-    _export(data_dir, out_file, "households")
+    _export(data_dir, out_file, "households", recipient, reason, by)
 
 
 @app.command()

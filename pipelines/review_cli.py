@@ -116,7 +116,7 @@ def _read_recorded(
     settings: Settings, items: list[ReviewItem], reader: str | None, shown: str
 ) -> None:
     """Record the reading in the audit trail before anything is shown (``review.record_read``):
-    under ``config/audit.yaml``'s ``review_access``, with the persons linkage last put the
+    under ``config/audit.yaml``'s ``linkage_access``, with the persons linkage last put the
     records in."""
     from warehouse import review
     from warehouse.audit_config import load_audit_config
@@ -129,7 +129,7 @@ def _read_recorded(
         _engine(settings),
         items,
         by=reader,
-        access=load_audit_config(settings.config_dir).review_access,
+        access=load_audit_config(settings.config_dir).linkage_access,
         persons=persons_of(settings.warehouse, records),
         shown=shown,
     )

@@ -12,6 +12,7 @@ from datetime import date, datetime
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 import yaml
 from conftest import police_tables, sdv_load, write_delivery
@@ -293,11 +294,71 @@ def test_a_landing_zone_that_is_not_there_fails_the_load_but_an_empty_one_does_n
     assert f"No deliveries found under {missing}" in quiet.output
 
 
+SHARE = ["--recipient", "police_west records team", "--reason", "stamp person ids on records"]
+
+
 def test_exports_without_a_warehouse_say_so(tmp_path):
     for kind in ("links", "households"):
         result = CliRunner().invoke(
-            app, ["export", kind, "--out", str(tmp_path / "x.csv"), "--data-dir", str(tmp_path)]
+            app,
+            ["export", kind, "--out", str(tmp_path / "x.csv"), *SHARE, "--data-dir", str(tmp_path)],
         )
         assert result.exit_code == 1
         assert f"No warehouse at {tmp_path / 'warehouse.duckdb'}" in result.output
         assert "Traceback" not in result.output
+
+
+def test_an_export_is_a_share_recorded_before_the_file_is_written(
+    published_county, tmp_path, monkeypatch
+):
+    """A file of every person's ids leaving the warehouse is a share: the audit trail
+    records who made it, for whom, why, under config/audit.yaml's linkage_access, and
+    every person in it, before the file exists. No recipient or reason, no file."""
+    from warehouse import audit
+    from warehouse.operational import engine_for
+
+    county = published_county.copy(tmp_path / "county")
+    engine = engine_for(county.operational_url)
+    exported = {}
+    for kind in ("links", "households"):
+        out_file = tmp_path / f"{kind}.csv"
+        args = ["export", kind, "--out", str(out_file), "--data-dir", str(county.data)]
+        missing = CliRunner().invoke(app, [*args, "--reason", "stamp person ids"])
+        assert missing.exit_code == 2 and "--recipient" in missing.output
+        blank = CliRunner().invoke(
+            app, [*args, "--recipient", "police", "--reason", " ", "--by", "erin"]
+        )
+        assert blank.exit_code == 1 and "a reason" in blank.output
+        monkeypatch.delenv("USER", raising=False)
+        nobody = CliRunner().invoke(app, [*args, *SHARE])
+        assert nobody.exit_code == 1 and "say who exports" in nobody.output
+        assert not out_file.exists()
+        result = CliRunner().invoke(app, [*args, *SHARE, "--by", "erin"])
+        assert result.exit_code == 0, result.output
+        assert "recorded as a share to police_west records team" in result.output
+        exported[kind] = pl.read_csv(out_file, infer_schema=False)
+
+    shares = [e for e in audit.events(engine) if e.action == audit.EXPORT]
+    assert len(shares) == 2
+    for event, kind, table in zip(
+        shares, exported, ("linked.person_records", "linked.household_members"), strict=True
+    ):
+        frame = exported[kind]
+        assert (event.user_id, event.role, event.purpose) == (
+            "erin",
+            "linkage_team",
+            "identity_resolution",
+        )
+        assert "Art. 5(1)(d) accuracy" in event.lawful_basis
+        assert event.columns == tuple(sorted(f"{table}.{c}" for c in frame.columns))
+        assert set(event.person_ids) == set(frame["person_id"]) and len(event.person_ids) > 100
+        assert event.detail == {
+            "recipient": "police_west records team",
+            "reason": "stamp person ids on records",
+            "rows": frame.height,
+            "file": f"{kind}.csv",
+        }
+    someone = exported["links"]["person_id"][0]
+    seen = CliRunner().invoke(app, ["audit", "--person", someone, "--data-dir", str(county.data)])
+    assert seen.exit_code == 0 and seen.output.count("erin") == 2
+    assert audit.verify(engine).ok

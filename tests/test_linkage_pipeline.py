@@ -225,8 +225,9 @@ def first_night(county: County) -> FirstNight:
         "evaluate", "--truth", str(county.first_truth), "--out", str(report)
     )
     links_csv, households_csv = county.root / "links.csv", county.root / "households.csv"
-    county.sdv("export", "links", "--out", str(links_csv))
-    county.sdv("export", "households", "--out", str(households_csv))
+    share = ("--recipient", "evaluation", "--reason", "score the linkage", "--by", "alice")
+    county.sdv("export", "links", "--out", str(links_csv), *share)
+    county.sdv("export", "households", "--out", str(households_csv), *share)
     pending = review.pending(county.engine())
     assert pending, "the run queued no pair for review"
     return FirstNight(

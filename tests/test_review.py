@@ -297,13 +297,13 @@ def _reads(engine) -> list:
 def test_cli_reading_the_queue_is_audited_with_the_persons_it_shows(cli_env, monkeypatch):
     """The queue holds names, dates of birth and whole records from every source: each
     reading is recorded before it is shown, with whom the records are about (the persons
-    linkage put them in), under config/audit.yaml's review_access; never a record id."""
+    linkage put them in), under config/audit.yaml's linkage_access; never a record id."""
     listed = sdv("list", "--limit", "1")
     assert listed.exit_code == 0 and "Alfred Example" in listed.output
     (event,) = _reads(cli_env)
     assert (event.user_id, event.role, event.purpose) == (
         "alice",
-        "linkage_reviewer",
+        "linkage_team",
         "identity_resolution",
     )
     assert "Art. 5(1)(d) accuracy" in event.lawful_basis

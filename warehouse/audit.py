@@ -556,6 +556,44 @@ def record_rights_action(
     )
 
 
+EXPORT = "export"
+
+
+def record_export(
+    engine: Engine,
+    *,
+    user_id: str,
+    role: str,
+    purpose: str,
+    lawful_basis: str,
+    recipient: str,
+    reason: str,
+    table: str,
+    columns: Iterable[str],
+    person_ids: Iterable[str],
+    rows: int,
+    file_name: str,
+) -> AuditRecord:
+    """Record a share made outside the access layer: a file of ``table``'s ``columns``
+    about these persons, written for ``recipient``, and why. Call it before the file is
+    written, so that a share the trail cannot take is not made. Every person in the file
+    is named, so "who has seen this person's data" finds the share."""
+    recipient = _text(recipient, "the recipient (who the file is for)")
+    reason = _text(reason, "a reason (why the file is shared, for whoever reviews it)")
+    event = AuditEvent(
+        user_id=user_id,
+        role=role,
+        purpose=purpose,
+        lawful_basis=lawful_basis,
+        action=EXPORT,
+        outcome="allowed",
+        columns=tuple(f"{table}.{c}" for c in columns),
+        person_ids=tuple(person_ids),
+        detail={"recipient": recipient, "reason": reason, "rows": rows, "file": file_name},
+    )
+    return append(engine, event)
+
+
 def record_no_share(
     engine: Engine,
     *,

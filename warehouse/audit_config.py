@@ -22,15 +22,17 @@ class AuditConfigError(ValueError):
     """The audit configuration is invalid; the message names file and key."""
 
 
-class ReviewAccess(BaseModel):
-    """How the trail records the data team reading the clerical review queue (``sdv review
-    list`` and ``show`` display names, dates of birth and whole records from every source):
-    under which role, for which purpose, on which lawful basis. The defaults stand until
-    the partnership's DPO writes its own under ``review_access``."""
+class LinkageAccess(BaseModel):
+    """How the trail records the data team's own use of the linkage outside the Family
+    View: reading the clerical review queue (``sdv review list`` and ``show`` display
+    names, dates of birth and whole records from every source) and exporting its results
+    (``sdv export links`` and ``households``, a share of every person's ids): under which
+    role, for which purpose, on which lawful basis. The defaults stand until the
+    partnership's DPO writes its own under ``linkage_access``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: str = Field(default="linkage_reviewer", min_length=1)
+    role: str = Field(default="linkage_team", min_length=1)
     purpose: str = Field(default="identity_resolution", min_length=1)
     lawful_basis: str = Field(
         default=(
@@ -46,7 +48,7 @@ class AuditConfig(BaseModel):
 
     # Whole years an event is kept after it was recorded; None: kept in full.
     keep_years: int | None = Field(default=None, ge=1, le=100)
-    review_access: ReviewAccess = ReviewAccess()
+    linkage_access: LinkageAccess = LinkageAccess()
 
     def cutoff(self, as_of: date) -> datetime:
         """The moment (UTC) before which events have served their period on ``as_of``.

@@ -33,7 +33,7 @@ from warehouse import audit
 from warehouse.operational import UTCDateTime, metadata
 
 if TYPE_CHECKING:
-    from warehouse.audit_config import ReviewAccess
+    from warehouse.audit_config import LinkageAccess
 
 PENDING, DECIDED, STALE = "pending", "decided", "stale"
 DECISIONS = {"accept": "must_link", "reject": "cannot_link"}
@@ -305,7 +305,7 @@ def record_read(
     items: Sequence[ReviewItem],
     *,
     by: str,
-    access: ReviewAccess,
+    access: LinkageAccess,
     persons: Mapping[str, str],
     shown: str,
 ) -> None:
