@@ -170,7 +170,25 @@ def _detail(record: AuditRecord) -> str:
     detail = record.detail or {}
     if record.action == "no_share":
         return f"not shared with {detail.get('recipient', '?')}: {detail.get('reason', '?')}"
+    if record.action == "export":
+        return (
+            f"shared with {detail.get('recipient', '?')}: {detail.get('reason', '?')} "
+            f"({detail.get('rows', 0):,} rows, {detail.get('file', '?')})"
+        )
     return "\n".join(f"{key}={value}" for key, value in sorted(detail.items()))
+
+
+# An export names every person in its file: the table lists this many, then says how many
+# more there are and where to read them all.
+SHOWN_PERSONS = 10
+
+
+def _persons(record: AuditRecord) -> str:
+    ids = record.person_ids
+    if len(ids) <= SHOWN_PERSONS:
+        return "\n".join(ids)
+    more = f"and {len(ids) - SHOWN_PERSONS:,} more (--json lists all)"
+    return "\n".join([*ids[:SHOWN_PERSONS], more])
 
 
 def _table(title: str, records: list[AuditRecord], show_persons: bool) -> Table:
@@ -190,7 +208,7 @@ def _table(title: str, records: list[AuditRecord], show_persons: bool) -> Table:
             "\n".join(who),
             why,
             "\n".join([f"{record.action}: {record.outcome}", *record.tables]),
-            *(["\n".join(record.person_ids)] if show_persons else []),
+            *([_persons(record)] if show_persons else []),
             _detail(record),
         ]
         table.add_row(*(escape(cell) for cell in cells))

@@ -314,6 +314,7 @@ def test_an_export_is_a_share_recorded_before_the_file_is_written(
     """A file of every person's ids leaving the warehouse is a share: the audit trail
     records who made it, for whom, why, under config/audit.yaml's linkage_access, and
     every person in it, before the file exists. No recipient or reason, no file."""
+    from pipelines import audit_cli
     from warehouse import audit
     from warehouse.operational import engine_for
 
@@ -361,4 +362,18 @@ def test_an_export_is_a_share_recorded_before_the_file_is_written(
     someone = exported["links"]["person_id"][0]
     seen = CliRunner().invoke(app, ["audit", "--person", someone, "--data-dir", str(county.data)])
     assert seen.exit_code == 0 and seen.output.count("erin") == 2
+    events = json.loads(
+        CliRunner()
+        .invoke(app, ["audit", "--person", someone, "--json", "--data-dir", str(county.data)])
+        .output
+    )["events"]
+    assert [e["action"] for e in events] == ["export", "export"]
+    assert events[0]["detail"]["recipient"] == "police_west records team"
+    # The latest events list ten of an export's persons and say how many more: not
+    # hundreds of lines (every id folds over two in a terminal 80 characters wide).
+    latest = CliRunner().invoke(app, ["audit", "--data-dir", str(county.data)])
+    assert latest.exit_code == 0 and len(latest.output.splitlines()) < 150
+    cell = audit_cli._persons(shares[0]).splitlines()
+    assert cell[:10] == list(shares[0].person_ids[:10])
+    assert cell[10:] == [f"and {len(shares[0].person_ids) - 10:,} more (--json lists all)"]
     assert audit.verify(engine).ok
