@@ -44,12 +44,8 @@ DataDir = Annotated[
 ]
 Reviewer = Annotated[
     str | None,
-    typer.Option("--reviewer", envvar="USER", help="Who decides (default: $USER)."),
-]
-Reader = Annotated[
-    str | None,
     typer.Option(
-        "--reviewer", envvar="USER", help="Who reads the records, for the audit (default: $USER)."
+        "--reviewer", envvar="USER", help="Who reads or decides, as recorded (default: $USER)."
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why: read later by auditors and peers.")]
@@ -104,7 +100,7 @@ def main(
     ctx: typer.Context,
     data_dir: DataDir = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many; 0 for all.")] = 50,
-    reviewer: Reader = None,
+    reviewer: Reviewer = None,
 ) -> None:
     """Without a subcommand: list the pairs waiting for review."""
     ctx.obj = {"data_dir": data_dir}
@@ -140,7 +136,7 @@ def list_pending(
     ctx: typer.Context,
     data_dir: DataDir = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many; 0 for all.")] = 50,
-    reviewer: Reader = None,
+    reviewer: Reviewer = None,
 ) -> None:
     """Pairs waiting for review, likeliest matches first (the reading is audited)."""
     from warehouse import review
@@ -224,7 +220,7 @@ def show(
     ctx: typer.Context,
     pair_id: Annotated[str, typer.Argument(help="Pair id, or a unique prefix of it.")],
     data_dir: DataDir = None,
-    reviewer: Reader = None,
+    reviewer: Reviewer = None,
 ) -> None:
     """The two records side by side, disagreements marked, and what drove the score (the
     reading is audited)."""
