@@ -109,7 +109,12 @@ def main(
 
 
 def _read_recorded(
-    settings: Settings, items: list[ReviewItem], reader: str | None, shown: str
+    settings: Settings,
+    reader: str | None,
+    shown: str,
+    record_ids: list[str],
+    pair_ids: list[str],
+    person_ids: list[str] | None = None,
 ) -> None:
     """Record the reading in the audit trail before anything is shown (``review.record_read``):
     under ``config/audit.yaml``'s ``linkage_access``, with the persons linkage last put the
@@ -120,15 +125,21 @@ def _read_recorded(
 
     if not reader:
         raise ReviewError("say who is reading: --reviewer NAME ($USER is not set)")
-    records = [r for item in items for r in (item.record_id_l, item.record_id_r)]
     review.record_read(
         _engine(settings),
-        items,
         by=reader,
         access=load_audit_config(settings.config_dir).linkage_access,
-        persons=persons_of(settings.warehouse, records),
         shown=shown,
+        record_ids=record_ids,
+        persons=persons_of(settings.warehouse, record_ids),
+        pair_ids=pair_ids,
+        person_ids=person_ids or [],
     )
+
+
+def _items_read(settings: Settings, reader: str | None, shown: str, items: list[ReviewItem]):
+    records = [r for item in items for r in (item.record_id_l, item.record_id_r)]
+    _read_recorded(settings, reader, shown, records, [item.pair_id for item in items])
 
 
 @review_app.command("list")
@@ -146,7 +157,7 @@ def list_pending(
         items = review.pending(_engine(settings))
         shown = items[:limit] if limit else items
         if shown:
-            _read_recorded(settings, shown, reviewer, "list")
+            _items_read(settings, reviewer, "list", shown)
     if not items:
         out.print("No pairs waiting for review.")
         return
@@ -233,7 +244,7 @@ def show(
         decisions = review.decision_history(engine).filter(
             record_id_l=item.record_id_l, record_id_r=item.record_id_r
         )
-        _read_recorded(settings, [item], reviewer, "show")
+        _items_read(settings, reviewer, "show", [item])
     _show(item)
     for row in decisions.iter_rows(named=True):  # oldest first: the last one is in force
         out.print(
@@ -395,12 +406,23 @@ def split(
 
 
 @review_app.command()
-def history(ctx: typer.Context, data_dir: DataDir = None) -> None:
-    """Every decision and split so far, oldest first, with who and why."""
+def history(ctx: typer.Context, data_dir: DataDir = None, reviewer: Reviewer = None) -> None:
+    """Every decision and split so far, oldest first, with who and why (the reading is
+    audited: record ids and reasons)."""
     from warehouse import review
 
     with _reported():
-        decisions = review.decision_history(_engine(settings_for(ctx, data_dir)))
+        settings = settings_for(ctx, data_dir)
+        decisions = review.decision_history(_engine(settings))
+        if not decisions.is_empty():
+            _read_recorded(
+                settings,
+                reviewer,
+                "history",
+                [*decisions["record_id_l"].drop_nulls(), *decisions["record_id_r"].drop_nulls()],
+                decisions["pair_id"].drop_nulls().to_list(),
+                decisions["person_id"].drop_nulls().to_list(),
+            )
     if decisions.is_empty():
         out.print("No decisions yet.")
         return

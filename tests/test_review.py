@@ -325,13 +325,24 @@ def test_cli_reading_the_queue_is_audited_with_the_persons_it_shows(cli_env, mon
     # "Who has seen this person's data" finds the reading.
     seen = CliRunner().invoke(app, ["audit", "--person", "P3"])
     assert seen.exit_code == 0 and "Bob Smith" in seen.output
+    # The decision log shows record ids and reasons: its reading is recorded too, with the
+    # persons of the pairs decided and of the person split.
+    assert sdv("history").output.startswith("No decisions yet")  # nothing read, nothing kept
+    assert sdv("reject", pair_id(ZOE, ZOE_CARE), "--reason", "twins").exit_code == 0
+    assert sdv("split", "P7", "--group", "h|p|1", "--reason", "different GP").exit_code == 0
+    history = sdv("history")
+    assert history.exit_code == 0 and "twins" in history.output
+    event = _reads(cli_env)[-1]
+    assert event.detail["shown"] == "history" and event.person_ids == ("P3", "P7")
+    assert event.detail["pairs"] == [pair_id(ZOE, ZOE_CARE)]
     assert audit.verify(cli_env).ok
 
     # Nobody to record: nothing is shown.
     monkeypatch.delenv("USER")
     assert_one_line_error(sdv("list"), "say who is reading")
     assert_one_line_error(sdv("show", pair_id(ZOE, ZOE_CARE)), "say who is reading")
-    assert len(_reads(cli_env)) == 2
+    assert_one_line_error(sdv("history"), "say who is reading")
+    assert len(_reads(cli_env)) == 3
 
 
 def test_cli_accept_then_reject(cli_env):

@@ -302,24 +302,27 @@ REVIEW_READ = "review"  # the audit action: the queue's records were read
 
 def record_read(
     engine: Engine,
-    items: Sequence[ReviewItem],
     *,
     by: str,
     access: LinkageAccess,
-    persons: Mapping[str, str],
     shown: str,
+    record_ids: Iterable[str],
+    persons: Mapping[str, str],
+    pair_ids: Iterable[str] = (),
+    person_ids: Iterable[str] = (),
 ) -> None:
-    """Record in the audit trail that ``by`` is about to read these pairs' records.
+    """Record in the audit trail that ``by`` is about to read these records of the queue.
 
     The queue holds copies of what each source delivered (names, dates of birth, whole
     records), and ``sdv review`` displays them, so each reading is an access like any
     other: who, when, which pairs, and the persons linkage last put the records in
-    (``persons``: record id to person id), so that "who has seen this child's data"
-    finds it. Call it before anything is shown: a reading the trail cannot take is not
-    shown. The detail holds pair ids and counts, never a record id (a local key can be
-    an identifier such as a UPN); ``shown`` says which command (``list`` or ``show``).
+    (``persons``: record id to person id; ``person_ids``: persons shown by id, as a split
+    is), so that "who has seen this child's data" finds it. Call it before anything is
+    shown: a reading the trail cannot take is not shown. The detail holds pair ids and
+    counts, never a record id (a local key can be an identifier such as a UPN); ``shown``
+    says which command (``list``, ``show`` or ``history``).
     """
-    records = {r for item in items for r in (item.record_id_l, item.record_id_r)}
+    records = set(record_ids)
     audit.append(
         engine,
         audit.AuditEvent(
@@ -330,10 +333,10 @@ def record_read(
             action=REVIEW_READ,
             outcome="allowed",
             columns=("review_pairs.record_l", "review_pairs.record_r"),
-            person_ids=sorted({persons[r] for r in records if r in persons}),
+            person_ids=sorted({persons[r] for r in records if r in persons} | set(person_ids)),
             detail={
                 "shown": shown,
-                "pairs": sorted(item.pair_id for item in items),
+                "pairs": sorted(set(pair_ids)),
                 "records": len(records),
                 "records_not_linked": sum(1 for r in records if r not in persons),
             },
