@@ -24,6 +24,7 @@ from pipelines.cli_support import reported, settings_for
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
+    import duckdb
     from sqlalchemy.engine import Engine
 
     from warehouse.review import ReviewItem
@@ -302,6 +303,16 @@ def reject(
     _decide(ctx, pair_id, "reject", reviewer, reason, data_dir)
 
 
+def _read_only(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    """The warehouse, read-only, without replacement scans: a missing table must be an
+    error, not this module's function of the same name picked up from the caller's scope."""
+    import duckdb
+
+    return duckdb.connect(
+        str(warehouse), read_only=True, config={"python_enable_replacements": False}
+    )
+
+
 def person_records(warehouse: Path, person_id: str) -> list[str]:
     """The record ids linkage last put in this person, from the warehouse (read-only)."""
     import duckdb
@@ -310,11 +321,7 @@ def person_records(warehouse: Path, person_id: str) -> list[str]:
 
     if not warehouse.exists():
         raise ReviewError(f"no warehouse at {warehouse}")
-    # No replacement scans: a missing table must be an error, not this module's function
-    # of the same name picked up from the caller's scope.
-    con = duckdb.connect(
-        str(warehouse), read_only=True, config={"python_enable_replacements": False}
-    )
+    con = _read_only(warehouse)
     try:
         rows = con.execute(
             "SELECT record_id FROM linked.person_records "
@@ -339,9 +346,7 @@ def persons_of(warehouse: Path, record_ids: list[str]) -> dict[str, str]:
 
     if not warehouse.exists() or not record_ids:
         return {}
-    con = duckdb.connect(
-        str(warehouse), read_only=True, config={"python_enable_replacements": False}
-    )
+    con = _read_only(warehouse)
     try:
         rows = con.execute(
             "SELECT record_id, CAST(person_id AS VARCHAR) FROM linked.person_records "
