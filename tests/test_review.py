@@ -308,6 +308,7 @@ def test_cli_reading_the_queue_is_audited_with_the_persons_it_shows(cli_env, mon
     )
     assert "Art. 5(1)(d) accuracy" in event.lawful_basis
     assert event.person_ids == ("P1", "P2")  # the one pair shown, not the whole queue
+    assert event.columns == ("review_pairs.record_l", "review_pairs.record_r")
     assert event.detail == {
         "shown": "list",
         "pairs": [pair_id(ALFIE, ALFIE_POLICE)],
@@ -334,6 +335,7 @@ def test_cli_reading_the_queue_is_audited_with_the_persons_it_shows(cli_env, mon
     assert history.exit_code == 0 and "twins" in history.output
     event = _reads(cli_env)[-1]
     assert event.detail["shown"] == "history" and event.person_ids == ("P3", "P7")
+    assert "review_decisions.reason" in event.columns
     assert event.detail["pairs"] == [pair_id(ZOE, ZOE_CARE)]
     assert audit.verify(cli_env).ok
 

@@ -298,6 +298,17 @@ def get_item(engine: Engine, pair_id_or_prefix: str) -> ReviewItem:
 
 
 REVIEW_READ = "review"  # the audit action: the queue's records were read
+# What each reading shows, as the audit names it: the queued records themselves (list,
+# show), or the decision log's record ids, reasons and split persons (history).
+QUEUE_COLUMNS = ("review_pairs.record_l", "review_pairs.record_r")
+HISTORY_COLUMNS = (
+    "review_decisions.record_id_l",
+    "review_decisions.record_id_r",
+    "review_decisions.reason",
+    "person_splits.person_id",
+    "person_splits.reason",
+    "person_split_records.record_id",
+)
 
 
 def record_read(
@@ -306,6 +317,7 @@ def record_read(
     by: str,
     access: LinkageAccess,
     shown: str,
+    columns: Sequence[str],
     record_ids: Iterable[str],
     persons: Mapping[str, str],
     pair_ids: Iterable[str] = (),
@@ -320,7 +332,8 @@ def record_read(
     is), so that "who has seen this child's data" finds it. Call it before anything is
     shown: a reading the trail cannot take is not shown. The detail holds pair ids and
     counts, never a record id (a local key can be an identifier such as a UPN); ``shown``
-    says which command (``list``, ``show`` or ``history``).
+    says which command (``list``, ``show`` or ``history``), ``columns`` what it displays
+    (:data:`QUEUE_COLUMNS` or :data:`HISTORY_COLUMNS`).
     """
     records = set(record_ids)
     audit.append(
@@ -332,7 +345,7 @@ def record_read(
             lawful_basis=access.lawful_basis,
             action=REVIEW_READ,
             outcome="allowed",
-            columns=("review_pairs.record_l", "review_pairs.record_r"),
+            columns=tuple(columns),
             person_ids=sorted({persons[r] for r in records if r in persons} | set(person_ids)),
             detail={
                 "shown": shown,
