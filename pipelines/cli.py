@@ -657,13 +657,10 @@ def _export(
     try:
         if not by:
             raise audit.AuditError("say who exports: --by NAME ($USER is not set)")
-        access = load_audit_config(settings.config_dir).linkage_access
         audit.record_export(
             settings.operational_engine(),
             user_id=by,
-            role=access.role,
-            purpose=access.purpose,
-            lawful_basis=access.lawful_basis,
+            access=load_audit_config(settings.config_dir).linkage_access,
             recipient=recipient,
             reason=reason,
             table="linked.person_records" if kind == "links" else "linked.household_members",

@@ -113,7 +113,6 @@ def _read_recorded(
     settings: Settings,
     reader: str | None,
     shown: str,
-    columns: tuple[str, ...],
     record_ids: list[str],
     pair_ids: list[str],
     person_ids: list[str] | None = None,
@@ -132,7 +131,6 @@ def _read_recorded(
         by=reader,
         access=load_audit_config(settings.config_dir).linkage_access,
         shown=shown,
-        columns=columns,
         record_ids=record_ids,
         persons=persons_of(settings.warehouse, record_ids),
         pair_ids=pair_ids,
@@ -143,11 +141,8 @@ def _read_recorded(
 def _items_read(
     settings: Settings, reader: str | None, shown: str, items: list[ReviewItem]
 ) -> None:
-    from warehouse.review import QUEUE_COLUMNS
-
     records = [r for item in items for r in (item.record_id_l, item.record_id_r)]
-    pairs = [item.pair_id for item in items]
-    _read_recorded(settings, reader, shown, QUEUE_COLUMNS, records, pairs)
+    _read_recorded(settings, reader, shown, records, [item.pair_id for item in items])
 
 
 @review_app.command("list")
@@ -431,7 +426,6 @@ def history(ctx: typer.Context, data_dir: DataDir = None, reviewer: Reviewer = N
                 settings,
                 reviewer,
                 "history",
-                review.HISTORY_COLUMNS,
                 [*decisions["record_id_l"].drop_nulls(), *decisions["record_id_r"].drop_nulls()],
                 decisions["pair_id"].drop_nulls().to_list(),
                 decisions["person_id"].drop_nulls().to_list(),

@@ -66,7 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -77,6 +77,9 @@ except ImportError:  # Windows: appenders meet in SQLite's busy handler instead
     fcntl = None  # type: ignore[assignment]
 
 from warehouse.operational import UTCDateTime, holds_table, metadata
+
+if TYPE_CHECKING:
+    from warehouse.audit_config import LinkageAccess
 
 GENESIS = "0" * 64  # prev_hash of the first event
 OUTCOMES = ("allowed", "denied", "not_found", "withheld")
@@ -563,9 +566,7 @@ def record_export(
     engine: Engine,
     *,
     user_id: str,
-    role: str,
-    purpose: str,
-    lawful_basis: str,
+    access: LinkageAccess,
     recipient: str,
     reason: str,
     table: str,
@@ -575,16 +576,17 @@ def record_export(
     file_name: str,
 ) -> AuditRecord:
     """Record a share made outside the access layer: a file of ``table``'s ``columns``
-    about these persons, written for ``recipient``, and why. Call it before the file is
-    written, so that a share the trail cannot take is not made. Every person in the file
-    is named, so "who has seen this person's data" finds the share."""
+    about these persons, written for ``recipient``, and why, under ``access`` (role,
+    purpose and lawful basis: ``config/audit.yaml``'s ``linkage_access``). Call it before
+    the file is written, so that a share the trail cannot take is not made. Every person
+    in the file is named, so "who has seen this person's data" finds the share."""
     recipient = _text(recipient, "the recipient (who the file is for)")
     reason = _text(reason, "a reason (why the file is shared, for whoever reviews it)")
     event = AuditEvent(
         user_id=user_id,
-        role=role,
-        purpose=purpose,
-        lawful_basis=lawful_basis,
+        role=access.role,
+        purpose=access.purpose,
+        lawful_basis=access.lawful_basis,
         action=EXPORT,
         outcome="allowed",
         columns=tuple(f"{table}.{c}" for c in columns),

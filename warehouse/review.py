@@ -298,17 +298,21 @@ def get_item(engine: Engine, pair_id_or_prefix: str) -> ReviewItem:
 
 
 REVIEW_READ = "review"  # the audit action: the queue's records were read
-# What each reading shows, as the audit names it: the queued records themselves (list,
-# show), or the decision log's record ids, reasons and split persons (history).
-QUEUE_COLUMNS = ("review_pairs.record_l", "review_pairs.record_r")
-HISTORY_COLUMNS = (
-    "review_decisions.record_id_l",
-    "review_decisions.record_id_r",
-    "review_decisions.reason",
-    "person_splits.person_id",
-    "person_splits.reason",
-    "person_split_records.record_id",
-)
+# What each reading command displays, as the audit names it: the queued records themselves
+# (list, show), or the decision log's record ids, reasons and split persons (history).
+_QUEUE = ("review_pairs.record_l", "review_pairs.record_r")
+SHOWN_COLUMNS = {
+    "list": _QUEUE,
+    "show": _QUEUE,
+    "history": (
+        "review_decisions.record_id_l",
+        "review_decisions.record_id_r",
+        "review_decisions.reason",
+        "person_splits.person_id",
+        "person_splits.reason",
+        "person_split_records.record_id",
+    ),
+}
 
 
 def record_read(
@@ -317,7 +321,6 @@ def record_read(
     by: str,
     access: LinkageAccess,
     shown: str,
-    columns: Sequence[str],
     record_ids: Iterable[str],
     persons: Mapping[str, str],
     pair_ids: Iterable[str] = (),
@@ -332,8 +335,8 @@ def record_read(
     is), so that "who has seen this child's data" finds it. Call it before anything is
     shown: a reading the trail cannot take is not shown. The detail holds pair ids and
     counts, never a record id (a local key can be an identifier such as a UPN); ``shown``
-    says which command (``list``, ``show`` or ``history``), ``columns`` what it displays
-    (:data:`QUEUE_COLUMNS` or :data:`HISTORY_COLUMNS`).
+    says which command (``list``, ``show`` or ``history``), and so which columns it
+    displays (:data:`SHOWN_COLUMNS`).
     """
     records = set(record_ids)
     audit.append(
@@ -345,8 +348,8 @@ def record_read(
             lawful_basis=access.lawful_basis,
             action=REVIEW_READ,
             outcome="allowed",
-            columns=tuple(columns),
-            person_ids=sorted({persons[r] for r in records if r in persons} | set(person_ids)),
+            columns=SHOWN_COLUMNS[shown],
+            person_ids={persons[r] for r in records if r in persons} | set(person_ids),
             detail={
                 "shown": shown,
                 "pairs": sorted(set(pair_ids)),
