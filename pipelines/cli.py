@@ -640,8 +640,11 @@ def _export(
     data_dir: Path, out_file: Path, kind: str, recipient: str, reason: str, by: str | None
 ) -> None:
     """Write the export, once the audit trail has recorded the share (who, to whom, why,
-    every person in the file, under ``config/audit.yaml``'s ``linkage_access``)."""
-    from warehouse import audit, linked
+    every person in the file, under ``config/audit.yaml``'s ``linkage_access``).
+
+    A person under a restriction of processing (Art. 18) is left out, as every role but
+    the DPO reads as if they were not there: a share is processing too."""
+    from warehouse import audit, linked, restriction
     from warehouse.audit_config import AuditConfigError, load_audit_config
     from warehouse.store import connect
 
@@ -649,6 +652,9 @@ def _export(
     con = connect(_warehouse_or_exit(settings), read_only=True)
     try:
         frame = linked.links_export(con) if kind == "links" else linked.households_export(con)
+        frame, withheld = linked.withhold(
+            con, frame, restriction.restricted_records(settings.operational_engine())
+        )
     except LookupError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc
@@ -674,6 +680,8 @@ def _export(
         raise typer.Exit(code=1) from exc
     linked.write_csv(frame, out_file)
     out.print(f"Wrote {frame.height:,} rows to {out_file} (recorded as a share to {recipient})")
+    if withheld:
+        out.print(f"Left out {withheld:,} person(s) under a restriction of processing")
 
 
 @export_app.command("links")

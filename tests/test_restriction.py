@@ -110,6 +110,28 @@ def test_restriction_follows_the_person_through_a_new_person_id(county):
     assert access.person(User("d", "dpo"), "subject_rights", "PMERGED000001")
 
 
+def test_a_restricted_person_is_left_out_of_linkage_exports(county, tmp_path):
+    """An export of the linkage is a share to another body: a person whose processing is
+    restricted is not in the file, nor among the persons the audit says were shared."""
+    import polars as pl
+
+    child, _, _, sibling = _child_in_household(county)
+    assert _sdv(county, "restrict", child, "--reason", "objection", "--by", "dpo1").exit_code == 0
+    for kind in ("links", "households"):
+        out_file = tmp_path / f"{kind}.csv"
+        result = _sdv(
+            county, "export", kind, "--out", str(out_file), "--recipient", "police",
+            "--reason", "stamp ids", "--by", "erin",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "Left out 1 person(s) under a restriction of processing" in result.output
+        shared = set(pl.read_csv(out_file, infer_schema=False)["person_id"])
+        assert child not in shared and sibling in shared
+    exports = [e for e in audit.events(county.engine()) if e.action == audit.EXPORT]
+    assert len(exports) == 2
+    assert all(child not in e.person_ids and sibling in e.person_ids for e in exports)
+
+
 def test_restriction_needs_a_reason_and_a_known_person(county):
     unknown = _sdv(county, "restrict", "PNOSUCHPERSON", "--reason", "x")
     assert unknown.exit_code == 1

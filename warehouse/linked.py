@@ -267,6 +267,26 @@ def households_export(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return found.select("person_id", "household_id").sort("person_id")
 
 
+def withhold(
+    con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, record_ids: list[str]
+) -> tuple[pl.DataFrame, int]:
+    """``frame`` without the persons holding any of ``record_ids`` (records under a
+    restriction of processing), and how many persons that left out. A restricted person
+    is found through tonight's links, as the access layer finds them in the snapshot."""
+    if not record_ids:
+        return frame, 0
+    held = {
+        pid
+        for (pid,) in con.execute(
+            "select distinct person_id from linked.person_records "
+            "where list_contains(?, record_id)",
+            [record_ids],
+        ).fetchall()
+    }
+    hidden = pl.col("person_id").is_in(list(held))
+    return frame.filter(~hidden), frame.filter(hidden)["person_id"].n_unique()
+
+
 def write_csv(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_csv(path)
