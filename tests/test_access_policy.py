@@ -10,16 +10,20 @@ agreements allow and nothing more.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from warehouse import audit
 from warehouse.access import AccessDenied, AccessLayer, NotFound, User
 from warehouse.curated_schema import TABLES
-from warehouse.policy import INTERNAL_TABLES, PolicyError, load_policy
+from warehouse.policy import DEFAULT_POLICY, INTERNAL_TABLES, PolicyError, load_policy
+from warehouse.publish import SnapshotStore
 
 ROLES = [
     "social_worker",
@@ -243,6 +247,71 @@ def test_policy_refuses_unknown_tables_and_columns(tmp_path: Path):
     assert str(bad) in message and "shoe_size" in message and "gossip" in message
 
 
+def config_copy(tmp_path: Path, policy=None, curated=None) -> Path:
+    """The shipped policy and curation config copied side by side, each optionally changed
+    in place; returns the policy's path."""
+    for name, change in (("policy.yaml", policy), ("curated.yaml", curated)):
+        path = DEFAULT_POLICY.with_name(name)
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if change:
+            change(data)
+        (tmp_path / name).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return tmp_path / "policy.yaml"
+
+
+def test_policy_refuses_agencies_and_organisation_types_the_tables_never_hold(tmp_path: Path):
+    """A misspelt agency or organisation type is valid YAML naming a real table: without the
+    check the role would load and quietly read nothing."""
+
+    def typos(data):
+        data["roles"]["school_dsl"]["scope"]["organisation_type"] = "schol"
+        data["roles"]["early_help"]["tables"]["timeline"]["agencies"] = ["council_ehh", "school"]
+
+    bad = config_copy(tmp_path, policy=typos)
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad)
+    message = str(err.value)
+    assert message.startswith(str(bad))
+    assert "roles.school_dsl.scope.organisation_type: unknown organisation type 'schol'" in message
+    assert "roles.early_help.tables.timeline.agencies: unknown agency 'council_ehh'" in message
+    assert "unknown agency 'school'" not in message
+
+
+def test_a_new_agency_or_organisation_type_is_a_config_change(tmp_path: Path):
+    """What the curation config produces is what the policy may name: a new organisation
+    type or agency there lets a role scope or be granted to it, with no code change."""
+
+    def centres_and_youth_justice(data):
+        data["organisations"].append(
+            {
+                "person_table": "council_eh.people",
+                "sql": "select eh_person_id as local_key, 'children_centre' as organisation_type, "
+                'family_id as organisation_id from "current".council_eh__people',
+            }
+        )
+        data["timeline"].append(dict(data["timeline"][0], agency="youth_justice"))
+
+    def centre_role(data):
+        role = dict(data["roles"]["school_dsl"], scope={"organisation_type": "children_centre"})
+        role["tables"] = dict(
+            role["tables"], timeline={"columns": "all", "agencies": ["youth_justice"]}
+        )
+        data["roles"]["centre_lead"] = role
+
+    policy = load_policy(config_copy(tmp_path, centre_role, centres_and_youth_justice))
+    assert policy.grant("centre_lead", "timeline").agencies == ("youth_justice",)
+    with pytest.raises(PolicyError) as err:
+        load_policy(config_copy(tmp_path, centre_role))
+    assert "'children_centre'" in str(err.value) and "'youth_justice'" in str(err.value)
+
+
+def test_policy_without_its_curation_config_is_refused(tmp_path: Path):
+    path = tmp_path / "policy.yaml"
+    shutil.copy(DEFAULT_POLICY, path)
+    with pytest.raises(PolicyError, match=r"cannot check agencies.*curated\.yaml"):
+        load_policy(path)
+
+
 # --- the school DSL's row scope ------------------------------------------------------------
 
 
@@ -369,3 +438,56 @@ def test_every_access_layer_read_appends_one_audit_event(access, county, schools
     assert set(household.person_ids) >= {pupil} and "household_members" in household.tables
     assert events[7].organisation == schools["school_a"] and events[7].person_ids == ()
     assert audit.verify(engine).ok
+
+
+# --- a read that fails is audited as failed --------------------------------------------------
+
+
+@pytest.fixture
+def bare_access(tmp_path: Path, engine) -> AccessLayer:
+    """An access layer over an empty published folder and an empty audit."""
+    return AccessLayer(SnapshotStore(tmp_path / "published"), load_policy(), engine)
+
+
+def _one_error_event(engine, before: int, name: str) -> audit.AuditRecord:
+    events = audit.events(engine, after_seq=before)
+    assert [e.outcome for e in events] == ["error"]
+    assert events[0].detail is not None and events[0].detail["error"] == name
+    return events[0]
+
+
+def test_an_unexpected_failure_before_the_read_is_audited_as_error(
+    bare_access, engine, monkeypatch
+):
+    secret = "Alfie Example 2014-03-02"
+
+    def broken(_engine):
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr("warehouse.access.restriction.restricted_records", broken)
+    before = audit.head(engine)[0]
+    with pytest.raises(RuntimeError, match=secret):
+        bare_access.person(User("sw", "social_worker"), "safeguarding", "P1")
+    event = _one_error_event(engine, before, "RuntimeError")
+    assert secret not in str(event.detail) and event.person_ids == ()
+
+
+def test_a_broken_snapshot_mid_read_is_audited_as_error_not_allowed(bare_access, engine):
+    """The read gets a connection, then its query fails (the serving copy has no tables):
+    the API answers 500, so the audit must not say the data was shared."""
+
+    @contextlib.contextmanager
+    def empty_snapshot():
+        con = sqlite3.connect(":memory:")
+        try:
+            yield "family-view-broken", con
+        finally:
+            con.close()
+
+    bare_access._snapshots.connection = empty_snapshot  # type: ignore[method-assign]
+    before = audit.head(engine)[0]
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        bare_access.read(User("sw", "social_worker"), "safeguarding", "person")
+    event = _one_error_event(engine, before, "OperationalError")
+    assert event.detail["snapshot"] == "family-view-broken"
+    assert "no such table" not in str(event.detail)

@@ -86,6 +86,38 @@ def test_invalid_config_names_file_and_key(tmp_path, mutate, key):
     assert f"key '{key}" in message
 
 
+@pytest.mark.parametrize(
+    ("name", "mutate", "problem"),
+    [
+        (
+            "police",
+            lambda d: d["agreement"]["lawful_basis"].pop("article_10_condition"),
+            "source 'police': table 'persons' column 'pnc_id' is criminal_offence but "
+            "agreement.lawful_basis has no article_10_condition",
+        ),
+        (
+            "health",
+            lambda d: d["agreement"]["lawful_basis"].pop("article_9_condition"),
+            "source 'health': table 'encounters' column 'reason' is special_category but "
+            "agreement.lawful_basis has no article_9_condition",
+        ),
+        (
+            "police",
+            lambda d: d["tables"]["persons"].pop("local_key"),
+            "source 'police': table 'persons' is person_level but has no local_key",
+        ),
+    ],
+    ids=["offence-data-without-art10", "special-category-without-art9", "person-without-key"],
+)
+def test_agreement_gaps_are_refused_naming_source_table_and_column(tmp_path, name, mutate, problem):
+    """Sensitive columns need the agreement's condition for them, and a person table needs a
+    local key (retention and erasure find a person's rows by it)."""
+    path = write_config(tmp_path, name, mutate)
+    with pytest.raises(ConfigError) as err:
+        load_source(path)
+    assert str(path) in str(err.value) and problem in str(err.value)
+
+
 def test_unreadable_yaml_and_wrong_name(tmp_path):
     bad = tmp_path / "sources" / "police.yaml"
     bad.parent.mkdir(parents=True)

@@ -12,7 +12,8 @@ need-to-know is enforced. Every read:
    of the same tables, :mod:`warehouse.serving`), whose authoriser allows nothing but
    reading: no attaching files, no pragmas, no writes;
 4. appends one audit event (who, role, organisation, purpose, lawful basis, tables,
-   columns and person ids returned), also when access is denied or nothing is found.
+   columns and person ids returned), also when access is denied, nothing is found or the
+   read fails (outcome ``error``, with the exception's type but not its message).
 
 A person outside the caller's scope is indistinguishable from one that does not exist
 (:class:`NotFound`), so probing ids reveals nothing. A table the role may not read at all
@@ -247,7 +248,9 @@ class AccessLayer:
         self, user: User, purpose: str, action: str, detail: dict[str, Any]
     ) -> Iterator[tuple[Role, _Trail, sqlite3.Cursor]]:
         trail = _Trail()
-        outcome, lawful_basis = "allowed", None
+        # "allowed" only once the read has completed: anything that escapes otherwise (a
+        # bug, a broken snapshot) must not be on record as data shared.
+        outcome, lawful_basis = "error", None
         self._state.snapshot = None
         try:
             role = self._role(user, purpose)
@@ -262,12 +265,17 @@ class AccessLayer:
                     yield role, trail, cursor
                 finally:
                     cursor.close()
+            outcome = "allowed"
         except NotFound:
             outcome = "not_found"
             raise
         except AccessError as err:  # denied, or a request that cannot be served
             outcome = "denied"
             detail = {**detail, "reason": str(err)}
+            raise
+        except BaseException as err:
+            # The type only: a database error's message can quote the data or the query.
+            detail = {**detail, "error": type(err).__name__}
             raise
         finally:
             audit.append(

@@ -3,23 +3,31 @@
 A role names the tables it may read, the columns of each, the rows (its scope) and the
 purposes it may read for. Anything not granted is denied: an unknown role, an unlisted
 table, a column left out, a purpose not listed. Loading checks every table and column
-against :mod:`warehouse.curated_schema`, so a typo fails at start-up instead of silently
-hiding (or showing) data, and adding a role is a change to the YAML plus its tests.
+against :mod:`warehouse.curated_schema`, and every granted agency and scoped organisation
+type against what the curation config (``curated.yaml`` beside the policy) puts in the
+tables, so a typo fails at start-up instead of silently hiding (or showing) data, and
+adding a role is a change to the YAML plus its tests.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from warehouse.curated_config import CuratedConfig, CuratedConfigError, load_curated_config
 from warehouse.curated_schema import TABLES
 from warehouse.yaml_model import load_yaml_model
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
 INTERNAL_TABLES = frozenset({"person_names", "person_records"})  # never granted to a role
+CURATED_FILE = "curated.yaml"  # beside the policy, as Settings lays the config folder out
+# How an organisations query of the curation config names its type: 'school' as organisation_type
+_ORGANISATION_TYPE = re.compile(r"'([^']+)'\s+as\s+\"?organisation_type\b", re.IGNORECASE)
 
 Rows = Literal["scope", "organisation", "all"]
 
@@ -100,6 +108,30 @@ class Policy(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    def unknown_values(
+        self, agencies: Collection[str], organisation_types: Collection[str] | None
+    ) -> list[str]:
+        """Granted agencies and scoped organisation types the curated tables never hold.
+
+        Either would make the role quietly read nothing. ``organisation_types`` None: not
+        known, not checked."""
+        problems = []
+        for name, role in self.roles.items():
+            scope_type = role.scope.organisation_type if role.scope else None
+            if organisation_types is not None and scope_type not in {None, *organisation_types}:
+                problems.append(
+                    f"roles.{name}.scope.organisation_type: unknown organisation type "
+                    f"{scope_type!r} (known: {', '.join(sorted(organisation_types))})"
+                )
+            for table_name, grant in role.tables.items():
+                for agency in grant.agencies or ():
+                    if agency not in agencies:
+                        problems.append(
+                            f"roles.{name}.tables.{table_name}.agencies: unknown agency "
+                            f"{agency!r} (known: {', '.join(sorted(agencies))})"
+                        )
+        return problems
+
     def role(self, name: str) -> Role | None:
         return self.roles.get(name)
 
@@ -120,6 +152,39 @@ class Policy(_Strict):
         return Grant(table_name, columns, rows, agencies)
 
 
-def load_policy(path: Path = DEFAULT_POLICY) -> Policy:
-    """Read and validate the role policy; errors name the file and the offending key."""
-    return load_yaml_model(path, Policy, PolicyError)
+def known_values(curated: CuratedConfig) -> tuple[frozenset[str], frozenset[str] | None]:
+    """(agencies, organisation types) the curated build writes, from its configuration.
+
+    Agencies are those of the timeline and involvement entries (the tables with an agency
+    column, and the aggregates built from them). Organisation types are read from each
+    ``organisations`` query's ``'<type>' as organisation_type``; a query that computes its
+    type instead leaves the types unknown (None), and unchecked rather than refused."""
+    agencies = frozenset(e.agency for e in (*curated.timeline, *curated.involvement))
+    types: set[str] = set()
+    for query in curated.organisations:
+        found = _ORGANISATION_TYPE.findall(query.sql)
+        if not found:
+            return agencies, None
+        types.update(found)
+    return agencies, frozenset(types)
+
+
+def load_policy(path: Path = DEFAULT_POLICY, curated: CuratedConfig | None = None) -> Policy:
+    """Read and validate the role policy; errors name the file and the offending key.
+
+    Agencies and organisation types are checked against ``curated``, by default the
+    curation config beside the policy (both live in the configuration folder), so every
+    caller that loads the policy gets the check without being told where to look."""
+    policy = load_yaml_model(path, Policy, PolicyError)
+    if curated is None:
+        curated_path = Path(path).with_name(CURATED_FILE)
+        try:
+            curated = load_curated_config(curated_path)
+        except CuratedConfigError as err:
+            raise PolicyError(
+                f"{path}: cannot check agencies and organisation types: {err}"
+            ) from err
+    problems = policy.unknown_values(*known_values(curated))
+    if problems:
+        raise PolicyError(f"{path}: {'; '.join(problems)}")
+    return policy

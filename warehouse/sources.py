@@ -62,7 +62,8 @@ class Column(_Strict):
 
 class LawfulBasis(_Strict):
     """UK GDPR Article 6 basis plus the Article 9 (special category) or Article 10
-    (criminal offence) condition where the data needs one."""
+    (criminal offence) condition where the data needs one: a source with a column of that
+    sensitivity is refused without it (:meth:`Source._conditions_cover_columns`)."""
 
     article_6: str = Field(min_length=3)
     article_9_condition: str | None = None
@@ -264,6 +265,39 @@ class Source(_Strict):
         for table in self.agreement.table_retention:
             if table not in self.tables:
                 raise ValueError(f"agreement.table_retention names unknown table {table!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _conditions_cover_columns(self) -> Source:
+        """Special category data needs an Article 9 condition and criminal offence data an
+        Article 10 one: a column classed so under an agreement without that condition is
+        data the partnership has no recorded basis to process."""
+        basis = self.agreement.lawful_basis
+        conditions = {
+            "special_category": "article_9_condition",
+            "criminal_offence": "article_10_condition",
+        }
+        for table_name, table in self.tables.items():
+            for column_name, column in table.columns.items():
+                condition = conditions.get(column.sensitivity)
+                if condition is not None and not getattr(basis, condition):
+                    raise ValueError(
+                        f"source {self.name!r}: table {table_name!r} column {column_name!r} is "
+                        f"{column.sensitivity} but agreement.lawful_basis has no {condition}"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _people_have_keys(self) -> Source:
+        """A person's records are found (linked, accessed, erased, aged out) by their local
+        key: a person table without one cannot be followed and would reach retention and
+        erasure as an empty key list."""
+        for table_name, table in self.tables.items():
+            if table.person_level and not table.local_key:
+                raise ValueError(
+                    f"source {self.name!r}: table {table_name!r} is person_level but has no "
+                    "local_key"
+                )
         return self
 
     @model_validator(mode="after")
