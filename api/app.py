@@ -210,9 +210,19 @@ class AuditEveryCall:
             user, purpose = ANONYMOUS, "none"
         else:
             user, purpose = api_user.user(), purpose or api_user.default_purpose
-        outcome = "not_found" if status == 404 else "allowed" if status < 400 else "denied"
         reason = state.get(_REASON) or _reason_for(status)
-        record_api_event(self.engine, scope["path"], user, purpose, outcome, reason, status)
+        record_api_event(
+            self.engine, scope["path"], user, purpose, _outcome(status), reason, status
+        )
+
+
+def _outcome(status: int) -> str:
+    """How a request the access layer did not audit ended: a server error is not a refusal."""
+    if status == 404:
+        return "not_found"
+    if status >= 500:
+        return "error"
+    return "allowed" if status < 400 else "denied"
 
 
 def _reason_for(status: int) -> str:

@@ -249,6 +249,16 @@ def test_no_valid_token_is_401_and_audited(api: Api, snapshot, authorization):
     assert event.person_ids == ()
 
 
+def test_a_request_audited_by_the_middleware_records_how_it_ended():
+    """Refused (401, 403, 422) is "denied", but a server error is "error": the trail must
+    not say a caller was refused when the service failed them."""
+    from api.app import _outcome
+
+    assert [_outcome(s) for s in (200, 401, 403, 404, 422, 500, 503)] == [
+        "allowed", "denied", "denied", "not_found", "denied", "error", "error",
+    ]  # fmt: skip
+
+
 def test_health_needs_no_token_and_reveals_nothing(api: Api):
     before = _latest_seq(api.engine)
     response = api.client.get("/health")

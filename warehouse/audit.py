@@ -3,11 +3,12 @@
 Every read through the access layer or the API calls :func:`append` with an
 :class:`AuditEvent`: the user, their role and organisation, the purpose (and lawful basis)
 they gave, what they did (``read``, ``search``, ``api``, ``publish`` ...), how it ended
-(``allowed``, ``denied``, ``not_found``, ``withheld``), which tables and columns were read and
-which person ids came back. A decision *not* to share is recorded the same way
-(:func:`record_no_share`), with the recipient and the reason, because a partnership has to be
-able to show why it withheld as well as why it shared. :func:`person_history` answers "who
-has seen this child's data" from an indexed lookup; :func:`verify` checks the whole trail.
+(``allowed``, ``denied``, ``not_found``, ``withheld``, or ``error`` when the read failed),
+which tables and columns were read and which person ids came back. A decision *not* to
+share is recorded the same way (:func:`record_no_share`), with the recipient and the reason,
+because a partnership has to be able to show why it withheld as well as why it shared.
+:func:`person_history` answers "who has seen this child's data" from an indexed lookup;
+:func:`verify` checks the whole trail.
 
 The audit records *that* data was seen, never the data. It holds person ids and the names of
 tables and columns, not names, dates of birth, addresses or identifiers such as NHS numbers:
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
     from warehouse.audit_config import LinkageAccess
 
 GENESIS = "0" * 64  # prev_hash of the first event
-OUTCOMES = ("allowed", "denied", "not_found", "withheld")
+OUTCOMES = ("allowed", "denied", "not_found", "withheld", "error")
 NO_SHARE, WITHHELD = "no_share", "withheld"
 MAX_ACTION = 32
 _ACTION = re.compile(r"^[a-z][a-z0-9_.:-]*$")
@@ -530,6 +531,9 @@ def _append_in(conn: Connection, batch: Sequence[_Pending]) -> list[AuditRecord]
 
 
 RIGHTS_PURPOSE = "subject_rights"
+# Answering a subject-rights request is a duty the law puts on the partnership, whoever in
+# the DPO's office acts: the basis is the same for every such action.
+RIGHTS_LAWFUL_BASIS = "UK GDPR 6(1)(c) legal obligation (Art. 15-21 data subject rights)"
 
 
 def record_rights_action(
@@ -542,14 +546,15 @@ def record_rights_action(
     tables: Iterable[str] = (),
 ) -> AuditRecord:
     """Record a subject-rights action (restrict, rectify, erase, a subject access export)
-    taken by the DPO's office: who, on whom, why (``detail["reason"]``), counts only. The
-    DPO reads these back through the API's rights log."""
+    taken by the DPO's office: who, on whom, why (``detail["reason"]``), under which
+    lawful basis, counts only. The DPO reads these back through the API's rights log."""
     return append(
         engine,
         AuditEvent(
             user_id=by,
             role="dpo",
             purpose=RIGHTS_PURPOSE,
+            lawful_basis=RIGHTS_LAWFUL_BASIS,
             action=action,
             outcome="allowed",
             person_ids=tuple(person_ids),
