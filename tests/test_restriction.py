@@ -75,7 +75,8 @@ def test_restricted_person_is_hidden_from_every_role_but_the_dpo(county):
         (child, "accuracy contested", "dpo1")
     ]
     events = audit.events(county.engine(), newest_first=True, limit=50)
-    assert any(e.action == "restrict" and e.person_ids == (child,) for e in events)
+    [recorded_event] = [e for e in events if e.action == "restrict" and e.person_ids == (child,)]
+    assert recorded_event.lawful_basis.startswith("UK GDPR 6(1)(c) legal obligation")
 
     lifted = _sdv(county, "restrict", child, "--lift", "--reason", "rectified", "--by", "dpo1")
     assert lifted.exit_code == 0, lifted.output
@@ -130,6 +131,35 @@ def test_a_restricted_person_is_left_out_of_linkage_exports(county, tmp_path):
     exports = [e for e in audit.events(county.engine()) if e.action == audit.EXPORT]
     assert len(exports) == 2
     assert all(child not in e.person_ids and sibling in e.person_ids for e in exports)
+
+
+def test_a_restricted_person_is_left_out_of_the_analysts_file(county):
+    """Analysts read the pseudonymised file directly: a restricted person's rows are not in
+    the next one published, under any of the keys their id is hashed to."""
+    from family_view_county import PSEUDONYM_KEY
+
+    from warehouse.pseudonymise import pseudonym
+
+    child, _, _, sibling = _child_in_household(county)
+    assert _sdv(county, "restrict", child, "--reason", "objection", "--by", "dpo1").exit_code == 0
+    built, _, _ = county.publish()
+    hidden, kept = pseudonym(child, PSEUDONYM_KEY), pseudonym(sibling, PSEUDONYM_KEY)
+    con = connect(built.analyst, read_only=True)
+    try:
+        for table, column in [
+            ("person", "person_key"),
+            ("household_members", "person_key"),
+            ("timeline", "person_key"),
+            ("child_summary", "person_key"),
+            ("relationships", "person_key"),
+            ("relationships", "related_person_key"),
+        ]:
+            keys = {k for (k,) in con.execute(f"select {column} from {table}").fetchall()}
+            assert hidden not in keys, (table, column)
+            if table in ("person", "household_members"):
+                assert kept in keys
+    finally:
+        con.close()
 
 
 def test_restriction_needs_a_reason_and_a_known_person(county):

@@ -20,7 +20,7 @@ import polars as pl
 from sqlalchemy.engine import Engine
 
 from matching.config import LinkageConfig
-from warehouse import curate, rectification
+from warehouse import curate, rectification, restriction
 from warehouse.curated_config import CuratedConfig
 from warehouse.curated_schema import DIRECT_IDENTIFIERS, TABLES
 from warehouse.operational import ensure_schema
@@ -153,7 +153,7 @@ def build_snapshot(
                 "unlinked": built.unlinked,
             }
             write_tables(snapshot_path, built.tables, info, curated_comments())
-            analyst = analyst_tables(built.tables, key)
+            analyst = analyst_tables(built.tables, key, _restricted(built.tables, operational))
             write_tables(analyst_path, analyst, {"as_of": built.as_of}, analyst_comments())
             copy.result()
     return BuiltSnapshot(
@@ -166,6 +166,15 @@ def build_snapshot(
         stage_seconds=clock.rounded_seconds(),
         stage_peak_mib=dict(clock.peak_mib),
     )
+
+
+def _restricted(tables: dict[str, pl.DataFrame], operational: Engine | None) -> set[str]:
+    """Tonight's ids of the persons holding a record under an active restriction."""
+    records = restriction.restricted_records(operational) if operational is not None else []
+    if not records:
+        return set()
+    links = tables["person_records"]
+    return set(links.filter(pl.col("record_id").is_in(records))["person_id"])
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:

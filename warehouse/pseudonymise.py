@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Collection
 from pathlib import Path
 
 import polars as pl
@@ -165,10 +166,18 @@ def age_band(column: str) -> pl.Expr:
     return expr.alias(f"{column}_band")
 
 
-def analyst_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.DataFrame]:
-    """The pseudonymised tables built from the curated ones."""
+def analyst_tables(
+    tables: dict[str, pl.DataFrame], key: bytes, withheld: Collection[str] = ()
+) -> dict[str, pl.DataFrame]:
+    """The pseudonymised tables built from the curated ones.
+
+    Rows naming a ``withheld`` person (one under a restriction of processing, Art. 18) are
+    left out: analysis is processing, and every role but the DPO reads as if they were not
+    there. The aggregates keep counting them: anonymised, suppressed counts are not data
+    about anyone."""
     out = {}
     hashed = Pseudonyms(key)
+    hidden = list(withheld)
     for name, spec in ANALYST_TABLES.items():
         schema = TABLES[name]
         for column in spec.get("keep", ()):
@@ -176,6 +185,9 @@ def analyst_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.
             if kind in FORBIDDEN_KINDS:
                 raise ValueError(f"{name}.{column} is {kind}: never in the analyst file")
         frame = tables[name]
+        persons = [c for c in spec.get("hash", ()) if c.endswith("person_id")]
+        if hidden and persons:
+            frame = frame.filter(*(~pl.col(c).is_in(hidden).fill_null(False) for c in persons))
         out[name] = frame.select(
             *(
                 pl.col(c)
