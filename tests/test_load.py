@@ -95,6 +95,29 @@ def test_manifest_mismatch_rejects_the_whole_delivery(con, delivery_writer, sour
     assert status[0][0] == "rejected" and ".csv" in status[0][1]
 
 
+@pytest.mark.parametrize("manifest", [True, False])
+def test_a_file_no_table_reads_rejects_the_delivery(con, delivery_writer, sources, manifest):
+    """A split export's second part (persons_2.csv) would otherwise be ignored, its rows
+    lost without a word; a hidden file is not the agency's data and changes nothing."""
+    folder = delivery_writer("police", "2026-11-20", police_tables(3))
+    if not manifest:
+        (folder / "manifest.json").unlink()
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    (folder / "persons_2.csv").write_text("nominal_id,forename\nN9,Ann\n", encoding="utf-8")
+
+    with pytest.raises(DeliveryError) as err:
+        load_delivery(con, delivery(folder), sources["police"])
+    assert err.value.path == str(folder / "persons_2.csv")
+    assert "no table of source 'police' reads: ['persons_2.csv']" in err.value.reason
+    for layer in LAYERS:
+        assert count(con, layer) == 0, layer
+    [(status, error)] = con.execute("SELECT status, error FROM meta.deliveries").fetchall()
+    assert status == "rejected" and "persons_2.csv" in error
+
+    (folder / "persons_2.csv").unlink()
+    assert load_delivery(con, delivery(folder), sources["police"]).status == "loaded"
+
+
 def test_reloading_the_same_delivery_changes_nothing(con, delivery_writer, sources):
     tables = police_tables(3)
     tables["persons"][1]["forename"] = None  # one quarantined row too

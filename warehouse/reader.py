@@ -39,7 +39,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from matching.allocation import collector_paused
-from warehouse.landing import Delivery, DeliveryError, Manifest, file_sha256
+from warehouse.landing import MANIFEST, Delivery, DeliveryError, Manifest, file_sha256
 from warehouse.sources import Source, Table
 
 ROW_NUMBER = "_row_number"
@@ -456,9 +456,26 @@ def file_checksums(delivery: Delivery, source: Source) -> dict[str, str] | None:
 
 
 def read_delivery(delivery: Delivery, source: Source, manifest: Manifest | None) -> list[RawTable]:
-    """Every table of a delivery, or a DeliveryError before anything is returned."""
+    """Every table of a delivery, or a DeliveryError before anything is returned.
+
+    A file in the folder that no table of the source reads (a second part of a split
+    export, a table the config does not know yet) rejects the delivery: loading the rest
+    would lose that file's rows without a word. Hidden files (``.DS_Store``, a transfer
+    tool's partial files) are not the agency's data and are left alone, and a source read
+    wholly from its database has no folder of files to check."""
+    expected = {source.file_name(t) for t, c in source.tables.items() if c.database is None}
+    stray = sorted(
+        p.name
+        for p in (delivery.folder.iterdir() if expected and delivery.folder.is_dir() else ())
+        if not p.name.startswith(".") and p.name != MANIFEST and p.name not in expected
+    )
+    if stray:
+        raise DeliveryError(
+            delivery.folder / stray[0],
+            f"file(s) no table of source {source.name!r} reads: {stray} (its tables' files: "
+            f"{sorted(expected)}); the delivery is rejected rather than loaded without them",
+        )
     if manifest is not None:
-        expected = {source.file_name(t) for t, c in source.tables.items() if c.database is None}
         unexpected = sorted(set(manifest.files) - expected)
         if unexpected:
             raise DeliveryError(
