@@ -91,6 +91,8 @@ def build_retention_asset(
                 "audit_events_destroyed": detail["audit_events"],
                 # erased records a restored backup brought back, destroyed again
                 "erased_records_destroyed_again": detail["erased_records_found_again"],
+                # review items, rectifications, restrictions about the expired records
+                "operational_rows_destroyed": dg.MetadataValue.json(detail["operational_rows"]),
             }
         )
 

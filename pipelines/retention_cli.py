@@ -95,6 +95,17 @@ def _print_audit_trail(trail: Expiry | None, keep_years: int | None, dry_run: bo
         )
 
 
+def _print_operational(rows: dict[str, int], dry_run: bool) -> None:
+    """What people recorded about the expired records (review items, corrections,
+    restrictions): it goes with them."""
+    changed = {table: n for table, n in rows.items() if n}
+    if not changed:
+        return
+    verb = "would go" if dry_run else "destroyed"
+    listed = ", ".join(f"{table} {n:,}" for table, n in sorted(changed.items()))
+    out.print(f"Operational store rows about the expired records {verb}: {listed}.")
+
+
 def _print_erased_again(again: Reapplied, dry_run: bool) -> None:
     """Said only when it happened: an erased record back means a restore undid an erasure."""
     if not again.records:
@@ -165,6 +176,7 @@ def retention(
             "their newest extract under years_after_last_event."
         )
     _print_landing(result.folders, landing_zone, dry_run)
+    _print_operational(result.operational, dry_run)
     _print_audit_trail(result.audit_trail, audit_config.keep_years, dry_run)
     if result.done is None:
         out.print(

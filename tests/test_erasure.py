@@ -13,7 +13,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
@@ -27,7 +29,7 @@ from typer.testing import CliRunner
 from assets.linkage import run_linkage
 from matching.config import load_linkage_config
 from pipelines.cli import app
-from warehouse import audit, erasure, purge, review
+from warehouse import audit, erasure, purge, rectification, review
 from warehouse.access import AccessLayer, NotFound, User
 from warehouse.policy import load_policy
 from warehouse.pseudonymise import pseudonym
@@ -128,16 +130,15 @@ def _files(data: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file() and not p.is_symlink())
 
 
-def _open(path: Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection on ``path``; a serving copy (SQLite) is loaded into memory,
-    every value as text, so the same scan reads both kinds of file."""
-    if not path.name.endswith(SERVING_SUFFIX):
-        return duckdb.connect(str(path), read_only=True)
+def _from_sqlite(path: Path, wanted: Callable[[str], bool] = lambda _: True):
+    """A SQLite file (a serving copy, the operational store) loaded into an in-memory DuckDB,
+    every value as text, so the same scan reads every kind of file; only the ``wanted``
+    tables."""
     con = duckdb.connect()
     source = sqlite3.connect(path)
     try:
         names = [r for (r,) in source.execute("select name from sqlite_master where type='table'")]
-        for name in names:
+        for name in filter(wanted, names):
             cursor = source.execute(f'select * from "{name}"')
             columns = [d[0] for d in cursor.description]
             rows = [[None if v is None else str(v) for v in row] for row in cursor.fetchall()]
@@ -150,10 +151,34 @@ def _open(path: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _hits(path: Path, who: Identity) -> list[str]:
-    """Tables of one file holding any of the person's identifiers in any column."""
+def _open(path: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection on ``path``; a serving copy (SQLite) is loaded into memory."""
+    if not path.name.endswith(SERVING_SUFFIX):
+        return duckdb.connect(str(path), read_only=True)
+    return _from_sqlite(path)
+
+
+def _operational_hits(county, who: Identity) -> list[str]:
+    """Tables of the operational store holding any of the person's identifiers, but for
+    what an erasure keeps on purpose (warehouse.erasure): its own row (who upheld what,
+    when; linkage never issues the id again) and the audit trail's ids. The trail names
+    the person by id (its person columns, a read's detail) but holds none of their values:
+    it is scanned for everything else."""
+    path = county.data / "operational.db"
+    ids = {who.person_id, pseudonym(who.person_id, PSEUDONYM_KEY)}
+    trail = _from_sqlite(path, lambda name: name.startswith("audit_"))
+    rest = _from_sqlite(path, lambda name: not name.startswith("audit_") and name != "erasures")
+    return [
+        *_hits(path, replace(who, tokens=who.tokens - ids), trail),
+        *_hits(path, who, rest),
+    ]
+
+
+def _hits(path: Path, who: Identity, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
+    """Tables of one file (or of ``con``, its contents loaded) holding any of the person's
+    identifiers in any column."""
     found = []
-    con = _open(path)
+    con = con or _open(path)
     try:
         tables = con.sql(
             "select schema_name, table_name from duckdb_tables() where not internal"
@@ -282,6 +307,15 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     social = User("sw", "social_worker")
     assert access.person(social, "safeguarding", child)["person_id"] == child
     restrict(county.engine(), child, who.record_ids, "objection pending", "dpo1")
+    dob = who.name_dob[2]
+    rectification.rectify(
+        engine, person_id=child, record_ids=who.record_ids, field="dob", old=dob,
+        new=(date.fromisoformat(dob) - timedelta(days=1)).isoformat(), current=dob,
+        field_source=None, reason="birth certificate seen", requester="the child's mother",
+        recorded_by="dpo1",
+    )  # fmt: skip
+    held = {h.split(" ")[0] for h in _operational_hits(county, who)}
+    assert {f"operational.db:main.{t}" for t in ("rectifications", "restrictions")} <= held
     landing = _landing(county)
     outbox = shutil.copytree(landing, county.root / "outbox")  # what the agencies keep
     delivered = sorted(p for p in landing.rglob("*.csv"))
@@ -301,6 +335,12 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
 
     after_files = _files(county.data)
     assert len([p for p in after_files if p.name.startswith("analyst-")]) == 2
+    # The operational store keeps the erasure and the audit's ids, nothing else of them:
+    # their corrections (old and new values) went, and are counted.
+    assert _operational_hits(county, who) == []
+    assert re.search(r"operational\s.*rectifications\s.*1", result.output)
+    (row,) = _erasure_rows(county)
+    assert json.loads(row.counts)["operational:rectifications"] == 1
     for path in after_files:  # the analysts' files included: no row has their keyed hash
         assert _hits(path, who) == [], path
         assert _in_bytes(path, who) == set(), path
@@ -356,8 +396,11 @@ def test_erasure_leaves_no_trace_and_a_redelivery_is_quarantined(county):
     with engine.connect() as conn:
         stones = {r for (r,) in conn.execute(sa.select(erasure.erasure_tombstones.c.record_hash))}
         kept = conn.execute(sa.select(restrictions)).one()
+        corrected = conn.execute(sa.select(rectification.rectifications)).all()
     assert {record_hash(r, PSEUDONYM_KEY) for r in who.record_ids} <= stones
     assert json.loads(kept.record_ids) == [] and kept.lifted_at is not None
+    assert kept.person_id == "" and kept.lift_reason.endswith("(erasure #1)")
+    assert corrected == []
     assert erasure.erased_person_ids(engine) == {child}
     events = [e for e in audit.events(engine) if e.action == "erase"]
     assert [(e.purpose, e.person_ids, sorted(e.detail)) for e in events] == [
@@ -744,3 +787,52 @@ def test_an_operational_store_restored_from_before_an_erasure_stops_the_loads(co
     # As the message says: loads resume, and the person is back until erased again.
     assert sdv_load(landing, county.data).exit_code == 0
     assert _hits(county.warehouse, who) != []
+
+
+def _rectify(engine, person_id: str, records: list[str], old: str, new: str):
+    return rectification.rectify(
+        engine, person_id=person_id, record_ids=records, field="surname", old=old, new=new,
+        current=old, field_source=None, reason="deed poll seen", requester="the person",
+        recorded_by="dpo1",
+    )  # fmt: skip
+
+
+def test_the_operational_purge_strikes_records_from_rectifications_and_restrictions(engine):
+    """Corrections hold the values corrected: one of the purged records alone goes, one also
+    naming a kept record only loses the purged ids. A restriction of the purged records
+    alone keeps who, when and why under an erasure, lifted, naming neither records nor
+    person; under retention (no erasure) it goes."""
+    gone, also_gone, kept = "health|patients|H1", "school|pupils|A900000000001", "police|persons|N9"
+    _rectify(engine, "P1", [gone, also_gone], "Smith", "Smyth")
+    _rectify(engine, "P2", [gone, kept], "Jones", "Joans")
+    restrict(engine, "P1", [gone, also_gone], "objection pending", "dpo1")
+    restrict(engine, "P2", [kept, gone], "objection pending", "dpo1")
+
+    def stored(table) -> list[tuple]:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(table).order_by(table.c.id)).all()
+        return [(r.person_id, json.loads(r.record_ids)) for r in rows]
+
+    with engine.connect() as conn:  # retention's share (no erasure) first, rolled back
+        trial = conn.begin()
+        counts = erasure.purge_operational(conn, {gone, also_gone}, (), None)
+        left = conn.execute(sa.select(restrictions.c.person_id, restrictions.c.record_ids)).all()
+        trial.rollback()
+    assert counts == {"operational:restrictions": 2, "operational:rectifications": 2}
+    assert left == [("P2", json.dumps([kept]))]
+
+    with engine.begin() as conn:
+        counts = erasure.purge_operational(conn, {gone, also_gone}, {"P1"}, "dpo1", [7])
+    assert counts == {"operational:restrictions": 2, "operational:rectifications": 2}
+    assert stored(rectification.rectifications) == [("P2", [kept])]
+    assert [r.old_value for r in rectification.listed(engine)] == ["Jones"]
+    assert stored(restrictions) == [("", []), ("P2", [kept])]
+    with engine.connect() as conn:
+        emptied, other = conn.execute(sa.select(restrictions).order_by(restrictions.c.id)).all()
+    assert (emptied.reason, emptied.recorded_by, emptied.lifted_by) == (
+        "objection pending",
+        "dpo1",
+        "dpo1",
+    )
+    assert emptied.lift_reason == "the restricted records were erased (erasure #7)"
+    assert other.lifted_at is None

@@ -4,6 +4,7 @@ rows wait for everyone; unknown dates are reported, never silently destroyed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -684,6 +685,117 @@ def test_the_nightly_asset_destroys_and_reports_counts_per_source(warehouse, tmp
     assert audit.verify(engine).base_seq == 1
     assert events[1].detail["run_id"] == meta["run_id"].value
     assert events[1].detail["per_source"] == meta["per_source"].value
+
+
+PUPIL_GONE, PUPIL_KEPT = "school|pupils|A900000000001", "school|pupils|A900000000002"
+
+
+def operational_records(engine) -> dict[str, list[list[str]]]:
+    """Per operational table about records, the records each row names, in row order."""
+    from warehouse.rectification import rectifications
+    from warehouse.restriction import restrictions
+    from warehouse.review import person_split_records, review_decisions, review_pairs
+
+    with engine.connect() as conn:
+        return {
+            "review_pairs": [
+                [r.record_id_l, r.record_id_r] for r in conn.execute(review_pairs.select())
+            ],
+            "review_decisions": [
+                [r.record_id_l, r.record_id_r] for r in conn.execute(review_decisions.select())
+            ],
+            "person_split_records": [
+                [r.record_id] for r in conn.execute(person_split_records.select())
+            ],
+            "restrictions": [json.loads(r.record_ids) for r in conn.execute(restrictions.select())],
+            "rectifications": [
+                json.loads(r.record_ids) for r in conn.execute(rectifications.select())
+            ],
+        }
+
+
+def test_operational_rows_about_expired_records_go_with_them_and_are_counted(
+    warehouse, tmp_path, sources
+):
+    """On the first pupil's 25th birthday, what people recorded about their record in the
+    operational store (a review pair with its decision, a split's group, a restriction, a
+    correction) goes with it, counted in the run; the second pupil's rows, still in their
+    period, stay. A dry run counts the same and changes nothing."""
+    from warehouse import rectification, review
+    from warehouse.restriction import restrict
+
+    con, load = warehouse
+    load("school", "2026-11-01", school_tables(SCHOOL))
+    con.close()
+    data = tmp_path / "data"
+    engine = engine_for(f"sqlite:///{data / 'operational.db'}")
+    ensure_schema(engine)
+    shown = json.dumps({"forename": "Test", "surname": "Pupil", "dob": "2001-11-20"})
+    pairs = [(PUPIL_GONE, "health|patients|H1"), (PUPIL_KEPT, "health|patients|H2")]
+    review.enqueue(
+        engine,
+        pl.DataFrame(
+            [
+                {"record_id_l": left, "record_id_r": right, "match_probability": 0.5,
+                 "match_weight": 0.0, "levels": "{}", "record_l": shown, "record_r": shown}
+                for left, right in pairs
+            ]
+        ),
+        "run-1",
+    )  # fmt: skip
+    for (left, right), upn in zip(pairs, SCHOOL, strict=True):
+        review.decide_records(engine, left, right, "reject", "rev1", "different people")
+        restrict(engine, f"P-{upn}", [left], "objection pending", "dpo1")
+        rectification.rectify(
+            engine, person_id=f"P-{upn}", record_ids=[left], field="dob", old=SCHOOL[upn],
+            new="2001-01-01", current=SCHOOL[upn], field_source=None,
+            reason="birth certificate seen", requester="the pupil", recorded_by="dpo1",
+        )  # fmt: skip
+    review.split_person(engine, "P-9", [[PUPIL_GONE], [PUPIL_KEPT]], "rev1", "two pupils")
+    before = operational_records(engine)
+    assert all(any(PUPIL_GONE in names for names in rows) for rows in before.values())
+
+    def run(dry_run: bool) -> retention.Enforced:
+        return retention.enforce(
+            data / "warehouse.duckdb",
+            tmp_path / "landing",
+            sources,
+            published_dir=data / "published",
+            data_dir=data,
+            operational=engine,
+            actor=("dpo1", "operator"),
+            as_of=D("2026-11-20"),
+            dry_run=dry_run,
+        )
+
+    due = {
+        "review_pairs": 1,
+        "review_decisions": 1,
+        "person_split_records": 1,
+        "person_splits": 0,  # it still holds the second pupil's group
+        "restrictions": 1,
+        "rectifications": 1,
+    }
+    dry = run(dry_run=True)
+    assert PUPIL_GONE in dry.plan.expired_records and PUPIL_KEPT not in dry.plan.expired_records
+    assert dry.operational == due
+    assert operational_records(engine) == before
+
+    done = run(dry_run=False)
+    assert done.operational == due
+    assert operational_records(engine) == {
+        table: [names for names in rows if PUPIL_GONE not in names]
+        for table, rows in before.items()
+    }
+    check = connect(data / "warehouse.duckdb", read_only=True)
+    try:
+        recorded = retention.runs(check).filter(pl.col("layer") == "operational")
+    finally:
+        check.close()
+    assert dict(recorded.select("table_name", "rows_destroyed").iter_rows()) == due
+    assert set(recorded["run_id"]) == {done.done.run_id}
+    (event,) = [e for e in audit.events(engine, limit=50) if e.action == "retention"]
+    assert event.detail["operational_rows"] == due
 
 
 def values(con, sql: str) -> set:

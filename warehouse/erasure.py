@@ -16,10 +16,12 @@
    warehouse has dealt with (loaded or rejected: :mod:`warehouse.landing_retention`),
    whatever its age, since the files hold the person as delivered; folders not yet
    loaded stay, and their rows reaching the person are quarantined when they are;
-5. operational store: review queue items and decisions naming the records are deleted (the
-   record ids are the identifiers, and the record JSON holds names); a reviewer's split
-   loses the records; a restriction naming them keeps who, when and why but no longer the
-   record ids, and is lifted when nothing of it remains (there is nothing left to restrict);
+5. operational store (:func:`purge_operational`): review queue items and decisions naming
+   the records are deleted (the record ids are the identifiers, and the record JSON holds
+   names); a reviewer's split loses the records; a rectification loses them and is deleted
+   when none is left (it holds the values corrected: names, dates of birth, NHS numbers); a
+   restriction naming them keeps who, when and why but no longer the record ids, and when
+   none is left no longer the person id either, and is lifted (nothing left to restrict);
 6. one audit event (purpose ``subject_rights``, action ``erase``) with the reason and the
    counts: the minimal fact of it. Earlier audit events naming the person id stay: the
    chain is tamper-evident by design and they hold ids, never data.
@@ -35,7 +37,7 @@ nightly retention run calls it before anything is linked or published.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,7 @@ from sqlalchemy.engine import Connection, Engine
 from warehouse import audit, landing_retention, purge, review
 from warehouse.operational import UTCDateTime, ensure_schema, holds_table, metadata
 from warehouse.publish import ANALYST_PREFIX, PublishError, SnapshotStore, person_record_ids
+from warehouse.rectification import rectifications
 from warehouse.restriction import restrictions
 from warehouse.sources import Source
 from warehouse.store import table_exists
@@ -319,19 +322,42 @@ def forget_lost(
 # --- the operational store ------------------------------------------------------------------
 
 
-def _names_any(record_ids: set[str], *values: str) -> bool:
-    return any(v in record_ids for v in values)
+# The tables :func:`purge_operational` reaches, as its counts name them.
+OPERATIONAL_TABLES = (
+    "review_pairs",
+    "review_decisions",
+    "person_split_records",
+    "person_splits",
+    "restrictions",
+    "rectifications",
+)
 
 
 def purge_operational(
-    conn: Connection, record_ids: set[str], person_ids: set[str], erased_by: str
+    conn: Connection,
+    record_ids: Collection[str],
+    person_ids: Collection[str],
+    erased_by: str | None,
+    erasure_ids: Collection[int] = (),
 ) -> dict[str, int]:
-    """Review items, decisions and splits naming the records go; restrictions keep only
-    their accountability (module docstring). Rows changed per ``operational:<table>``."""
+    """Rows of the operational store about ``record_ids`` go, for erasure and retention
+    alike. Rows changed per ``operational:<table>`` (tables with none left out).
+
+    Review items and decisions naming any of the records go (the record JSON holds names);
+    a reviewer's split loses the records, and goes once it has none (or was of one of
+    ``person_ids``). Rectifications and restrictions hold values and ids of the records they
+    were recorded against: the records are struck from them, and one left naming none is
+    about nobody any more. A rectification so emptied goes (the audit keeps that it was
+    made, with field and reason, never values). A restriction so emptied is an erasure's
+    business when ``erased_by`` names who recorded it: who restricted, when and why stay
+    for accountability, lifted by them, but the person id goes (the erasure's row keeps it;
+    ``erasure_ids`` are named in the lift reason to find it). Retention passes None: such
+    a restriction is past its period with its records, and goes.
+    """
+    ids = sorted(set(record_ids))
     counts: dict[str, int] = {}
     pairs = review.review_pairs
     decisions = review.review_decisions
-    ids = sorted(record_ids)
     named = sa.or_(decisions.c.record_id_l.in_(ids), decisions.c.record_id_r.in_(ids))
     counts["review_decisions"] = conn.execute(decisions.delete().where(named)).rowcount
     pair_named = sa.or_(pairs.c.record_id_l.in_(ids), pairs.c.record_id_r.in_(ids))
@@ -356,26 +382,59 @@ def purge_operational(
         counts["person_splits"] = conn.execute(
             splits.delete().where(splits.c.id.in_(doomed))
         ).rowcount
-    counts["restrictions"] = _strip_restrictions(conn, record_ids, erased_by)
+    counts["restrictions"] = _purge_restrictions(conn, set(ids), erased_by, erasure_ids)
+    counts["rectifications"] = _purge_rectifications(conn, set(ids))
     return {f"operational:{t}": n for t, n in counts.items() if n}
 
 
-def _strip_restrictions(conn: Connection, record_ids: set[str], erased_by: str) -> int:
+def _struck(record_ids_json: str, record_ids: set[str]) -> list[str] | None:
+    """The JSON list's records but ``record_ids``; None when it names none of them."""
+    records = json.loads(record_ids_json)
+    left = [r for r in records if r not in record_ids]
+    return None if len(left) == len(records) else left
+
+
+def _purge_restrictions(
+    conn: Connection, record_ids: set[str], erased_by: str | None, erasure_ids: Collection[int]
+) -> int:
     changed = 0
     for row in conn.execute(sa.select(restrictions)).all():
-        records = json.loads(row.record_ids)
-        left = [r for r in records if r not in record_ids]
-        if len(left) == len(records):
+        left = _struck(row.record_ids, record_ids)
+        if left is None:
+            continue
+        changed += 1
+        mine = restrictions.c.id == row.id
+        if not left and erased_by is None:
+            conn.execute(restrictions.delete().where(mine))
             continue
         values: dict = {"record_ids": json.dumps(left)}
-        if not left and row.lifted_at is None:
-            values |= {
-                "lifted_at": datetime.now(UTC),
-                "lifted_by": erased_by,
-                "lift_reason": "the restricted records were erased",
-            }
-        conn.execute(restrictions.update().where(restrictions.c.id == row.id).values(**values))
+        if not left:
+            values["person_id"] = ""  # nobody left to name: the erasure's row names them
+            if row.lifted_at is None:
+                named = ", ".join(f"#{i}" for i in sorted(erasure_ids))
+                values |= {
+                    "lifted_at": datetime.now(UTC),
+                    "lifted_by": erased_by,
+                    "lift_reason": "the restricted records were erased"
+                    + (f" (erasure {named})" if named else ""),
+                }
+        conn.execute(restrictions.update().where(mine).values(**values))
+    return changed
+
+
+def _purge_rectifications(conn: Connection, record_ids: set[str]) -> int:
+    """Active and lapsed alike: a lapsed one still holds the values it corrected."""
+    changed = 0
+    for row in conn.execute(sa.select(rectifications.c.id, rectifications.c.record_ids)).all():
+        left = _struck(row.record_ids, record_ids)
+        if left is None:
+            continue
         changed += 1
+        mine = rectifications.c.id == row.id
+        if left:  # still the correction of the person holding the rest
+            conn.execute(rectifications.update().where(mine).values(record_ids=json.dumps(left)))
+        else:
+            conn.execute(rectifications.delete().where(mine))
     return changed
 
 
@@ -425,7 +484,7 @@ def erase(
     finally:
         con.close()
     with engine.begin() as conn:
-        counts |= purge_operational(conn, purged, people, recorded_by)
+        counts |= purge_operational(conn, purged, people, recorded_by, [erasure_id])
         conn.execute(
             erasures.update()
             .where(erasures.c.id == erasure_id)
@@ -606,7 +665,7 @@ def reapply(
         con.close()
     user_id, role = actor
     with engine.begin() as conn:
-        counts |= purge_operational(conn, purged, people, user_id)
+        counts |= purge_operational(conn, purged, people, user_id, ids)
     audit.append(
         engine,
         audit.AuditEvent(

@@ -8,7 +8,11 @@ of ``raw`` (every record ever delivered), ``staged`` and ``quarantine`` have exp
 (and with them the ``delivered`` rows saying which deliveries carried those records);
 :func:`apply` destroys them in one transaction and records how many per source, table and
 layer in ``meta.retention_runs`` (counts only: the proof of destruction must not itself
-hold what was destroyed). ``current`` is a view over ``staged`` and follows.
+hold what was destroyed). ``current`` is a view over ``staged`` and follows. Given the
+operational store, it also destroys what people recorded there about the records that went
+(review items and decisions, splits, rectifications, restrictions:
+:func:`warehouse.erasure.purge_operational`), recorded in the same run as source and layer
+``operational``, one row per table.
 
 Semantics (the agreement is about *records*, so clocks are per person-level record):
 
@@ -71,7 +75,7 @@ from sqlalchemy.engine import Engine
 
 from warehouse import audit, erasure, landing_retention, purge
 from warehouse.audit_config import AuditConfig
-from warehouse.operational import ensure_schema
+from warehouse.operational import ensure_schema, holds_table
 from warehouse.pseudonymise import load_key
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
 from warehouse.store import RECORD_ID, connect, holds_records_once, relation_name, table_exists
@@ -84,7 +88,7 @@ CREATE TABLE IF NOT EXISTS meta.retention_runs (
     as_of DATE NOT NULL,
     source VARCHAR NOT NULL,
     table_name VARCHAR NOT NULL,
-    layer VARCHAR NOT NULL,            -- raw | staged | quarantine
+    layer VARCHAR NOT NULL,            -- raw | staged | quarantine | operational
     rule VARCHAR NOT NULL,             -- e.g. "until_age 25", "years_after_last_event 6"
     rows_destroyed BIGINT NOT NULL,
     rows_undetermined BIGINT NOT NULL,
@@ -102,6 +106,7 @@ COUNT_SCHEMA = {
 }
 _TERM_ENDS = {"AUT": "12-31", "SPR": "04-30", "SUM": "08-31"}
 _ORPHAN = "~row|"  # pseudo record for a row that reaches no person-level record
+OPERATIONAL = "operational"  # source and layer of the run's rows counting operational rows
 
 
 class RetentionError(ValueError):
@@ -137,6 +142,8 @@ class RetentionRun:
     run_id: str
     plan: RetentionPlan
     destroyed: dict[str, int]  # "<file>:<schema.table>" -> rows deleted (ingest and linked)
+    # operational table -> rows deleted or stripped of the records; empty without the store
+    operational: dict[str, int] = field(default_factory=dict)
 
 
 def anniversary(day: pl.Expr, years: int) -> pl.Expr:
@@ -401,13 +408,55 @@ def _row_count(con: duckdb.DuckDBPyConnection, rel: Relation) -> int:
     return con.execute(f"select count(*) from {rel.name}").fetchall()[0][0]
 
 
+def purge_operational(
+    engine: Engine, record_ids: Iterable[str], *, dry_run: bool = False
+) -> dict[str, int]:
+    """Rows of the operational store only about expired ``record_ids`` destroyed, per table
+    (every table of :data:`warehouse.erasure.OPERATIONAL_TABLES`, zeros included, so the
+    run's record shows each was looked at). The records' period is over, so what people
+    recorded about them is too: a review pair either of whose records expired is moot, a
+    rectification or restriction goes once all its records have (one naming kept records
+    too only loses the expired ids). A dry run counts in a transaction it rolls back, and
+    creates no store to do it."""
+    counts = dict.fromkeys(erasure.OPERATIONAL_TABLES, 0)
+    records = set(record_ids)
+    if not records:
+        return counts
+    if dry_run:
+        if not all(holds_table(engine, t) for t in erasure.OPERATIONAL_TABLES):
+            return counts  # no store (or none with these tables): nothing recorded there
+    else:
+        ensure_schema(engine)
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            changed = erasure.purge_operational(conn, records, (), None)
+        except BaseException:
+            transaction.rollback()
+            raise
+        if dry_run:
+            transaction.rollback()
+        else:
+            transaction.commit()
+    return counts | {k.removeprefix(f"{OPERATIONAL}:"): n for k, n in changed.items()}
+
+
 def apply(
-    con: duckdb.DuckDBPyConnection, plan: RetentionPlan, path: Path | None = None
+    con: duckdb.DuckDBPyConnection,
+    plan: RetentionPlan,
+    path: Path | None = None,
+    operational: Engine | None = None,
 ) -> RetentionRun:
     """Destroy what ``plan`` found in the ingest layers and the linked layer, and record
     counts per source/table/layer, all in one transaction. The plan must come from this
     warehouse with nothing written since (the nightly asset holds the single-writer pool);
     a changed table aborts the run.
+
+    With ``operational`` (the operational store), its rows about the expired records go
+    too (:func:`purge_operational`) and are counted in the same run. That store commits
+    just before the warehouse does: should the warehouse then fail, its records are still
+    there and the next run plans them again, whereas the other way round a failure would
+    leave rows about records no later run can find.
 
     With ``path`` (the warehouse file behind ``con``), the file is then rewritten so no
     destroyed value survives in a free block (:func:`warehouse.purge.rewrite_database`):
@@ -433,7 +482,22 @@ def apply(
         # Linkage's own copies of expired records (scores, fingerprints, record links); the
         # people themselves are retired by the next linkage run, which keeps their ids.
         destroyed |= purge.purge_linked(con, plan.expired_records, ())
-        for row in plan.counts.iter_rows(named=True):
+        operational_rows: dict[str, int] = {}
+        if operational is not None:
+            operational_rows = purge_operational(operational, plan.expired_records)
+        rows = list(plan.counts.iter_rows(named=True))
+        rows += [
+            {
+                "source": OPERATIONAL,
+                "table": table,
+                "layer": OPERATIONAL,
+                "rule": "with its records",
+                "destroy": n,
+                "undetermined": 0,
+            }
+            for table, n in operational_rows.items()
+        ]
+        for row in rows:
             con.execute(
                 "insert into meta.retention_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -456,7 +520,7 @@ def apply(
         purge.rewrite_database(con, path)
     else:
         con.execute("CHECKPOINT")
-    return RetentionRun(run_id, plan, destroyed)
+    return RetentionRun(run_id, plan, destroyed, operational_rows)
 
 
 @dataclass(frozen=True)
@@ -471,6 +535,8 @@ class Enforced:
     audit_refused: str | None = None  # why the trail's due events were not destroyed
     # erased records a restored backup brought back, destroyed again first (or found)
     erased_again: erasure.Reapplied = field(default_factory=erasure.Reapplied)
+    # operational store rows about the expired records, per table, destroyed (or due)
+    operational: dict[str, int] = field(default_factory=dict)
 
     @cached_property
     def detail(self) -> dict[str, Any]:
@@ -485,6 +551,7 @@ class Enforced:
             "landing_folders": landing_retention.per_source(self.folders),
             "audit_events": self.audit_trail.destroyed if self.audit_trail else None,
             "erased_records_found_again": self.erased_again.records,
+            "operational_rows": self.operational,
         } | ({"audit_trail_refused": self.audit_refused} if self.audit_refused else {})
 
 
@@ -506,13 +573,14 @@ def enforce(
 
     First, destroy again any erased record a restored backup brought back
     (:func:`warehouse.erasure.reapply`, which records its own audit event). Then plan, and
-    unless ``dry_run``: destroy the expired rows in the warehouse (:func:`apply`),
-    then the landing folders past their keep period (judged on the same date), then the
-    expired records in every kept snapshot and analysts' file (tonight's publish rebuilds
-    the current view without them), then the audit trail's events past ``audit_config``'s
-    ``keep_years`` (:func:`warehouse.audit.expire`, which records its own cut), then append
-    one audit event as ``actor`` (user id, role) with counts only. A dry run changes nothing
-    and records nothing.
+    unless ``dry_run``: destroy the expired rows in the warehouse and the operational
+    store's rows about the expired records (:func:`apply`), then the landing folders past
+    their keep period (judged on the same date), then the expired records in every kept
+    snapshot and analysts' file (tonight's publish rebuilds the current view without them),
+    then the audit trail's events past ``audit_config``'s ``keep_years``
+    (:func:`warehouse.audit.expire`, which records its own cut), then append one audit event
+    as ``actor`` (user id, role) with counts only. A dry run changes nothing and records
+    nothing, and counts the operational rows that would go.
     """
     erased_again = erasure.Reapplied()
     if erasure.any_tombstones(operational):  # the key is read only when it is needed
@@ -529,9 +597,13 @@ def enforce(
     con = connect(warehouse)
     try:
         found = plan(con, sources, as_of)
-        done = None if dry_run else apply(con, found, warehouse)
+        done = None if dry_run else apply(con, found, warehouse, operational)
     finally:
         con.close()
+    if done is not None:
+        operational_rows = done.operational
+    else:
+        operational_rows = purge_operational(operational, found.expired_records, dry_run=True)
     con = connect(warehouse)  # apply may have rewritten the file
     try:
         run_id = done.run_id if done else None
@@ -560,7 +632,14 @@ def enforce(
                 raise
             refused = exc  # the rows are gone all the same: record that first, then fail
     result = Enforced(
-        found, done, folders, published, trail, str(refused) if refused else None, erased_again
+        found,
+        done,
+        folders,
+        published,
+        trail,
+        str(refused) if refused else None,
+        erased_again,
+        operational_rows,
     )
     if done is not None:
         user_id, role = actor
