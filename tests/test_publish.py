@@ -146,3 +146,31 @@ def test_sdv_publish_runs_the_dagster_job_and_switches_readers(county):
         "one_summary_per_child": True,
         "analyst_file_pseudonymised": True,
     }
+
+
+def test_only_the_analysts_file_is_readable_beyond_the_service_account(county):
+    """Under the common umask 022 every new file would be readable by every local user,
+    and the analysts' group could open the identifying snapshot beside their own file:
+    the snapshot and its serving copy are the service account's alone, the analysts'
+    file their group's to read, the warehouse nobody else's."""
+    import os
+    import stat
+
+    from warehouse.serving import serving_path
+    from warehouse.store import connect
+
+    previous = os.umask(0o022)
+    try:
+        built, _, published = county.publish()
+        connect(county.warehouse).close()
+    finally:
+        os.umask(previous)
+
+    def mode(path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(built.snapshot) == 0o600
+    assert mode(serving_path(built.snapshot)) == 0o600
+    assert mode(built.analyst) == 0o640
+    assert mode(county.warehouse) == 0o600
+    assert published.analyst == built.analyst.name

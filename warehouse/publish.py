@@ -29,14 +29,15 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from warehouse import file_modes
 from warehouse.curated_schema import TABLES
+from warehouse.file_modes import ANALYST_PREFIX
 from warehouse.serving import SUFFIX as SERVING_SUFFIX
 from warehouse.serving import serving_path, write_serving_from
 
 POINTER = "CURRENT.json"
 HISTORY = "history.jsonl"
 ANALYST_LINK = "analyst.duckdb"
-ANALYST_PREFIX = "analyst-"  # an analysts' file; every other .duckdb in snapshots/ is a snapshot
 SNAPSHOT_TABLE = "snapshot_info"
 # Readers cannot read files, install extensions or change that: the access layer hands
 # out cursors on these connections, so SQL reaching them can touch nothing but the snapshot.
@@ -93,6 +94,7 @@ def write_tables(
     building.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(building))
+    file_modes.restrict(building)  # before a row is in it
     try:
         for name, frame in tables.items():
             con.register("_frame", frame.to_arrow())
@@ -222,6 +224,7 @@ class SnapshotStore:
             published_at=datetime.now(UTC).isoformat(),
             checks=checks or {},
         )
+        file_modes.settle(self.snapshots)
         self._switch(entry)
         self.prune()
         return entry
@@ -243,6 +246,7 @@ class SnapshotStore:
                     action="rollback",
                     checks=entry.checks,
                 )
+                file_modes.settle(self.snapshots)
                 self._switch(back)
                 return back
         raise PublishError("no earlier snapshot is kept to roll back to")

@@ -38,6 +38,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from warehouse import file_modes
 from warehouse.curated_schema import TABLES
 from warehouse.pseudonymise import pseudonym
 from warehouse.publish import ANALYST_LINK, ANALYST_PREFIX, HISTORY, POINTER
@@ -97,6 +98,7 @@ def rewrite_database(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     name = con.sql("select current_database()").fetchall()[0][0]
     con.execute("checkpoint")
     con.execute(f"attach '{_sql_text(str(fresh))}' as _purge_fresh")
+    file_modes.restrict(fresh)
     try:
         con.execute(f'copy from database "{name}" to _purge_fresh')
         con.execute("checkpoint _purge_fresh")
@@ -516,6 +518,7 @@ def _write_copy(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     building = path.with_name(path.name + ".building")
     building.unlink(missing_ok=True)
     con.execute(f"attach '{_sql_text(str(building))}' as _purge_new")
+    file_modes.restrict(building)
     try:
         con.execute("copy from database memory to _purge_new")
         con.execute("checkpoint _purge_new")

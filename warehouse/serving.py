@@ -28,6 +28,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from warehouse import file_modes
 from warehouse.curated_schema import LOOKUP_COLUMNS, TABLES
 
 SUFFIX = ".serving.sqlite"
@@ -98,6 +99,7 @@ def write_serving(snapshot: Path, tables: Mapping[str, pl.DataFrame]) -> Path:
     import adbc_driver_sqlite.dbapi as adbc_sqlite
 
     con = adbc_sqlite.connect(str(building), autocommit=True)
+    file_modes.restrict(building)  # before a row is in it
     try:
         cur = con.cursor()
         cur.execute("pragma journal_mode = off")

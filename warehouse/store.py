@@ -53,6 +53,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from warehouse import file_modes
 from warehouse.landing import (
     Delivery,
     DeliveryError,
@@ -161,6 +162,8 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path), read_only=read_only)
     if not read_only:
+        if str(path) != ":memory:":
+            file_modes.restrict(Path(path))  # every record ever delivered: ours alone
         ensure_schema(con)
     return con
 
