@@ -246,9 +246,10 @@ def test_nothing_about_anyone_else_outside_the_review_section(exported):
 def test_confidential_timeline_rows_only_in_review(published_county, tmp_path):
     county = published_county.copy(tmp_path / "county")
     with county.store().reader() as con:
-        person, event_id, source_key = con.sql(
-            "select person_id, event_id, source_key from timeline "
-            "where confidential_from_subject order by all limit 1"
+        person, event_id, source_key, agency = con.sql(
+            "select person_id, event_id, source_key, agency from timeline "
+            "where confidential_from_subject "
+            "and person_id in (select person_id from child_summary) order by all limit 1"
         ).fetchall()[0]
     out = tmp_path / "export"
     reason = "SAR-7 <script>alert(1)</script>"
@@ -264,6 +265,17 @@ def test_confidential_timeline_rows_only_in_review(published_county, tmp_path):
     # Nor does the source row behind it reach the main section by another layer.
     for path in export.files("main"):
         assert source_key not in path.read_text(encoding="utf-8"), path.name
+    # Nor what the Family View builds from it: the agency's involvement (the episode's
+    # service, dates, team, practitioner) and the child summary (social care status, key
+    # workers). Neither carries the episode id, so each must be held back whole.
+    involvement = "curated__family_view__involvement"
+    summary = "curated__family_view__child_summary"
+    assert agency not in {r["agency"] for r in export.rows("main", involvement)}
+    assert not export.rows("main", summary)
+    held = [r for r in export.rows("review", involvement) if r["agency"] == agency]
+    held += export.rows("review", summary)
+    assert {r.get("agency") for r in held} == {agency, None}  # the summary has no agency
+    assert all("confidential" in r["_review_reasons"] for r in held)
     assert any(
         r.get("episode_id") == source_key and "confidential" in r["_review_reasons"]
         for r in export.rows("review")

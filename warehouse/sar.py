@@ -13,25 +13,30 @@ from every layer:
   that created or merged their id;
 * **curated** (the published Family View snapshot): person, child summary, involvement,
   timeline, household, relationships and organisations;
-* **operational**: restrictions recorded against the records, and the **recipients**: every
-  audited read of the person (who, role, organisation, when, purpose, lawful basis, outcome).
+* **operational**: restrictions and rectifications recorded against the records, the
+  clerical review queue's pairs naming them, and the **recipients**: every audited read of
+  the person (who, role, organisation, when, purpose, lawful basis, outcome).
 
 A row goes to the main section only if it is about the subject alone. A row also about
 anyone else (a relationship, a police incident with other people present, an early help
 family episode, a pupil's contact, another household member) or that its source marked
 confidential from the subject goes to ``review_before_disclosure`` with the reason: a
 disclosure officer decides what of it may be released (redacting third parties), so it is
-never mixed into what can be handed over as it stands.
+never mixed into what can be handed over as it stands. What the curated layer derives from
+confidential rows goes to review too (the agency's involvement, the child summary): a
+confidential episode must not reach the subject as its team, practitioner or status.
 
 Nothing here decides disclosure; it gathers, separates and records. The export itself is
-audited (purpose ``subject_rights``): who ran it, why, and counts, never the data.
+audited (purpose ``subject_rights``): who ran it, why, and counts, never the data; the event
+names the subject and every other person whose rows it carries, so each of them finds it in
+their own history.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,8 +50,15 @@ from sqlalchemy.engine import Engine
 
 from warehouse import audit, subjects
 from warehouse.publish import SnapshotStore, person_record_ids
+from warehouse.rectification import rectifications
 from warehouse.restriction import restrictions
-from warehouse.sources import Source
+from warehouse.review import review_pairs
+from warehouse.sources import ColumnType, Source
+
+# Staging's own reading of a delivered value: the raw and quarantined copies of a row must be
+# judged by the rule that typed the staged copy, or one copy reaches main while another is
+# held back.
+from warehouse.staging import typed_value as staged_value
 from warehouse.store import connect, table_exists
 
 MAIN, REVIEW = "main", "review"
@@ -55,6 +67,12 @@ ABOUT_OTHERS = "about other people"
 CONFIDENTIAL = "confidential from subject"
 NAMES_ANOTHER = "names another person"
 OTHER_MEMBER = "another household member"
+DERIVED_CONFIDENTIAL = "derived from records confidential from the subject"
+CONFIDENTIAL_COLUMN = "confidential_from_subject"
+# Columns naming people by person id, and by source record id: who else a row is about,
+# for the export's audit event.
+PERSON_COLUMNS = ("person_id", "related_person_id", "previous_person_ids", "_shared_with")
+RECORD_COLUMNS = ("record_id", "record_ids", "record_id_l", "record_id_r", "_other_records")
 # Curated tables held per person; aggregates and the search index are not about anyone.
 CURATED_OWN = ("person", "child_summary", "involvement", "person_organisations")
 PROVENANCE = (
@@ -109,6 +127,9 @@ class SubjectAccess:
     by: str
     reason: str
     notes: list[str] = field(default_factory=list)
+    # Everyone else whose data the rows carry (household members, relations, others at an
+    # incident): named in the export's audit event, so their own history shows it.
+    others_named: tuple[str, ...] = ()
 
     def section(self, section: str) -> list[Block]:
         return [b for b in self.blocks if b.section == section]
@@ -127,18 +148,28 @@ def _when(condition: pl.Expr, reason: str) -> pl.Expr:
 
 
 def _split(
-    frame: pl.DataFrame, reasons: list[pl.Expr], layer: str, source: str, table: str
+    frame: pl.DataFrame,
+    reasons: list[pl.Expr],
+    layer: str,
+    source: str,
+    table: str,
+    review_only: tuple[str, ...] = (),
 ) -> list[Block]:
-    """Rows with any reason go to review carrying ``_review_reasons``; the rest to main."""
+    """Rows with any reason go to review carrying ``_review_reasons``; the rest to main.
+    ``review_only`` columns (who else a row is about) are kept for the reviewer alone."""
     if frame.is_empty():
         return []
     if not reasons:
-        return [Block(MAIN, layer, source, table, frame)]
+        return [Block(MAIN, layer, source, table, frame.drop(review_only, strict=False))]
     marked = frame.with_columns(
         pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias("_review_reasons")
     )
     review = marked.filter(pl.col("_review_reasons") != "")
-    main = marked.filter(pl.col("_review_reasons") == "").drop("_review_reasons")
+    main = (
+        marked.filter(pl.col("_review_reasons") == "")
+        .drop("_review_reasons")
+        .drop(review_only, strict=False)
+    )
     return [
         Block(section, layer, source, table, rows)
         for section, rows in ((MAIN, main), (REVIEW, review))
@@ -146,11 +177,32 @@ def _split(
     ]
 
 
-def _confidential(frame: pl.DataFrame) -> pl.Expr:
-    """The source's flag, whether typed (staged) or as delivered text (raw, quarantine)."""
-    if "confidential_from_subject" not in frame.columns:
-        return pl.lit(False)
-    return pl.col("confidential_from_subject").cast(pl.String).str.to_lowercase() == "true"
+def _confidential(frame: pl.DataFrame, source: Source) -> pl.Series:
+    """The source's flag per row, typed (staged) or as delivered (raw, quarantine). Delivered
+    text is read as staging reads it (trimmed, the source's ``true_values``): a row staged as
+    confidential is confidential in every layer, whatever the source writes for true."""
+    if CONFIDENTIAL_COLUMN not in frame.columns:
+        return pl.Series(CONFIDENTIAL_COLUMN, [False] * frame.height, dtype=pl.Boolean)
+    if frame.schema[CONFIDENTIAL_COLUMN] == pl.Boolean:
+        return frame[CONFIDENTIAL_COLUMN].fill_null(False)
+    typed, _ = staged_value(source, CONFIDENTIAL_COLUMN, ColumnType.boolean)
+    as_text = frame.select(pl.col(CONFIDENTIAL_COLUMN).cast(pl.String))
+    return as_text.select(typed.fill_null(False)).to_series()
+
+
+def _local_keys(frame: pl.DataFrame, source: Source, table: str) -> pl.Series:
+    """Each row's local key (parts trimmed, as staged), the same in every layer and
+    delivery: what ties the copies of one record together. Null for a row without one (a
+    quarantined row may lack it), which ties it to nothing."""
+    columns = source.tables[table].local_key
+    if not columns or not set(columns) <= set(frame.columns):
+        return pl.Series("_local_key", [None] * frame.height, dtype=pl.String)
+    parts = [pl.col(c).cast(pl.String).str.strip_chars().fill_null("") for c in columns]
+    return frame.select(
+        pl.when(pl.all_horizontal(part == "" for part in parts))
+        .then(None)
+        .otherwise(pl.concat_str(parts, separator="|"))
+    ).to_series()
 
 
 def _labelled(frame: pl.DataFrame, layer: str, source: str, table: str) -> pl.DataFrame:
@@ -220,9 +272,13 @@ def resolve_subject(
 def ingest_blocks(
     con: duckdb.DuckDBPyConnection, sources: dict[str, Source], record_ids: Iterable[str]
 ) -> list[Block]:
-    """Every raw, staged and quarantined row about the records, with its provenance."""
+    """Every raw, staged and quarantined row about the records, with its provenance.
+
+    A record one delivery marked confidential from the subject is held back in every copy
+    (each layer, each delivery, even one that did not mark it): the source has said the
+    subject must not be given it."""
     own = sorted(set(record_ids))
-    blocks: list[Block] = []
+    found: list[tuple[subjects.Relation, pl.DataFrame, pl.Series, pl.Series]] = []
     for relation in subjects.relations(con, sources):
         rows = subjects.rows_about(con, sources[relation.source], relation, set(own))
         if rows.is_empty():
@@ -237,14 +293,47 @@ def ingest_blocks(
         rows = rows.select(*front, pl.exclude(front)).sort(
             [c for c in ("_extract_date", "_row_number") if c in rows.columns]
         )
+        source = sources[relation.source]
+        keys = _local_keys(rows, source, relation.table)
+        found.append((relation, rows, _confidential(rows, source), keys))
+    held = {
+        (relation.source, relation.table, key)
+        for relation, _, flags, keys in found
+        for flag, key in zip(flags, keys, strict=True)
+        if flag and key is not None
+    }
+    blocks: list[Block] = []
+    for relation, rows, flags, keys in found:
+        marked = {k for s, t, k in held if (s, t) == (relation.source, relation.table)}
         reasons = [
             _when(pl.col("_other_records").list.len() > 0, ABOUT_OTHERS),
-            _when(_confidential(rows), CONFIDENTIAL),
+            _when(pl.lit(flags | keys.is_in(sorted(marked))), CONFIDENTIAL),
         ]
-        for block in _split(rows, reasons, relation.schema, relation.source, relation.table):
-            keep = block.rows if block.section == REVIEW else block.rows.drop("_other_records")
-            blocks.append(Block(block.section, block.layer, block.source, block.table, keep))
+        blocks += _split(
+            rows,
+            reasons,
+            relation.schema,
+            relation.source,
+            relation.table,
+            review_only=("_other_records",),
+        )
     return blocks
+
+
+def confidential_records(
+    blocks: Iterable[Block], sources: dict[str, Source]
+) -> dict[str, set[str]]:
+    """Per source, the local keys of ingest rows about the subject that the source marked
+    confidential from them (for what the curated layer derives from those rows)."""
+    held: dict[str, set[str]] = {}
+    for b in blocks:
+        if b.section != REVIEW or b.layer not in subjects.INGEST_SCHEMAS:
+            continue
+        rows = b.rows.filter(pl.col("_review_reasons").str.contains(CONFIDENTIAL, literal=True))
+        if not rows.is_empty():
+            keys = _local_keys(rows, sources[b.source], b.table).drop_nulls()
+            held.setdefault(b.source, set()).update(keys.to_list())
+    return held
 
 
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pl.DataFrame:
@@ -304,23 +393,79 @@ def linked_blocks(
     return blocks
 
 
-def curated_blocks(snapshot: duckdb.DuckDBPyConnection, subject: Subject) -> list[Block]:
-    """The person's rows in tonight's Family View (not aggregates or the search index)."""
+def _confidential_agencies(
+    snapshot: duckdb.DuckDBPyConnection, person_id: str, sources: Collection[str]
+) -> set[str]:
+    """Agencies holding something about the person that is confidential from them: those
+    of their confidential timeline rows, and those fed by a source (``sources``) that
+    marked an ingest row about them confidential (an agency is named by its source when
+    the timeline does not map it)."""
+    rows = snapshot.execute(
+        "select distinct agency from timeline where person_id = ? and confidential_from_subject "
+        "union select distinct agency from timeline where list_contains(?, source)",
+        [person_id, sorted(sources)],
+    ).fetchall()
+    return {agency for (agency,) in rows} | set(sources)
+
+
+def curated_blocks(
+    snapshot: duckdb.DuckDBPyConnection,
+    subject: Subject,
+    confidential: dict[str, set[str]] | None = None,
+) -> list[Block]:
+    """The person's rows in tonight's Family View (not aggregates or the search index).
+
+    ``confidential``: per source, the local keys of ingest rows about the person that it
+    marked confidential from them (:func:`confidential_records`); an event keyed by one is
+    held back even if the snapshot predates the marking. Involvement and the child summary
+    carry no flag of their own but are built from those rows (an episode's service, dates,
+    team and practitioner; the social care status and key workers), so with any
+    confidential row the summary, and that agency's involvement, go to review."""
     pid = subject.person_id
     blocks: list[Block] = []
+    confidential = confidential or {}
+    agencies = _confidential_agencies(snapshot, pid, confidential.keys())
+    held_events = pl.concat_str("source", "source_key", separator="|").is_in(
+        sorted(f"{s}|{k}" for s, keys in confidential.items() for k in keys)
+    )
 
-    def add(table: str, sql: str, params: list[Any], reasons: list[pl.Expr]) -> None:
+    def add(
+        table: str,
+        sql: str,
+        params: list[Any],
+        reasons: list[pl.Expr],
+        review_only: tuple[str, ...] = (),
+    ) -> None:
         rows = _labelled(_query(snapshot, sql, params), "curated", "family_view", table)
         rows = rows.with_columns(pl.lit(subject.snapshot).alias("_snapshot"))
-        blocks.extend(_split(rows, reasons, "curated", "family_view", table))
+        blocks.extend(_split(rows, reasons, "curated", "family_view", table, review_only))
 
+    derived = {
+        "child_summary": [_when(pl.lit(bool(agencies)), DERIVED_CONFIDENTIAL)],
+        "involvement": [_when(pl.col("agency").is_in(sorted(agencies)), DERIVED_CONFIDENTIAL)],
+    }
     for table in CURATED_OWN:
-        add(table, f'select * from "{table}" where person_id = ? order by all', [pid], [])
+        add(
+            table,
+            f'select * from "{table}" where person_id = ? order by all',
+            [pid],
+            derived.get(table, []),
+        )
+    # An event is about everyone its source row is about (others at a police incident, the
+    # family of an early help episode): each of them has a timeline row of the same source
+    # and source key.
     add(
         "timeline",
-        "select * from timeline where person_id = ? order by event_date, event_id",
+        "select t.*, coalesce((select list_sort(list(distinct o.person_id)) from timeline o "
+        "where o.source = t.source and o.source_key = t.source_key "
+        "and o.person_id <> t.person_id), []) as _shared_with "
+        "from timeline t where t.person_id = ? order by t.event_date, t.event_id",
         [pid],
-        [_when(pl.col("confidential_from_subject"), CONFIDENTIAL)],
+        [
+            _when(pl.col("confidential_from_subject") | held_events, CONFIDENTIAL),
+            _when(pl.col("_shared_with").list.len() > 0, ABOUT_OTHERS),
+        ],
+        review_only=("_shared_with",),
     )
     add(
         "household_members",
@@ -364,6 +509,90 @@ def restriction_blocks(engine: Engine, subject: Subject, others: set[str]) -> li
     return _split(frame, reasons, "operational", "restriction", "restrictions")
 
 
+def rectification_blocks(engine: Engine, subject: Subject, others: set[str]) -> list[Block]:
+    """Rectifications of the person's fields (old, new and source values), lapsed or not:
+    kept against their records, or named by their id (current or former) when recorded."""
+    own, ids = set(subject.record_ids), {subject.person_id, *subject.former_person_ids}
+    with engine.connect() as conn:
+        rows = [r._asdict() for r in conn.execute(sa.select(rectifications).order_by("id"))]
+    found = [
+        {**r, "record_ids": json.loads(r["record_ids"])}
+        for r in rows
+        if own & set(json.loads(r["record_ids"])) or r["person_id"] in ids
+    ]
+    if not found:
+        return []
+    frame = _labelled(
+        pl.DataFrame(found, infer_schema_length=None),
+        "operational",
+        "rectification",
+        "rectifications",
+    )
+    reasons = [
+        _when(
+            pl.col("person_id").is_in(sorted(others))
+            | pl.col("record_ids").list.eval(~pl.element().is_in(sorted(own))).list.any(),
+            NAMES_ANOTHER,
+        )
+    ]
+    return _split(frame, reasons, "operational", "rectification", "rectifications")
+
+
+def review_pair_blocks(engine: Engine, subject: Subject) -> list[Block]:
+    """Pairs of records queued for clerical review with one of the person's records: each
+    holds both records' displayed fields, the other usually someone else's."""
+    own = sorted(subject.record_ids)
+    query = (
+        sa.select(review_pairs)
+        .where(review_pairs.c.record_id_l.in_(own) | review_pairs.c.record_id_r.in_(own))
+        .order_by(review_pairs.c.first_queued_at, review_pairs.c.pair_id)
+    )
+    with engine.connect() as conn:
+        found = [r._asdict() for r in conn.execute(query)]
+    if not found:
+        return []
+    frame = _labelled(
+        pl.DataFrame(found, infer_schema_length=None), "operational", "review", "review_pairs"
+    )
+    reasons = [
+        _when(~pl.col("record_id_l").is_in(own) | ~pl.col("record_id_r").is_in(own), NAMES_ANOTHER)
+    ]
+    return _split(frame, reasons, "operational", "review", "review_pairs")
+
+
+def _others_named(
+    snapshot: duckdb.DuckDBPyConnection, subject: Subject, blocks: Iterable[Block]
+) -> tuple[str, ...]:
+    """Every other person the rows name: by person id, or by a source record of theirs
+    (tonight's person for it). Delivered rows are read only for the records the export
+    found them about: a source's own columns are its local keys, not person ids."""
+    people: set[str] = set()
+    records: set[str] = set()
+    for block in blocks:
+        delivered = block.layer in subjects.INGEST_SCHEMAS
+        for names, found in (
+            (() if delivered else PERSON_COLUMNS, people),
+            (("_other_records",) if delivered else RECORD_COLUMNS, records),
+        ):
+            for column in names:
+                if column not in block.rows.columns:
+                    continue
+                values = block.rows[column]
+                if isinstance(values.dtype, pl.List):
+                    values = values.explode()
+                found.update(v for v in values.cast(pl.String).to_list() if v)
+    records -= set(subject.record_ids)
+    if records:
+        people |= {
+            pid
+            for (pid,) in snapshot.execute(
+                "select distinct person_id from person_records where list_contains(?, record_id)",
+                [sorted(records)],
+            ).fetchall()
+        }
+    return tuple(sorted(people - {subject.person_id, *subject.former_person_ids}))
+
+
 def recipients(engine: Engine, subject: Subject) -> list[dict[str, Any]]:
     """Who has been given the person's data: every audited event naming their ids, as who,
     when, why and how it ended (not the other people an event may name)."""
@@ -404,13 +633,16 @@ def gather(
     try:
         with store.reader() as snapshot:
             subject, others, shared = resolve_subject(snapshot, con, store, person_id.strip())
-            curated = curated_blocks(snapshot, subject)
-        blocks = [
-            *ingest_blocks(con, sources, subject.record_ids),
-            *linked_blocks(con, subject, others),
-            *curated,
-            *restriction_blocks(engine, subject, others),
-        ]
+            ingest = ingest_blocks(con, sources, subject.record_ids)
+            blocks = [
+                *ingest,
+                *linked_blocks(con, subject, others),
+                *curated_blocks(snapshot, subject, confidential_records(ingest, sources)),
+                *restriction_blocks(engine, subject, others),
+                *rectification_blocks(engine, subject, others),
+                *review_pair_blocks(engine, subject),
+            ]
+            named = _others_named(snapshot, subject, blocks)
     finally:
         con.close()
     return SubjectAccess(
@@ -426,6 +658,7 @@ def gather(
         ]
         if shared
         else [],
+        others_named=named,
     )
 
 
@@ -659,9 +892,9 @@ def export_subject_access(
             engine,
             by=by,
             action="subject_access_export",
-            person_ids=[sar.subject.person_id],
+            person_ids=[sar.subject.person_id, *sar.others_named],
             tables=sorted({f"{b.layer}.{b.source}__{b.table}" for b in sar.blocks}),
-            detail={"reason": reason, "counts": sar.counts()},
+            detail={"reason": reason, "counts": sar.counts(), "subject": sar.subject.person_id},
         )
     except Exception:
         _remove(out_dir, existed)

@@ -100,8 +100,10 @@ def _value_message(name: str, what: str) -> pl.Expr:
     return pl.format("column '{}': '{}' is not {}", pl.lit(name), pl.col(name), pl.lit(what))
 
 
-def _typed(source: Source, name: str, kind: ColumnType) -> tuple[pl.Expr, _Rule | None]:
-    """(typed value expression, its rule or None) for one column."""
+def typed_value(source: Source, name: str, kind: ColumnType) -> tuple[pl.Expr, _Rule | None]:
+    """(typed value expression, its rule or None) for one column: how staging reads a
+    delivered value (trimmed, the source's date formats and true/false words). Subject
+    access reads raw and quarantined copies with it, so every copy is judged alike."""
     value = _clean(name)
     if kind is ColumnType.text:
         return value, None
@@ -226,7 +228,7 @@ def _row_rules(source: Source, table_name: str) -> tuple[list[pl.Expr], list[_Ru
     typed_exprs: list[pl.Expr] = []
     rules = [_problem(pl.col(SHAPE_ERROR).is_not_null(), WRONG_FIELD_COUNT, pl.col(SHAPE_ERROR))]
     for name, column in table.columns.items():
-        typed, rule = _typed(source, name, column.type)
+        typed, rule = typed_value(source, name, column.type)
         typed_exprs.append(typed.alias(name))
         if column.required:
             rules.append(
