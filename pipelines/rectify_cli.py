@@ -90,8 +90,8 @@ def rectify(
             requester=requester,
             recorded_by=who,
         )
-        ids = lineage(settings.warehouse, person_id).ids
-        seen = rectification.viewers(engine, ids, done.recorded_at)
+        found = lineage(settings.warehouse, person_id)
+        seen = rectification.viewers(engine, found.ids, done.recorded_at)
     out.print(
         f"Rectification {done.id} recorded for {person_id}: {field} "
         f"{escape(repr(done.old_value))} -> {escape(repr(done.new_value))} "
@@ -101,6 +101,16 @@ def rectify(
         "It shows in the Family View from the next publish (sdv publish) and holds until a "
         "source delivers a value of its own."
     )
+    _print_viewers(seen, found.warning)
+    out.print(
+        "Readers until that publish see the old value too: after it, `sdv rectifications "
+        f"--viewers {done.id}` lists everyone who read the person until then."
+    )
+
+
+def _print_viewers(seen: list, warning: str | None) -> None:
+    if warning:  # former ids not followed: some readers may be missing
+        out.print(f"[yellow]{escape(warning)}: readers under former ids are not listed[/yellow]")
     if not seen:
         out.print("Nobody has read this person's data: no one to tell.")
         return
@@ -120,6 +130,15 @@ def rectify(
 def rectifications(
     ctx: typer.Context,
     active: Annotated[bool, typer.Option("--active", help="Only those still overriding.")] = False,
+    viewers: Annotated[
+        int | None,
+        typer.Option(
+            "--viewers",
+            metavar="ID",
+            help="Instead, who saw the old value of rectification ID: every reader of the "
+            "person until the publish that applied it (until now if none has yet).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """List rectifications, oldest first: active ones and those a source overtook."""
@@ -128,6 +147,9 @@ def rectifications(
     from warehouse import rectification
 
     settings = settings_for(ctx, data_dir)
+    if viewers is not None:
+        _viewers_of(settings, viewers)
+        return
     with reported((), (sa.exc.DBAPIError,), "the operational store"):
         items = rectification.listed(settings.operational_engine(), active_only=active)
     if not items:
@@ -147,6 +169,39 @@ def rectifications(
             f"    why: {escape(item.reason)}; asked by {escape(item.requester)}; recorded "
             f"{item.recorded_at:%Y-%m-%d %H:%M} UTC by {escape(item.recorded_by)}"
         )
+
+
+def _viewers_of(settings, rectification_id: int) -> None:
+    """Everyone who read the person while the old value was served (`--viewers`)."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from pipelines.audit_cli import lineage
+    from warehouse import rectification
+    from warehouse.curated_config import load_curated_config
+    from warehouse.publish import SnapshotStore
+
+    engine = settings.operational_engine()
+    with reported((), (sa.exc.DBAPIError,), "the operational store"):
+        items = {r.id: r for r in rectification.listed(engine)}
+    done = items.get(rectification_id)
+    if done is None:
+        out.print(f"[red]No rectification {rectification_id}[/red] (sdv rectifications lists them)")
+        raise typer.Exit(code=1)
+    keep = load_curated_config(settings.curated_config).publishing.keep
+    history = SnapshotStore(settings.published_dir, keep=keep).history()
+    until = rectification.served_until(
+        [p.published_at for p in history if p.action == "publish"], done.recorded_at
+    )
+    found = lineage(settings.warehouse, done.person_id)
+    seen = rectification.viewers(engine, found.ids, until or datetime.now(UTC))
+    shown = f"until the publish of {until:%Y-%m-%d %H:%M:%S} UTC" if until else "not yet published"
+    out.print(
+        f"Rectification {done.id} of {done.person_id}'s {done.field} ({shown}): readers of "
+        "the old value."
+    )
+    _print_viewers(seen, found.warning)
 
 
 def register(app: typer.Typer) -> None:

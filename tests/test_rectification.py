@@ -143,6 +143,35 @@ def test_users_who_read_before_the_correction_are_listed_to_be_told(county):
     assert "never-saw" not in by_user and "after" not in by_user
 
 
+def test_readers_until_the_publish_that_applies_it_saw_the_old_value_too(county):
+    """The old value is served until the next publish: who reads the person in between
+    must be told as well, and `sdv rectifications --viewers` finds them any time later;
+    readers after that publish saw the new value and are not listed."""
+    child = _pupil(county)
+    access = AccessLayer(county.store(), load_policy(), county.engine())
+    access.person(User("before", "social_worker"), "safeguarding", child["person_id"])
+    result = _rectify(county, child["person_id"], "surname", child["surname"], "Exemplar")
+    assert result.exit_code == 0, result.output
+    assert "--viewers 1" in result.output
+    access.person(User("in-between", "police"), "safeguarding", child["person_id"])
+
+    pending = _sdv(county, "rectifications", "--viewers", "1")
+    assert pending.exit_code == 0, pending.output
+    assert "not yet published" in pending.output
+    assert "before" in pending.output and "in-between" in pending.output
+
+    county.publish()
+    access.person(User("afterwards", "health"), "direct_care", child["person_id"])
+    listed = _sdv(county, "rectifications", "--viewers", "1")
+    assert listed.exit_code == 0, listed.output
+    assert "until the publish of" in listed.output
+    assert "before" in listed.output and "in-between" in listed.output
+    assert "afterwards" not in listed.output
+
+    unknown = _sdv(county, "rectifications", "--viewers", "99")
+    assert unknown.exit_code == 1 and "No rectification 99" in unknown.output
+
+
 def test_nobody_to_tell_when_nobody_read_the_person(county):
     child = _pupil(county, unread=True)
     result = _rectify(county, child["person_id"], "forename", child["forename"], "Exemplia")

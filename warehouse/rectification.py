@@ -299,6 +299,18 @@ def _lapse(conn: sa.Connection, rectification_id: int, reason: str, at: datetime
     )
 
 
+def served_until(published_at: Iterable[str], recorded_at: datetime) -> datetime | None:
+    """When readers stopped being served the old value: the first publish after the
+    rectification was recorded (it shows from then on), or None if none has been yet.
+
+    The old value is read until that publish, so whoever reads the person in between saw
+    it too and must be told as well as those who read before."""
+    later = sorted(
+        when for when in (datetime.fromisoformat(p) for p in published_at) if when > recorded_at
+    )
+    return later[0] if later else None
+
+
 def listed(engine: Engine, *, active_only: bool = False) -> list[Rectification]:
     """Rectifications, oldest first: all of them, or only those still overriding."""
     with engine.connect() as conn:
