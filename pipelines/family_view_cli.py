@@ -110,6 +110,23 @@ def rollback(
         ),
     )
     out.print(f"Readers now get {back.snapshot} (as of {back.as_of}).")
+    _warn_unapplied(engine, back.snapshot)
+
+
+def _warn_unapplied(engine, snapshot: str) -> None:
+    """Corrections recorded after the snapshot was built are not in it: say so, since
+    readers now see the old values again (``sdv publish`` applies them)."""
+    from warehouse import rectification
+    from warehouse.publish import built_at
+
+    started = built_at(snapshot)
+    missing = rectification.not_in(engine, started) if started else []
+    if missing:
+        ids = ", ".join(str(r.id) for r in missing)
+        out.print(
+            f"[yellow]{len(missing)} rectification(s) recorded since it was built are not in "
+            f"it ({ids}): readers see the old values until the next publish (sdv publish).[/yellow]"
+        )
 
 
 def snapshots(data_dir: DataDir = None) -> None:

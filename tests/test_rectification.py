@@ -172,6 +172,25 @@ def test_readers_until_the_publish_that_applies_it_saw_the_old_value_too(county)
     assert unknown.exit_code == 1 and "No rectification 99" in unknown.output
 
 
+def test_a_rollback_past_a_correction_says_the_old_value_is_back(county):
+    """Kept snapshots are not corrected: rolling back to one built before a rectification
+    serves the old value again, and the operator is told which corrections that undoes."""
+    child = _pupil(county)
+    assert (
+        _rectify(county, child["person_id"], "surname", child["surname"], "Exemplar").exit_code == 0
+    )
+    county.publish()
+    assert _published_row(county, "person", child["person_id"])["surname"] == "Exemplar"
+
+    back = _sdv(county, "rollback", "--reason", "bad publish")
+    assert back.exit_code == 0, back.output
+    assert _published_row(county, "person", child["person_id"])["surname"] == child["surname"]
+    assert "1 rectification(s) recorded since it was built are not in it (1)" in back.output
+
+    county.publish()  # the next publish applies it again
+    assert _published_row(county, "person", child["person_id"])["surname"] == "Exemplar"
+
+
 def test_nobody_to_tell_when_nobody_read_the_person(county):
     child = _pupil(county, unread=True)
     result = _rectify(county, child["person_id"], "forename", child["forename"], "Exemplia")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,15 @@ class Published:
     published_at: str
     action: str = "publish"  # or "rollback"
     checks: dict[str, Any] = field(default_factory=dict)
+
+
+def built_at(snapshot: str) -> datetime | None:
+    """When a snapshot's build started, from its file name (:func:`new_snapshot_id`; a
+    purge's rewrite keeps it), or None for a name that does not carry it."""
+    found = re.search(r"(\d{8}T\d{12})Z", snapshot)
+    if found is None:
+        return None
+    return datetime.strptime(found.group(1), "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
 
 
 def new_snapshot_id() -> str:

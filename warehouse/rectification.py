@@ -311,6 +311,12 @@ def served_until(published_at: Iterable[str], recorded_at: datetime) -> datetime
     return later[0] if later else None
 
 
+def not_in(engine: Engine, built_at: datetime) -> list[Rectification]:
+    """Active rectifications recorded after a snapshot's build started, so not in it: a
+    rollback to it serves their old values again until the next publish."""
+    return [r for r in listed(engine, active_only=True) if r.recorded_at > built_at]
+
+
 def listed(engine: Engine, *, active_only: bool = False) -> list[Rectification]:
     """Rectifications, oldest first: all of them, or only those still overriding."""
     with engine.connect() as conn:
