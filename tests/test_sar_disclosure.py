@@ -112,6 +112,12 @@ def disclosed(published_county, tmp_path_factory) -> Disclosed:
         ),
         "run-test",
     )
+    review.decide_records(
+        engine, child_record, stranger_record, "reject", "rev1", "different school and dob"
+    )
+    review.split_person(
+        engine, "P-FORMER", [[child_record], [member_record]], "rev1", "twins recorded as one"
+    )
     out = root / "export"
     result = _sdv(county, "sar", child, "--out", str(out), "--reason", "SAR-9", "--by", "dpo1")
     assert result.exit_code == 0, result.output
@@ -160,6 +166,22 @@ def test_review_pairs_naming_another_record_only_in_review(disclosed):
     ]
     assert "stranger-surname" in pairs[0]["record_l"] + pairs[0]["record_r"]
     assert "names another person" in pairs[0]["_review_reasons"]
+
+
+def test_reviewers_decisions_and_splits_of_the_persons_records_are_exported(disclosed):
+    """A reviewer's decision on the child's record (with their reason) and the split that
+    moved it are held about the child too; a decision naming a stranger's record is for
+    review only."""
+    export = disclosed.export
+    decisions = export.rows("review", "operational__review__review_decisions")
+    assert [(d["decision"], d["reason"]) for d in decisions] == [
+        ("reject", "different school and dob")
+    ]
+    assert "names another person" in decisions[0]["_review_reasons"]
+    splits = export.rows("main", "operational__review__person_splits")
+    assert [(s["person_id"], s["reason"]) for s in splits] == [
+        ("P-FORMER", "twins recorded as one")
+    ]
 
 
 def _exports_in_history(county, person_id: str) -> list[dict]:

@@ -48,7 +48,7 @@ import sqlalchemy as sa
 from jinja2 import Environment
 from sqlalchemy.engine import Engine
 
-from warehouse import audit, subjects
+from warehouse import audit, review, subjects
 from warehouse.publish import SnapshotStore, person_record_ids
 from warehouse.rectification import rectifications
 from warehouse.restriction import restrictions
@@ -539,25 +539,40 @@ def rectification_blocks(engine: Engine, subject: Subject, others: set[str]) -> 
 
 
 def review_pair_blocks(engine: Engine, subject: Subject) -> list[Block]:
-    """Pairs of records queued for clerical review with one of the person's records: each
-    holds both records' displayed fields, the other usually someone else's."""
+    """The clerical review of the person's records: pairs queued with one of them (each
+    holds both records' displayed fields, the other usually someone else's), reviewers'
+    decisions on such pairs (with their reasons), and the splits that moved them."""
     own = sorted(subject.record_ids)
-    query = (
-        sa.select(review_pairs)
+    decisions, splits, split_records = (
+        review.review_decisions,
+        review.person_splits,
+        review.person_split_records,
+    )
+    queries = {
+        "review_pairs": sa.select(review_pairs)
         .where(review_pairs.c.record_id_l.in_(own) | review_pairs.c.record_id_r.in_(own))
-        .order_by(review_pairs.c.first_queued_at, review_pairs.c.pair_id)
-    )
+        .order_by(review_pairs.c.first_queued_at, review_pairs.c.pair_id),
+        "review_decisions": sa.select(decisions)
+        .where(decisions.c.record_id_l.in_(own) | decisions.c.record_id_r.in_(own))
+        .order_by(decisions.c.id),
+        "person_splits": sa.select(splits, split_records.c.group_no, split_records.c.record_id)
+        .join(split_records, split_records.c.split_id == splits.c.id)
+        .where(split_records.c.record_id.in_(own))
+        .order_by(splits.c.id, split_records.c.record_id),
+    }
+    pair = ~pl.col("record_id_l").is_in(own) | ~pl.col("record_id_r").is_in(own)
+    blocks: list[Block] = []
     with engine.connect() as conn:
-        found = [r._asdict() for r in conn.execute(query)]
-    if not found:
-        return []
-    frame = _labelled(
-        pl.DataFrame(found, infer_schema_length=None), "operational", "review", "review_pairs"
-    )
-    reasons = [
-        _when(~pl.col("record_id_l").is_in(own) | ~pl.col("record_id_r").is_in(own), NAMES_ANOTHER)
-    ]
-    return _split(frame, reasons, "operational", "review", "review_pairs")
+        for table, query in queries.items():
+            found = [r._asdict() for r in conn.execute(query)]
+            if not found:
+                continue
+            frame = _labelled(
+                pl.DataFrame(found, infer_schema_length=None), "operational", "review", table
+            )
+            reasons = [] if table == "person_splits" else [_when(pair, NAMES_ANOTHER)]
+            blocks += _split(frame, reasons, "operational", "review", table)
+    return blocks
 
 
 def _others_named(
