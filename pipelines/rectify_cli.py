@@ -139,19 +139,33 @@ def rectifications(
             "person until the publish that applied it (until now if none has yet).",
         ),
     ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who reads (default $USER).")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """List rectifications, oldest first: active ones and those a source overtook."""
+    """List rectifications, oldest first: active ones and those a source overtook.
+
+    The list shows the values corrected (names, dates of birth) of everyone listed, so
+    reading it is recorded in the audit trail first, as a subject-rights action."""
     import sqlalchemy as sa
 
-    from warehouse import rectification
+    from warehouse import audit, rectification
 
     settings = settings_for(ctx, data_dir)
     if viewers is not None:
         _viewers_of(settings, viewers)
         return
-    with reported((), (sa.exc.DBAPIError,), "the operational store"):
-        items = rectification.listed(settings.operational_engine(), active_only=active)
+    engine = settings.operational_engine()
+    with reported((audit.AuditError,), (sa.exc.DBAPIError,), "the operational store"):
+        items = rectification.listed(engine, active_only=active)
+        if items:
+            audit.record_rights_action(
+                engine,
+                by=by or getpass.getuser(),
+                action="rectifications_read",
+                person_ids=[item.person_id for item in items],
+                tables=["rectifications"],
+                detail={"reason": "listed rectifications", "rows": len(items)},
+            )
     if not items:
         out.print("No rectifications recorded.")
         return

@@ -263,9 +263,16 @@ def test_a_source_delivering_its_own_value_wins_and_the_rectification_lapses(cou
     assert by_field["dob"].lapsed_at is None
     assert [r.field for r in rectification.listed(county.engine(), active_only=True)] == ["dob"]
 
-    listing = _sdv(county, "rectifications")
+    listing = _sdv(county, "rectifications", "--by", "dpo2")
     assert listing.exit_code == 0, listing.output
     assert "lapsed" in listing.output and "active" in listing.output
+    # The list shows corrected values: reading it is on record, as who read whose.
+    [read] = [e for e in audit.person_history(county.engine(), pid) if e.user_id == "dpo2"]
+    assert (read.action, read.role, read.purpose) == (
+        "rectifications_read",
+        "dpo",
+        "subject_rights",
+    )
 
 
 def test_a_corrected_delivery_takes_over_from_the_rectification(county):
