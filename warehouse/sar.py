@@ -484,20 +484,29 @@ def curated_blocks(
     return blocks
 
 
-def restriction_blocks(engine: Engine, subject: Subject, others: set[str]) -> list[Block]:
-    """Restrictions of processing recorded against the person's records, lifted or not."""
+def _recorded_against(
+    engine: Engine,
+    table: sa.Table,
+    source: str,
+    subject: Subject,
+    others: set[str],
+    person_ids: Collection[str] = (),
+) -> list[Block]:
+    """Rows of an operational ``table`` recorded against the person's records (its
+    ``record_ids``), or naming one of ``person_ids``; those also naming someone else's
+    record or id go to review."""
     own = set(subject.record_ids)
     with engine.connect() as conn:
-        rows = [r._asdict() for r in conn.execute(sa.select(restrictions).order_by("id"))]
+        rows = [r._asdict() for r in conn.execute(sa.select(table).order_by("id"))]
     found = [
         {**r, "record_ids": json.loads(r["record_ids"])}
         for r in rows
-        if own & set(json.loads(r["record_ids"]))
+        if own & set(json.loads(r["record_ids"])) or r["person_id"] in person_ids
     ]
     if not found:
         return []
     frame = _labelled(
-        pl.DataFrame(found, infer_schema_length=None), "operational", "restriction", "restrictions"
+        pl.DataFrame(found, infer_schema_length=None), "operational", source, table.name
     )
     reasons = [
         _when(
@@ -506,36 +515,19 @@ def restriction_blocks(engine: Engine, subject: Subject, others: set[str]) -> li
             NAMES_ANOTHER,
         )
     ]
-    return _split(frame, reasons, "operational", "restriction", "restrictions")
+    return _split(frame, reasons, "operational", source, table.name)
+
+
+def restriction_blocks(engine: Engine, subject: Subject, others: set[str]) -> list[Block]:
+    """Restrictions of processing recorded against the person's records, lifted or not."""
+    return _recorded_against(engine, restrictions, "restriction", subject, others)
 
 
 def rectification_blocks(engine: Engine, subject: Subject, others: set[str]) -> list[Block]:
     """Rectifications of the person's fields (old, new and source values), lapsed or not:
     kept against their records, or named by their id (current or former) when recorded."""
-    own, ids = set(subject.record_ids), {subject.person_id, *subject.former_person_ids}
-    with engine.connect() as conn:
-        rows = [r._asdict() for r in conn.execute(sa.select(rectifications).order_by("id"))]
-    found = [
-        {**r, "record_ids": json.loads(r["record_ids"])}
-        for r in rows
-        if own & set(json.loads(r["record_ids"])) or r["person_id"] in ids
-    ]
-    if not found:
-        return []
-    frame = _labelled(
-        pl.DataFrame(found, infer_schema_length=None),
-        "operational",
-        "rectification",
-        "rectifications",
-    )
-    reasons = [
-        _when(
-            pl.col("person_id").is_in(sorted(others))
-            | pl.col("record_ids").list.eval(~pl.element().is_in(sorted(own))).list.any(),
-            NAMES_ANOTHER,
-        )
-    ]
-    return _split(frame, reasons, "operational", "rectification", "rectifications")
+    ids = {subject.person_id, *subject.former_person_ids}
+    return _recorded_against(engine, rectifications, "rectification", subject, others, ids)
 
 
 def review_pair_blocks(engine: Engine, subject: Subject) -> list[Block]:
