@@ -140,3 +140,23 @@ def test_rows_about_a_record_come_once_for_every_delivery_that_carried_it(
         ], schema
         assert rows["_about"].to_list() == [["police|persons|N1"]] * 2
     con.close()
+
+
+def test_a_key_delivered_padded_or_in_lower_case_is_the_record_linkage_knows(
+    tmp_path, delivery_writer, sources
+):
+    """Raw keeps values as delivered; staging trims keys (and upper-cases UPNs). A person
+    row keyed " N1 " and its involvement keyed "N1" are both about police|persons|N1, in
+    raw as in staged, or erasure and subject access would miss the raw rows."""
+    con = connect(tmp_path / "warehouse.duckdb")
+    tables = police_tables(2)
+    tables["persons"][0]["nominal_id"] = " N1 "
+    folder = delivery_writer("police", "2026-11-20", tables)
+    load_delivery(con, Delivery("police", date(2026, 11, 20), folder), sources["police"])
+    for schema in ("raw", "staged"):
+        for table in ("persons", "involvements"):
+            rows = rows_about(
+                con, sources["police"], Relation(schema, "police", table), {"police|persons|N1"}
+            )
+            assert rows.height == 1, (schema, table)
+    con.close()

@@ -565,7 +565,7 @@ def _held_record_ids(con: duckdb.DuckDBPyConnection, sources: Mapping[str, Sourc
             continue
         rows = con.sql(
             f"select distinct '{relation.source}|{relation.table}|' || "
-            f"{key_sql(list(spec.local_key), 't')} from {relation.name} t"
+            f"{key_sql(list(spec.local_key), 't', spec)} from {relation.name} t"
         ).fetchall()
         held.update(r for (r,) in rows if r is not None)
     if table_exists(con, "linked", "person_records"):

@@ -160,7 +160,7 @@ def target_records(
         try:
             rows = con.sql(
                 f"select distinct '{relation.source}|{relation.table}|' || "
-                f"{key_sql(spec.local_key, 't')} from {relation.name} t "
+                f"{key_sql(spec.local_key, 't', spec)} from {relation.name} t "
                 "where t.rowid in (select _rowid from _purge_rowids)"
             ).fetchall()
         finally:

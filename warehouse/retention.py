@@ -224,7 +224,7 @@ def _rows(con: duckdb.DuckDBPyConnection, source: Source, rel: Relation) -> pl.D
         columns.append(spec.dob_column)
     selected = "".join(f', t."{c}"' for c in dict.fromkeys(columns))
     self_sql = (
-        f"'{source.name}|{rel.table}|' || {key_sql(spec.local_key, 't')}"
+        f"'{source.name}|{rel.table}|' || {key_sql(spec.local_key, 't', spec)}"
         if spec.person_level
         else "null"
     )

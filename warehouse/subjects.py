@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from warehouse.sources import Source, Table
+from warehouse.sources import ColumnType, IdentifierKind, Source, Table
 from warehouse.store import holds_records_once, per_delivery_sql, relation_name, table_exists
 
 INGEST_SCHEMAS = ("raw", "staged", "quarantine")
@@ -38,9 +38,30 @@ def record_id(source: str, table: str, local_key: str) -> str:
     return f"{source}|{table}|{local_key}"
 
 
-def key_sql(columns: list[str], alias: str) -> str:
+def value_sql(spec: Table, column: str, alias: str) -> str:
+    """A key column's value as staging stores it, from any layer: trimmed, empty as null, a
+    UPN upper-cased, a whole number without leading zeros or plus sign (the SQL twin of
+    tombstone's ``_normalised``). A raw row holds the value as delivered: without this, a
+    key delivered padded with spaces would not be the record linkage knows, and erasure,
+    retention and subject access would miss it and every row reaching it."""
+    text = f'cast({alias}."{column}" as varchar)'
+    value = f"nullif(regexp_replace({text}, '^\\s+|\\s+$', '', 'g'), '')"
+    definition = spec.columns.get(column)
+    if definition is None:
+        return value
+    if definition.identifier is IdentifierKind.upn:
+        return f"upper({value})"
+    if definition.type is ColumnType.integer:
+        return (
+            f"coalesce(case when regexp_full_match({value}, '[+-]?[0-9]+') "
+            f"then cast(try_cast({value} as bigint) as varchar) end, {value})"
+        )
+    return value
+
+
+def key_sql(columns: list[str], alias: str, spec: Table) -> str:
     """A table's local key as text, parts joined by ``|`` (as linkage reads it)."""
-    return " || '|' || ".join(f"coalesce(cast({alias}.\"{c}\" as varchar), '')" for c in columns)
+    return " || '|' || ".join(f"coalesce({value_sql(spec, c, alias)}, '')" for c in columns)
 
 
 @dataclass(frozen=True)
@@ -78,7 +99,8 @@ def about_sql(source: Source, table: str, schema: str) -> str | None:
     if spec.person_level:
         prefix = f"'{source.name}|{table}|'"
         parts.append(
-            f"select t.rowid as _rowid, {prefix} || {key_sql(spec.local_key, 't')} as record_id,"
+            f"select t.rowid as _rowid, {prefix} || {key_sql(spec.local_key, 't', spec)} "
+            "as record_id,"
             f" true as direct from {relation} t"
         )
     for about in spec.about:
@@ -87,7 +109,7 @@ def about_sql(source: Source, table: str, schema: str) -> str | None:
         if inner is None:
             continue
         carried = ", ".join(
-            f'cast(u."{theirs}" as varchar) as "{theirs}"' for theirs in about.match.values()
+            f'{value_sql(target, theirs, "u")} as "{theirs}"' for theirs in about.match.values()
         )
         direct = (
             "a.direct"
@@ -95,7 +117,7 @@ def about_sql(source: Source, table: str, schema: str) -> str | None:
             else "false"
         )
         join = " and ".join(
-            f'cast(t."{mine}" as varchar) = s."{theirs}"' for mine, theirs in about.match.items()
+            f'{value_sql(spec, mine, "t")} = s."{theirs}"' for mine, theirs in about.match.items()
         )
         target_relation = f'raw."{relation_name(source.name, about.table)}"'
         parts.append(
