@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
+import polars as pl
 import pytest
 import sqlalchemy as sa
 from family_view_county import PSEUDONYM_KEY
@@ -409,6 +410,29 @@ def test_analysts_can_use_sqlalchemy_on_their_file(analyst_file):
         # settings, which DuckDB refuses while this connection lives.
         engine.dispose()
     assert bands and all(band is None or re.match(r"^\d+(-\d+|\+)$", band) for band, _ in bands)
+
+
+def test_a_lone_suppressed_cell_takes_the_smallest_of_its_group_with_it():
+    """One withheld district in a status could be recovered from the status's county
+    count less the districts shown; with two withheld only their sum can."""
+    from warehouse.curate import complement, suppress
+
+    counts = pl.DataFrame(
+        {
+            "postcode_district": ["TA1", "TA2", "TA3", "TA1", "TA2", "TA4"],
+            "social_care_status": ["cin", "cin", "cin", "cp_plan", "cp_plan", "looked_after"],
+            "children": [3, 12, 7, 6, 9, 2],
+        }
+    )
+    out = complement(suppress(counts, ["children"], 5), ["children"], ["social_care_status"])
+    assert out.rows() == [
+        ("TA1", "cin", None, True),
+        ("TA2", "cin", 12, False),
+        ("TA3", "cin", None, True),  # the smallest published cin cell goes with TA1's
+        ("TA1", "cp_plan", 6, False),  # nothing withheld: nothing to protect
+        ("TA2", "cp_plan", 9, False),
+        ("TA4", "looked_after", None, True),  # alone in its group
+    ]
 
 
 def test_partnership_aggregates_suppress_small_counts(db):

@@ -896,6 +896,38 @@ def suppress(frame: pl.DataFrame, counts: list[str], min_count: int) -> pl.DataF
     )
 
 
+def complement(frame: pl.DataFrame, counts: list[str], by: list[str]) -> pl.DataFrame:
+    """Within each ``by`` group, never exactly one suppressed row: if one is, suppress the
+    smallest published row of the group too.
+
+    A lone suppressed cell can be recovered by subtraction wherever the group's total is
+    known or closely estimated (here a status's county-wide count in ``agg_involvement``
+    less the districts shown); with two withheld, the difference is only their sum.
+    The first count column ranks the rows, then the rest of the row, so the choice is the
+    same every night."""
+    ranked = frame.with_row_index("_row")
+    lone = (
+        ranked.group_by(by)
+        .agg(pl.col("suppressed").sum().alias("_withheld"), pl.len().alias("_rows"))
+        .filter((pl.col("_withheld") == 1) & (pl.col("_rows") > 1))
+        .select(by)
+    )
+    if lone.is_empty():
+        return frame
+    second = (
+        ranked.join(lone, on=by, how="semi", nulls_equal=True)
+        .filter(~pl.col("suppressed"))
+        .sort([*counts, *by, "_row"], nulls_last=True)
+        .group_by(by, maintain_order=True)
+        .first()["_row"]
+    )
+    hide = pl.col("_row").is_in(second.implode())
+    return ranked.with_columns(
+        *(pl.when(hide).then(None).otherwise(pl.col(c)).alias(c) for c in counts),
+        (pl.col("suppressed") | hide).alias("suppressed"),
+    ).drop("_row")
+
+
 def build_aggregates(
     child_summary: pl.DataFrame, person: pl.DataFrame, involvement: pl.DataFrame, min_count: int
 ) -> dict[str, pl.DataFrame]:
@@ -918,9 +950,9 @@ def build_aggregates(
     )
     # Sorted by their groups, so a snapshot's rows come out in the same order every time.
     return {
-        "agg_children_by_status": suppress(by_status, ["children"], min_count).sort(
-            "postcode_district", "social_care_status", nulls_last=True
-        ),
+        "agg_children_by_status": complement(
+            suppress(by_status, ["children"], min_count), ["children"], ["social_care_status"]
+        ).sort("postcode_district", "social_care_status", nulls_last=True),
         "agg_involvement": suppress(by_service, ["people"], min_count).sort(
             "agency", "service", "status", nulls_last=True
         ),
