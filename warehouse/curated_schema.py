@@ -346,12 +346,18 @@ TABLES: dict[str, CuratedTable] = {
         CuratedTable(
             "agg_children_by_status",
             "Children by postcode district and social care status; counts under the "
-            "minimum are suppressed.",
+            "minimum are suppressed, and a status never has just one district suppressed.",
             (
                 _c("postcode_district", "VARCHAR", "attribute", "Postcode district."),
                 _c("social_care_status", "VARCHAR", "attribute", "Status, or none."),
                 _c("children", "INTEGER", "attribute", "Number of children; null if suppressed."),
-                _c("suppressed", "BOOLEAN", "attribute", "The count was under the minimum."),
+                _c(
+                    "suppressed",
+                    "BOOLEAN",
+                    "attribute",
+                    "The count was under the minimum, or withheld with the status's one such "
+                    "count so that it cannot be found by subtraction.",
+                ),
             ),
             person_column=None,
             aggregate=True,
