@@ -646,15 +646,16 @@ def _export(
     the DPO reads as if they were not there: a share is processing too."""
     from warehouse import audit, linked, restriction
     from warehouse.audit_config import AuditConfigError, load_audit_config
+    from warehouse.operational import ensure_schema
     from warehouse.store import connect
 
     settings = _settings(data_dir, None, DEFAULT_CONFIG_DIR)
     con = connect(_warehouse_or_exit(settings), read_only=True)
     try:
         frame = linked.links_export(con) if kind == "links" else linked.households_export(con)
-        frame, withheld = linked.withhold(
-            con, frame, restriction.restricted_records(settings.operational_engine())
-        )
+        engine = settings.operational_engine()
+        ensure_schema(engine)  # a store not made yet holds no restriction
+        frame, withheld = linked.withhold(con, frame, restriction.restricted_records(engine))
     except LookupError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc
@@ -664,7 +665,7 @@ def _export(
         if not by:
             raise audit.AuditError("say who exports: --by NAME ($USER is not set)")
         audit.record_export(
-            settings.operational_engine(),
+            engine,
             user_id=by,
             access=load_audit_config(settings.config_dir).linkage_access,
             recipient=recipient,
