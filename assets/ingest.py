@@ -107,6 +107,14 @@ def _check_specs(source: Source) -> list[dg.AssetCheckSpec]:
         )
         checks.append(
             dg.AssetCheckSpec(
+                "row_count_steady",
+                asset=raw_key(source.name, table),
+                description=f"Not {cfg.max_row_drop:.0%} or more smaller than the previous "
+                "delivery (a truncated full snapshot would drop people from the view).",
+            )
+        )
+        checks.append(
+            dg.AssetCheckSpec(
                 "required_columns",
                 asset=staged_key(source.name, table),
                 description="No staged row lacks a required column.",
@@ -185,6 +193,21 @@ def _results(
                 "raw": rec.raw,
                 "staged": rec.staged,
                 "quarantined": rec.quarantined,
+            },
+        )
+        before = quality.previous_rows(con, source.name, load.table, result.extract_date)
+        drop = 1 - load.rows / before.rows if before and before.rows else 0.0
+        yield dg.AssetCheckResult(
+            asset_key=raw_key(source.name, load.table),
+            check_name="row_count_steady",
+            passed=drop < cfg.max_row_drop,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "rows": load.rows,
+                "previous_rows": before.rows if before else None,
+                "previous_extract_date": before.extract_date.isoformat() if before else None,
+                "drop": round(drop, 4),
+                "threshold": cfg.max_row_drop,
             },
         )
         nulls = quality.required_nulls(con, source, load.table, result.extract_date)

@@ -50,6 +50,21 @@ def test_validity_below_threshold_quarantine_rate_and_staleness_fail(tmp_path, d
     assert freshness.metadata["latest_extract_date"].value == "2020-01-06"
 
 
+def test_a_delivery_much_smaller_than_the_last_is_flagged(tmp_path, delivery_writer):
+    """A full snapshot that lost most of its rows (an export cut short after its header)
+    loads, but its people would drop out of the view: the check says so, by how much and
+    against which delivery; a table of the same size passes."""
+    run_police(tmp_path, delivery_writer, police_tables(10), day="2026-11-19")
+    result, checks = run_police(tmp_path, delivery_writer, police_tables(2), day="2026-11-20")
+    assert result.success  # a warning: the data engineer decides
+    shrunk = checks[("raw/police/persons", "row_count_steady")]
+    assert not shrunk.passed and shrunk.severity == dg.AssetCheckSeverity.WARN
+    assert shrunk.metadata["rows"].value == 2 and shrunk.metadata["previous_rows"].value == 10
+    assert shrunk.metadata["previous_extract_date"].value == "2026-11-19"
+    assert shrunk.metadata["drop"].value == 0.8
+    assert checks[("raw/police/incidents", "row_count_steady")].passed  # 1 then 1
+
+
 def test_rejected_delivery_fails_the_run_with_file_and_reason(tmp_path, delivery_writer):
     folder = delivery_writer("police", "2026-11-20", police_tables(2))
     (folder / "incidents.csv").write_bytes(b"incident_ref\r\nX\r\n")

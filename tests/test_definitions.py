@@ -49,6 +49,7 @@ def test_checks_cover_row_counts_required_columns_validity_and_freshness(tmp_pat
     graph = defs_for(tmp_path).resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert ("raw/health/patients", "manifest_row_count") in checks
+    assert ("raw/school/exclusions", "row_count_steady") in checks
     assert ("staged/health/patients", "required_columns") in checks
     assert ("staged/health/patients", "nhs_number_validity") in checks
     assert ("staged/school/pupils", "upn_validity") in checks

@@ -7,6 +7,7 @@ plain values; turning them into pass/fail with thresholds from config is the cal
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 
@@ -63,6 +64,32 @@ def reconcile(
             [extract_date, delivery_id],
         ),
     )
+
+
+@dataclass(frozen=True)
+class PreviousRows:
+    """A table's rows in the source's previous delivery, and that delivery's date."""
+
+    rows: int
+    extract_date: date
+
+
+def previous_rows(
+    con: duckdb.DuckDBPyConnection, source: str, table: str, extract_date: date
+) -> PreviousRows | None:
+    """The table's rows in the newest delivery of ``source`` dated before ``extract_date``
+    that loaded (as ``meta.deliveries`` recorded it), or None on a first delivery."""
+    found = con.execute(
+        "select extract_date, tables from meta.deliveries where source = ? "
+        "and extract_date < ? and status in ('loaded', 'replaced') "
+        "order by extract_date desc, recorded_at desc limit 1",
+        [source, extract_date],
+    ).fetchall()
+    if not found:
+        return None
+    day, tables = found[0]
+    rows = [t["rows"] for t in json.loads(tables or "[]") if t.get("table") == table]
+    return PreviousRows(int(rows[0]), day) if rows else None
 
 
 def required_nulls(

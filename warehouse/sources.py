@@ -166,6 +166,10 @@ class Table(_Strict):
     database: DatabaseTable | None = None
     identifier_validity: dict[str, ValidityThreshold] = Field(default_factory=dict)
     max_quarantine_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    # A full snapshot this much smaller than the previous delivery's (a truncated export
+    # that kept its header, a filter left on) fails the row_count_steady check: a person
+    # missing from tonight's snapshot drops out of linkage and the Family View.
+    max_row_drop: float = Field(default=0.5, ge=0.0, le=1.0)
     about: list[About] = Field(default_factory=list)
     # Retention clocks (warehouse.retention): the columns that date a row's events, school
     # terms ("2026-SPR") dated at the term's end, and a person table's date of birth.
