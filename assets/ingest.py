@@ -147,6 +147,7 @@ def _severity(name: str) -> dg.AssetCheckSeverity:
 def _results(
     source: Source, result: LoadResult, con: DuckDBPyConnection
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    previous = quality.previous_delivery(con, source.name, result.extract_date)
     for load in result.tables:
         cfg = source.tables[load.table]
         current = result.current_extract_date
@@ -195,8 +196,8 @@ def _results(
                 "quarantined": rec.quarantined,
             },
         )
-        before = quality.previous_rows(con, source.name, load.table, result.extract_date)
-        drop = 1 - load.rows / before.rows if before and before.rows else 0.0
+        before = previous.rows.get(load.table) if previous else None
+        drop = 1 - load.rows / before if before else 0.0
         yield dg.AssetCheckResult(
             asset_key=raw_key(source.name, load.table),
             check_name="row_count_steady",
@@ -204,8 +205,8 @@ def _results(
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
                 "rows": load.rows,
-                "previous_rows": before.rows if before else None,
-                "previous_extract_date": before.extract_date.isoformat() if before else None,
+                "previous_rows": before,
+                "previous_extract_date": previous.extract_date.isoformat() if previous else None,
                 "drop": round(drop, 4),
                 "threshold": cfg.max_row_drop,
             },

@@ -64,18 +64,21 @@ class Published:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
+_ID_TIME = "%Y%m%dT%H%M%S%f"  # a snapshot id's build time (UTC, to the microsecond)
+
+
 def built_at(snapshot: str) -> datetime | None:
     """When a snapshot's build started, from its file name (:func:`new_snapshot_id`; a
     purge's rewrite keeps it), or None for a name that does not carry it."""
     found = re.search(r"(\d{8}T\d{12})Z", snapshot)
     if found is None:
         return None
-    return datetime.strptime(found.group(1), "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    return datetime.strptime(found.group(1), _ID_TIME).replace(tzinfo=UTC)
 
 
 def new_snapshot_id() -> str:
     """Sortable and unique: UTC time to the microsecond plus a random suffix."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime(_ID_TIME) + "Z-" + secrets.token_hex(3)
 
 
 def _comment(value: str) -> str:

@@ -67,18 +67,19 @@ def reconcile(
 
 
 @dataclass(frozen=True)
-class PreviousRows:
-    """A table's rows in the source's previous delivery, and that delivery's date."""
+class PreviousDelivery:
+    """The source's previous delivery: its date and each table's rows."""
 
-    rows: int
     extract_date: date
+    rows: dict[str, int]
 
 
-def previous_rows(
-    con: duckdb.DuckDBPyConnection, source: str, table: str, extract_date: date
-) -> PreviousRows | None:
-    """The table's rows in the newest delivery of ``source`` dated before ``extract_date``
-    that loaded (as ``meta.deliveries`` recorded it), or None on a first delivery."""
+def previous_delivery(
+    con: duckdb.DuckDBPyConnection, source: str, extract_date: date
+) -> PreviousDelivery | None:
+    """The newest delivery of ``source`` dated before ``extract_date`` that loaded (as
+    ``meta.deliveries`` recorded it), or None on a first delivery. Read once per load, for
+    every table's check."""
     found = con.execute(
         "select extract_date, tables from meta.deliveries where source = ? "
         "and extract_date < ? and status in ('loaded', 'replaced') "
@@ -88,8 +89,8 @@ def previous_rows(
     if not found:
         return None
     day, tables = found[0]
-    rows = [t["rows"] for t in json.loads(tables or "[]") if t.get("table") == table]
-    return PreviousRows(int(rows[0]), day) if rows else None
+    rows = {t["table"]: int(t["rows"]) for t in json.loads(tables or "[]") if "table" in t}
+    return PreviousDelivery(day, rows)
 
 
 def required_nulls(

@@ -60,6 +60,7 @@ from warehouse.sources import ColumnType, Source
 # held back.
 from warehouse.staging import typed_value as staged_value
 from warehouse.store import connect, table_exists
+from warehouse.tombstone import normalised
 
 MAIN, REVIEW = "main", "review"
 SECTION_KEYS = {MAIN: "main", REVIEW: "review_before_disclosure"}
@@ -191,13 +192,14 @@ def _confidential(frame: pl.DataFrame, source: Source) -> pl.Series:
 
 
 def _local_keys(frame: pl.DataFrame, source: Source, table: str) -> pl.Series:
-    """Each row's local key (parts trimmed, as staged), the same in every layer and
-    delivery: what ties the copies of one record together. Null for a row without one (a
-    quarantined row may lack it), which ties it to nothing."""
-    columns = source.tables[table].local_key
+    """Each row's local key as staged (:func:`warehouse.tombstone.normalised`), the same in
+    every layer and delivery: what ties the copies of one record together. Null for a row
+    without one (a quarantined row may lack it), which ties it to nothing."""
+    spec = source.tables[table]
+    columns = spec.local_key
     if not columns or not set(columns) <= set(frame.columns):
         return pl.Series("_local_key", [None] * frame.height, dtype=pl.String)
-    parts = [pl.col(c).cast(pl.String).str.strip_chars().fill_null("") for c in columns]
+    parts = [normalised(spec, c).fill_null("") for c in columns]
     return frame.select(
         pl.when(pl.all_horizontal(part == "" for part in parts))
         .then(None)

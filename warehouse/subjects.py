@@ -41,7 +41,7 @@ def record_id(source: str, table: str, local_key: str) -> str:
 def value_sql(spec: Table, column: str, alias: str) -> str:
     """A key column's value as staging stores it, from any layer: trimmed, empty as null, a
     UPN upper-cased, a whole number without leading zeros or plus sign (the SQL twin of
-    tombstone's ``_normalised``). A raw row holds the value as delivered: without this, a
+    ``warehouse.tombstone.normalised``). A raw row holds the value as delivered: without this, a
     key delivered padded with spaces would not be the record linkage knows, and erasure,
     retention and subject access would miss it and every row reaching it."""
     text = f'cast({alias}."{column}" as varchar)'

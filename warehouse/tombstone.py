@@ -63,7 +63,7 @@ def _text(column: str) -> pl.Expr:
     return pl.when(value == "").then(None).otherwise(value)
 
 
-def _normalised(spec: Table, column: str) -> pl.Expr:
+def normalised(spec: Table, column: str) -> pl.Expr:
     """The value as staging stores it, so the key matches the one linkage read."""
     value = _text(column)
     definition = spec.columns[column]
@@ -106,7 +106,7 @@ class Tombstones:
                 continue
             prefix = f"{source.name}|{target}"
             forms.append(_key([_text(c) for c in columns], prefix))
-            forms.append(_key([_normalised(spec, c) for c in columns], prefix))
+            forms.append(_key([normalised(spec, c) for c in columns], prefix))
         if not self.hashes or not forms or frame.is_empty():
             return pl.Series("erased", [False] * frame.height, dtype=pl.Boolean)
         candidates = frame.select(
