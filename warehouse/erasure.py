@@ -3,7 +3,9 @@
 :func:`erase` is the whole request, in this order:
 
 1. resolve the person's records (``source|table|local_key``) from the current snapshot's
-   ``person_records`` and ``linked.person_records`` (ids may have moved since publishing);
+   ``person_records`` and ``linked.person_records`` (ids may have moved since publishing),
+   and the records of theirs no source delivers any more (a replaced temporary UPN, a key
+   the agency merged: :mod:`warehouse.retired`), whose rows are still held;
 2. record the erasure (who upheld it, who recorded it, why) and a **tombstone** per record:
    HMAC-SHA256 under the partnership key (:mod:`warehouse.tombstone`), never the id itself,
    so a later delivery of the record is quarantined as ``erased`` rather than silently
@@ -46,7 +48,7 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from warehouse import audit, landing_retention, purge, review
+from warehouse import audit, landing_retention, purge, retired, review
 from warehouse.operational import UTCDateTime, ensure_schema, holds_table, metadata
 from warehouse.publish import ANALYST_PREFIX, PublishError, SnapshotStore, person_record_ids
 from warehouse.rectification import rectifications
@@ -473,6 +475,7 @@ def erase(
         record_ids = _published_records(store, person_id) | _linked_records(con, person_id)
         if not record_ids:
             raise ErasureError(f"no records found for person {person_id}")
+        record_ids |= retired.records_of(con, sources, person_id, record_ids)
         targets = purge.erasure_targets(con, sources, record_ids)
         purged = record_ids | purge.target_records(con, sources, targets)
         people = _people_losing_everything(con, [person_id], purged)

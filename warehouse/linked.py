@@ -3,6 +3,8 @@
 Tables (all documented in DuckDB's catalog comments, see ``DICTIONARY``):
 
 - ``linked.person_records``: every person-level record and its person id;
+- ``linked.retired_records``: records no longer delivered, with the person each last
+  resolved to (``warehouse.retired`` follows them for erasure and subject access);
 - ``linked.household_members``, ``linked.person_relationships``;
 - ``linked.person_events``: merges, splits, new and retired person ids, per run;
 - ``linked.person_ids``: every person id ever issued, so an id is never reused;
@@ -43,6 +45,17 @@ DICTIONARY: dict[str, tuple[str, dict[str, str]]] = {
             "cluster_size": "records held by this person",
             "oversized": "more records than thresholds.max_cluster_size: review it",
             "run_id": "linkage run that produced this row",
+        },
+    ),
+    "retired_records": (
+        "Person-level records a source has stopped delivering, and the person each resolved"
+        " to on the last night it was delivered: its rows stay in the ingest layers until"
+        " retention, and erasure and subject access still reach them.",
+        {
+            "record_id": "source|table|local key",
+            "person_id": "the person the record last resolved to; follow person_events for"
+            " merges since",
+            "run_id": "the first linkage run without the record",
         },
     ),
     "household_members": (
@@ -104,6 +117,9 @@ create table if not exists linked.runs (
 create table if not exists linked.person_events (
     run_id varchar, event varchar, person_id varchar, previous_person_ids varchar[],
     records bigint
+);
+create table if not exists linked.retired_records (
+    record_id varchar, person_id varchar, run_id varchar
 );
 """
 
@@ -180,6 +196,26 @@ def _comment(con: duckdb.DuckDBPyConnection) -> None:
             )
 
 
+def _retire(con: duckdb.DuckDBPyConnection, tonight: pl.DataFrame, run_id: str) -> None:
+    """Keep the person of every record last run had and tonight's has not, and forget a
+    retired record delivered again. Its rows are still in the ingest layers (until
+    retention), so erasure and subject access must still find whose they are."""
+    if not _exists(con, "person_records"):
+        return
+    con.register("_tonight", tonight.select("record_id"))
+    try:
+        con.execute(
+            "insert into linked.retired_records select p.record_id, p.person_id, ? "
+            "from linked.person_records p anti join _tonight t using (record_id)",
+            [run_id],
+        )
+        con.execute(
+            "delete from linked.retired_records where record_id in (select record_id from _tonight)"
+        )
+    finally:
+        con.unregister("_tonight")
+
+
 def write_run(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -202,6 +238,7 @@ def write_run(
     ensure_linked_schema(con)
     con.execute("begin transaction")
     try:
+        _retire(con, person_records, run["run_id"])
         _replace(
             con,
             "person_records",

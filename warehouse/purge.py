@@ -222,6 +222,8 @@ _LINKED_DELETES: dict[str, str] = {
     "scored_pairs": "unique_id_l in (select id from _purge_records) "
     "or unique_id_r in (select id from _purge_records)",
     "record_fingerprints": "unique_id in (select id from _purge_records)",
+    "retired_records": "record_id in (select id from _purge_records) "
+    "or person_id in (select id from _purge_persons)",
     # A region losing a record is not the region stored: all of it is clustered again.
     "record_regions": "region in (select region from linked.record_regions "
     "where record_id in (select id from _purge_records))",
@@ -242,11 +244,11 @@ def purge_linked(
 ) -> Counts:
     """Remove ``record_ids`` and the people ``person_ids`` from the ``linked`` schema.
 
-    Record-keyed tables (``person_records``, ``scored_pairs``, ``record_fingerprints``) lose
-    the records; person-keyed ones (households, relationships either side, events, the
-    ``person_ids`` registry) lose the people; a merge or split event of someone else keeps
-    its row with the purged id taken out of ``previous_person_ids``. ``runs`` holds counts
-    only and is left alone.
+    Record-keyed tables (``person_records``, ``scored_pairs``, ``record_fingerprints``,
+    ``retired_records``) lose the records; person-keyed ones (households, relationships
+    either side, events, the ``person_ids`` registry) lose the people; a merge or split
+    event of someone else keeps its row with the purged id taken out of
+    ``previous_person_ids``. ``runs`` holds counts only and is left alone.
 
     ``linked.person_ids`` exists so an id is never issued twice. Keeping the purged id
     there, even as a keyed hash, would either keep the identifier or protect nothing (the

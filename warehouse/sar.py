@@ -2,15 +2,16 @@
 who has seen it, with what must be reviewed before disclosure kept apart.
 
 The person is named by tonight's person id; the export follows that id to the person's
-source records (``source|table|local_key``, the snapshot's ``person_records``) and gathers,
-from every layer:
+source records (``source|table|local_key``, the snapshot's ``person_records``), and to the
+records of theirs no source delivers any more but whose rows are still held (a replaced
+temporary UPN: :mod:`warehouse.retired`), and gathers, from every layer:
 
 * **ingest** (``raw``, ``staged``, ``quarantine``): every delivered row about those records
   (:mod:`warehouse.subjects`), once for each delivery that carried it, each with its
   provenance: source, table, layer, delivery id, delivery (extract) date, file and row
   number;
-* **linked**: the person's records, household and relationship rows, and the linkage events
-  that created or merged their id;
+* **linked**: the person's records (retired ones too), household and relationship rows, and
+  the linkage events that created or merged their id;
 * **curated** (the published Family View snapshot): person, child summary, involvement,
   timeline, household, relationships and organisations;
 * **operational**: restrictions and rectifications recorded against the records, the
@@ -37,7 +38,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ import sqlalchemy as sa
 from jinja2 import Environment
 from sqlalchemy.engine import Engine
 
-from warehouse import audit, review, subjects
+from warehouse import audit, retired, review, subjects
 from warehouse.publish import SnapshotStore, person_record_ids
 from warehouse.rectification import rectifications
 from warehouse.restriction import restrictions
@@ -100,6 +101,13 @@ class Subject:
     former_person_ids: tuple[str, ...]
     snapshot: str
     as_of: str
+    # Records of theirs that no source delivers any more, whose rows are still held.
+    retired_record_ids: tuple[str, ...] = ()
+
+    @property
+    def all_record_ids(self) -> tuple[str, ...]:
+        """Tonight's records and the retired ones: everything held is about these."""
+        return tuple(sorted({*self.record_ids, *self.retired_record_ids}))
 
 
 @dataclass(frozen=True)
@@ -362,6 +370,13 @@ def linked_blocks(
         [_when(pl.col("person_id") != pid, NAMES_ANOTHER)],
     )
     add(
+        "retired_records",
+        "select * from linked.retired_records where list_contains(?, record_id) "
+        "order by record_id",
+        [list(subject.retired_record_ids)],
+        [_when(pl.col("person_id").is_in(sorted(others)), NAMES_ANOTHER)],
+    )
+    add(
         "household_members",
         "select * from linked.household_members where household_id in "
         "(select household_id from linked.household_members where person_id = ?) "
@@ -497,7 +512,7 @@ def _recorded_against(
     """Rows of an operational ``table`` recorded against the person's records (its
     ``record_ids``), or naming one of ``person_ids``; those also naming someone else's
     record or id go to review."""
-    own = set(subject.record_ids)
+    own = set(subject.all_record_ids)
     with engine.connect() as conn:
         rows = [r._asdict() for r in conn.execute(sa.select(table).order_by("id"))]
     found = [
@@ -536,7 +551,7 @@ def review_pair_blocks(engine: Engine, subject: Subject) -> list[Block]:
     """The clerical review of the person's records: pairs queued with one of them (each
     holds both records' displayed fields, the other usually someone else's), reviewers'
     decisions on such pairs (with their reasons), and the splits that moved them."""
-    own = sorted(subject.record_ids)
+    own = sorted(subject.all_record_ids)
     decisions, splits, split_records = (
         review.review_decisions,
         review.person_splits,
@@ -590,7 +605,7 @@ def _others_named(
                 if isinstance(values.dtype, pl.List):
                     values = values.explode()
                 found.update(v for v in values.cast(pl.String).to_list() if v)
-    records -= set(subject.record_ids)
+    records -= set(subject.all_record_ids)
     if records:
         people |= {
             pid
@@ -642,7 +657,13 @@ def gather(
     try:
         with store.reader() as snapshot:
             subject, others, shared = resolve_subject(snapshot, con, store, person_id.strip())
-            ingest = ingest_blocks(con, sources, subject.record_ids)
+            subject = replace(
+                subject,
+                retired_record_ids=tuple(
+                    sorted(retired.records_of(con, sources, subject.person_id, subject.record_ids))
+                ),
+            )
+            ingest = ingest_blocks(con, sources, subject.all_record_ids)
             blocks = [
                 *ingest,
                 *linked_blocks(con, subject, others),
@@ -733,6 +754,7 @@ def as_json(sar: SubjectAccess) -> dict[str, Any]:
             "person_id": subject.person_id,
             "former_person_ids": list(subject.former_person_ids),
             "record_ids": list(subject.record_ids),
+            "retired_record_ids": list(subject.retired_record_ids),
         },
         "generated_at": sar.generated_at.isoformat(),
         "by": sar.by,
@@ -770,7 +792,8 @@ th{background:#eee} .review{border:3px solid #b00;padding:0 1em;margin-top:2em}
 <h1>Subject access export</h1>
 <p>Person <b>{{ s.person_id }}</b>{% if s.former_person_ids %} (formerly
 {{ s.former_person_ids | join(", ") }}){% endif %}: {{ s.record_ids | length }} source
-records. Family View snapshot {{ s.snapshot }} (as of {{ s.as_of }}).</p>
+records{% if s.retired_record_ids %}, and {{ s.retired_record_ids | length }} no source
+delivers any more whose rows are still held{% endif %}. Family View snapshot {{ s.snapshot }} (as of {{ s.as_of }}).</p>
 <p>Generated {{ generated_at }} by {{ by }}. Reason: {{ reason }}</p>
 {% for note in notes %}<p><b>Note:</b> {{ note }}</p>{% endfor %}
 <h2>Rows held, per source</h2>

@@ -176,6 +176,11 @@ class Table(_Strict):
     event_dates: list[str] = Field(default_factory=list)
     event_terms: list[str] = Field(default_factory=list)
     dob_column: str | None = None
+    # Columns naming the key this record was delivered under before (a temporary UPN
+    # replaced by a permanent one: ``former_upn: upn``), mapped to the local_key column
+    # each stands for. A source stops sending the old key, so linkage no longer sees that
+    # record; erasure and subject access follow this to it (``warehouse.retired``).
+    former_keys: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("columns")
     @classmethod
@@ -199,7 +204,25 @@ class Table(_Strict):
             if col not in self.columns or self.columns[col].identifier is None:
                 raise ValueError(f"identifier_validity names {col!r}, not an identifier column")
         self._dating_columns()
+        self._former_keys()
         return self
+
+    def _former_keys(self) -> None:
+        """A former key must name a whole earlier local key, or the record it leads to is
+        a guess."""
+        if not self.former_keys:
+            return
+        if not self.person_level:
+            raise ValueError("former_keys is only for person_level tables")
+        for column, key in self.former_keys.items():
+            if column not in self.columns:
+                raise ValueError(f"former_keys names {column!r}, not in columns")
+            if key not in self.local_key:
+                raise ValueError(f"former_keys maps {column!r} to {key!r}, not a local_key column")
+        if sorted(self.former_keys.values()) != sorted(self.local_key):
+            raise ValueError(
+                f"former_keys must give every local_key column once ({', '.join(self.local_key)})"
+            )
 
     def _dating_columns(self) -> None:
         """Retention reads these columns as dates: a wrong one would make every row look
