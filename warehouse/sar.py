@@ -371,8 +371,7 @@ def linked_blocks(
     )
     add(
         "retired_records",
-        "select * from linked.retired_records where list_contains(?, record_id) "
-        "order by record_id",
+        "select * from linked.retired_records where list_contains(?, record_id) order by record_id",
         [list(subject.retired_record_ids)],
         [_when(pl.col("person_id").is_in(sorted(others)), NAMES_ANOTHER)],
     )
@@ -793,7 +792,8 @@ th{background:#eee} .review{border:3px solid #b00;padding:0 1em;margin-top:2em}
 <p>Person <b>{{ s.person_id }}</b>{% if s.former_person_ids %} (formerly
 {{ s.former_person_ids | join(", ") }}){% endif %}: {{ s.record_ids | length }} source
 records{% if s.retired_record_ids %}, and {{ s.retired_record_ids | length }} no source
-delivers any more whose rows are still held{% endif %}. Family View snapshot {{ s.snapshot }} (as of {{ s.as_of }}).</p>
+delivers any more whose rows are still held{% endif %}. Family View snapshot
+{{ s.snapshot }} (as of {{ s.as_of }}).</p>
 <p>Generated {{ generated_at }} by {{ by }}. Reason: {{ reason }}</p>
 {% for note in notes %}<p><b>Note:</b> {{ note }}</p>{% endfor %}
 <h2>Rows held, per source</h2>
