@@ -4,7 +4,9 @@
 comparison levels that drove the score; ``accept`` / ``reject`` record a decision with the
 reviewer's name and reason; ``split`` separates records linkage wrongly merged into one
 person; ``history`` shows everything decided so far. Decisions live in the operational
-store (``SDV_OPERATIONAL_URL``) and are honoured by every later linkage run.
+store (``SDV_OPERATIONAL_URL``) and are honoured by every later linkage run. Whatever a
+command displays of the records (their contents, or only their ids, whose local keys can be
+UPNs) is recorded in the audit trail first, as a reading (:func:`_read_recorded`).
 """
 
 from __future__ import annotations
@@ -270,9 +272,13 @@ def _decide(
     with _reported():
         if not reviewer:
             raise ReviewError("say who decides: --reviewer NAME ($USER is not set)")
-        engine = _engine(settings_for(ctx, data_dir))
+        settings = settings_for(ctx, data_dir)
+        engine = _engine(settings)
         item = review.get_item(engine, pair_id)
         review.decide(engine, item.pair_id, decision, reviewer, reason)
+        # The confirmation names both records (a local key can be a UPN): a reading, audited
+        # once the decision stands, before anything is shown.
+        _items_read(settings, reviewer, decision, [item])
     effect = "must-link" if decision == "accept" else "cannot-link"
     verb = "Accepted" if decision == "accept" else "Rejected"
     out.print(
@@ -406,6 +412,9 @@ def split(
         split_id = review.split_person(
             _engine(settings), person_id, groups, reviewer=reviewer, reason=reason
         )
+        # The confirmation lists every group's record ids: audited as a reading, like list.
+        listed_ids = [record_id for g in groups for record_id in g]
+        _read_recorded(settings, reviewer, "split", listed_ids, [], [person_id])
     out.print(f"Split {split_id}: person {escape(person_id)} into {len(groups)} groups")
     for number, members in enumerate(groups, start=1):
         out.print(f"  group {number}: {escape(', '.join(members))}")

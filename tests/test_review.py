@@ -340,11 +340,82 @@ def test_cli_reading_the_queue_is_audited_with_the_persons_it_shows(cli_env, mon
     assert audit.verify(cli_env).ok
 
     # Nobody to record: nothing is shown.
+    before = len(_reads(cli_env))
     monkeypatch.delenv("USER")
     assert_one_line_error(sdv("list"), "say who is reading")
     assert_one_line_error(sdv("show", pair_id(ZOE, ZOE_CARE)), "say who is reading")
     assert_one_line_error(sdv("history"), "say who is reading")
-    assert len(_reads(cli_env)) == 3
+    assert len(_reads(cli_env)) == before
+
+
+def _no_record_id_stored(event) -> None:
+    """The audit names persons and pairs, never a record id (a local key can be a UPN)."""
+    stored = json.dumps([event.detail, event.columns, event.tables, event.person_ids])
+    assert not any(r in stored for r in (ALFIE, ALFIE_POLICE, ZOE, ZOE_CARE, "h|p|1"))
+
+
+def test_cli_accept_and_reject_audit_the_record_ids_they_confirm(cli_env):
+    """`accept` and `reject` print both record ids (a school's local key is a UPN): that
+    display is a reading of the persons' records, recorded before it is shown, with the
+    persons linkage put the records in, under linkage_access's purpose and lawful basis."""
+    key = pair_id(ALFIE, ALFIE_POLICE)
+    accepted = sdv("accept", key[:8], "--reviewer", "Bob Smith", "--reason", "same NHS no")
+    assert accepted.exit_code == 0 and ALFIE in accepted.output, accepted.output
+    (event,) = _reads(cli_env)
+    assert (event.user_id, event.role, event.purpose, event.outcome) == (
+        "Bob Smith",
+        "linkage_team",
+        "identity_resolution",
+        "allowed",
+    )
+    assert "Art. 5(1)(d) accuracy" in event.lawful_basis
+    assert event.person_ids == ("P1", "P2")
+    assert event.columns == ("review_pairs.record_id_l", "review_pairs.record_id_r")
+    assert event.detail == {
+        "shown": "accept",
+        "pairs": [key],
+        "records": 2,
+        "records_not_linked": 0,
+    }
+    _no_record_id_stored(event)
+
+    rejected = sdv("reject", pair_id(ZOE, ZOE_CARE), "--reason", "twins")
+    assert rejected.exit_code == 0 and ZOE in rejected.output, rejected.output
+    event = _reads(cli_env)[-1]
+    assert (event.user_id, event.person_ids) == ("alice", ("P3",))
+    assert event.detail["shown"] == "reject" and event.detail["records_not_linked"] == 1
+    _no_record_id_stored(event)
+    # "Who has seen this person's data" finds the confirmation.
+    seen = CliRunner().invoke(app, ["audit", "--person", "P3"])
+    assert seen.exit_code == 0 and "alice" in seen.output
+    assert audit.verify(cli_env).ok
+
+    # A decision refused shows nothing, so records no reading.
+    assert sdv("accept", key, "--reason", " ").exit_code == 1
+    assert len(_reads(cli_env)) == 2
+
+
+def test_cli_split_audits_the_person_and_records_it_lists(cli_env):
+    """`split` prints the person and every group's record ids: recorded as a reading of
+    that person's records before it is shown."""
+    result = sdv("split", "P7", "--group", "h|p|1", "--reviewer", "Bob", "--reason", "other GP")
+    assert result.exit_code == 0 and "s|u|1" in result.output, result.output
+    (event,) = _reads(cli_env)
+    assert (event.user_id, event.role, event.purpose) == (
+        "Bob",
+        "linkage_team",
+        "identity_resolution",
+    )
+    assert "Art. 5(1)(d) accuracy" in event.lawful_basis
+    assert event.person_ids == ("P7",)
+    assert event.columns == ("person_split_records.record_id", "person_splits.person_id")
+    assert event.detail == {"shown": "split", "pairs": [], "records": 3, "records_not_linked": 0}
+    _no_record_id_stored(event)
+    seen = CliRunner().invoke(app, ["audit", "--person", "P7"])
+    assert seen.exit_code == 0 and "Bob" in seen.output
+    # A split refused shows nothing, so records no reading.
+    assert sdv("split", "P7", "--group", "h|p|2", "--reason", "r").exit_code == 1
+    assert len(_reads(cli_env)) == 1
 
 
 def test_cli_accept_then_reject(cli_env):

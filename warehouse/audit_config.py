@@ -25,7 +25,8 @@ class AuditConfigError(ValueError):
 class LinkageAccess(BaseModel):
     """How the trail records the data team's own use of the linkage outside the Family
     View: reading the clerical review queue (``sdv review list``, ``show`` and
-    ``history`` display names, dates of birth and whole records from every source) and
+    ``history`` display names, dates of birth and whole records from every source;
+    ``accept``, ``reject`` and ``split`` display the record ids decided on) and
     exporting its results (``sdv export links`` and ``households``, a share of every
     person's ids): under which role, for which purpose, on which lawful basis. The
     defaults stand until the partnership's DPO writes its own under ``linkage_access``."""

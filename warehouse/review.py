@@ -298,12 +298,18 @@ def get_item(engine: Engine, pair_id_or_prefix: str) -> ReviewItem:
 
 
 REVIEW_READ = "review"  # the audit action: the queue's records were read
-# What each reading command displays, as the audit names it: the queued records themselves
-# (list, show), or the decision log's record ids, reasons and split persons (history).
+# What each command displays, as the audit names it: the queued records themselves (list,
+# show); the decided pair's record ids (accept, reject: a local key can be a UPN); the
+# person split and the record ids of each group (split); or the decision log's record ids,
+# reasons and split persons (history).
 _QUEUE = ("review_pairs.record_l", "review_pairs.record_r")
+_PAIR_IDS = ("review_pairs.record_id_l", "review_pairs.record_id_r")
 SHOWN_COLUMNS = {
     "list": _QUEUE,
     "show": _QUEUE,
+    "accept": _PAIR_IDS,
+    "reject": _PAIR_IDS,
+    "split": ("person_splits.person_id", "person_split_records.record_id"),
     "history": (
         "review_decisions.record_id_l",
         "review_decisions.record_id_r",
@@ -335,8 +341,10 @@ def record_read(
     is), so that "who has seen this child's data" finds it. Call it before anything is
     shown: a reading the trail cannot take is not shown. The detail holds pair ids and
     counts, never a record id (a local key can be an identifier such as a UPN); ``shown``
-    says which command (``list``, ``show`` or ``history``), and so which columns it
-    displays (:data:`SHOWN_COLUMNS`).
+    says which command (``list``, ``show``, ``accept``, ``reject``, ``split`` or
+    ``history``), and so which columns it displays (:data:`SHOWN_COLUMNS`). A decision
+    and a split are kept with their reviewer and reason in the review store; what the
+    command then displays of them (record ids) is a reading like the others.
     """
     records = set(record_ids)
     audit.append(
