@@ -285,8 +285,9 @@ def test_a_new_agency_or_organisation_type_is_a_config_change(tmp_path: Path):
         data["organisations"].append(
             {
                 "person_table": "council_eh.people",
-                "sql": "select eh_person_id as local_key, 'children_centre' as organisation_type, "
-                'family_id as organisation_id from "current".council_eh__people',
+                "organisation_type": "children_centre",
+                "sql": "select eh_person_id as local_key, family_id as organisation_id "
+                'from "current".council_eh__people',
             }
         )
         data["timeline"].append(dict(data["timeline"][0], agency="youth_justice"))
@@ -303,6 +304,27 @@ def test_a_new_agency_or_organisation_type_is_a_config_change(tmp_path: Path):
     with pytest.raises(PolicyError) as err:
         load_policy(config_copy(tmp_path, centre_role))
     assert "'children_centre'" in str(err.value) and "'youth_justice'" in str(err.value)
+
+
+def test_scopes_are_checked_against_declared_types_whatever_the_sql(tmp_path: Path):
+    """The types are the entries' declared ones, not read from their SQL: a query written
+    any way at all (no quoted type in it) still has a misspelt scope refused."""
+
+    def plain_queries(data):
+        for entry in data["organisations"]:
+            entry["sql"] = "select * from organisation_members"
+
+    def typo(data):
+        data["roles"]["school_dsl"]["scope"]["organisation_type"] = "schol"
+
+    bad = config_copy(tmp_path, policy=typo, curated=plain_queries)
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad)
+    assert str(err.value).startswith(str(bad))
+    assert (
+        "roles.school_dsl.scope.organisation_type: unknown organisation type 'schol' "
+        "(known: gp_practice, school)" in str(err.value)
+    )
 
 
 def test_policy_without_its_curation_config_is_refused(tmp_path: Path):

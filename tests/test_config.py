@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from warehouse.curated_config import (
+    DEFAULT_CURATED_CONFIG,
+    CuratedConfigError,
+    load_curated_config,
+)
 from warehouse.sources import DEFAULT_CONFIG_DIR, ConfigError, load_source, load_sources
 
 SPEC_PERSON_TABLES = {
@@ -137,3 +142,40 @@ def test_empty_config_dir_fails(tmp_path):
 def test_copy_of_shipped_config_loads(tmp_path):
     shutil.copytree(DEFAULT_CONFIG_DIR, tmp_path / "config")
     assert set(load_sources(tmp_path / "config")) == set(load_sources())
+
+
+# --- curated.yaml: organisations declare their type --------------------------------------
+
+
+def test_shipped_organisations_declare_their_types():
+    declared = {(e.person_table, e.organisation_type) for e in load_curated_config().organisations}
+    assert declared == {("school.pupils", "school"), ("health.patients", "gp_practice")}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "organisations.1.organisation_type: Field required"),
+        ("GP practice", "health.patients: organisation type 'GP practice' must be a lower-case"),
+        ("", "health.patients: organisation type '' must be a lower-case"),
+        ("gp-practice", "health.patients: organisation type 'gp-practice' must be a lower-case"),
+    ],
+    ids=["missing", "words", "empty", "hyphen"],
+)
+def test_bad_organisation_type_is_refused_naming_file_entry_and_value(tmp_path, value, expected):
+    """A type no role could scope to (or none at all) fails at load, naming the entry and
+    what it says, instead of curating rows no scope will ever match."""
+    data = yaml.safe_load(DEFAULT_CURATED_CONFIG.read_text(encoding="utf-8"))
+    entry = data["organisations"][1]
+    assert entry["person_table"] == "health.patients"
+    if value is None:
+        del entry["organisation_type"]
+    else:
+        entry["organisation_type"] = value
+    path = tmp_path / "curated.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(CuratedConfigError) as err:
+        load_curated_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "organisations.1.organisation_type" in message
+    assert expected in message

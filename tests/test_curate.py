@@ -299,6 +299,50 @@ def test_the_lead_practitioner_is_on_the_latest_open_row():
     ]
 
 
+def test_organisation_rows_take_the_type_their_entry_declares():
+    """Every member row is of the declared type (what the role policy was checked against
+    at load); a query that also returns a type is refused naming the entry, not silently
+    overridden or trusted."""
+    import polars as pl
+
+    from warehouse.curate import CurationError, build_organisations
+    from warehouse.curated_config import OrganisationSource
+
+    con = duckdb.connect()
+    con.execute(
+        "create table pupils as select * from (values ('U1', '100'), ('U2', '200'), "
+        "('U9', '100')) t(upn, urn)"
+    )
+    schools = OrganisationSource(
+        person_table="school.pupils",
+        organisation_type="school",
+        sql="select upn as local_key, urn as organisation_id from pupils",
+    )
+    links = pl.DataFrame(
+        {
+            "source": ["school"] * 2,
+            "source_table": ["pupils"] * 2,
+            "local_key": ["U1", "U2"],
+            "person_id": ["P1", "P2"],
+        }
+    )
+    unlinked: dict[str, int] = {}
+    got = build_organisations(con, SimpleNamespace(organisations=[schools]), links, unlinked)
+    assert got.rows() == [("P1", "school", "100"), ("P2", "school", "200")]
+    assert unlinked == {"organisations:school.pupils": 1}
+
+    computed = OrganisationSource(
+        person_table="school.pupils",
+        organisation_type="school",
+        sql="select upn as local_key, 'academy' as organisation_type, urn as organisation_id "
+        "from pupils",
+    )
+    with pytest.raises(CurationError) as err:
+        build_organisations(con, SimpleNamespace(organisations=[computed]), links, {})
+    assert str(err.value).startswith("organisations:school.pupils: the query returns")
+    assert "(organisation_type: school)" in str(err.value)
+
+
 # --- analysts and partnership ----------------------------------------------------------------
 
 

@@ -585,16 +585,24 @@ def build_involvement(
 def build_organisations(
     con: duckdb.DuckDBPyConnection, config: CuratedConfig, links: pl.DataFrame, unlinked: dict
 ) -> pl.DataFrame:
+    """Each person's organisations, typed as each ``organisations`` entry declares: the type
+    is the configuration's, so the role policy checked at load is what the tables hold."""
     frames = []
     for query in config.organisations:
         label = f"organisations:{query.person_table}"
         resolved = _linked_rows(con, query, links, unlinked, label)
         if resolved is None:
             continue
+        if "organisation_type" in resolved.columns:
+            # Two sources of the type, one the policy cannot see: refused, not overridden.
+            raise CurationError(
+                f"{label}: the query returns organisation_type, but the entry declares it "
+                f"(organisation_type: {query.organisation_type}): drop it from the query"
+            )
         frames.append(
             resolved.select(
                 "person_id",
-                pl.col("organisation_type").cast(pl.String),
+                pl.lit(query.organisation_type, pl.String).alias("organisation_type"),
                 pl.col("organisation_id").cast(pl.String),
             )
         )

@@ -7,10 +7,11 @@ changing which source is trusted for dates of birth is a reviewed configuration 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from warehouse.yaml_model import load_yaml_model
 
@@ -20,6 +21,8 @@ Sensitivity = Literal["personal", "special_category", "criminal_offence"]
 GoldenField = Literal[
     "forename", "middle_names", "surname", "dob", "sex", "nhs_number", "upn", "date_of_death"
 ]
+# An organisation type as roles' scopes, API users and person_organisations spell it.
+ORGANISATION_TYPE = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class CuratedConfigError(ValueError):
@@ -52,6 +55,26 @@ class Query(_Strict):
     @property
     def table(self) -> str:
         return self.person_table.split(".")[1]
+
+
+class OrganisationSource(Query):
+    """Where members of one type of organisation come from: the query gives each person's
+    ``local_key`` and ``organisation_id``; the type is declared here, not computed, so the
+    role policy can check every ``scope.organisation_type`` against the types the curated
+    tables can hold (a type the query computed could not be known until it ran)."""
+
+    organisation_type: str
+
+    @field_validator("organisation_type")
+    @classmethod
+    def _check_organisation_type(cls, value: str, info: ValidationInfo) -> str:
+        if not ORGANISATION_TYPE.fullmatch(value):
+            entry = info.data.get("person_table", "this entry")
+            raise ValueError(
+                f"{entry}: organisation type {value!r} must be a lower-case word such as "
+                "school or gp_practice (letters, digits, underscores)"
+            )
+        return value
 
 
 class Publishing(_Strict):
@@ -117,7 +140,7 @@ class CuratedConfig(_Strict):
     survivorship: dict[GoldenField, list[str]]
     address: Literal["most_recent"] = "most_recent"
     attributes: list[Query] = []
-    organisations: list[Query] = []
+    organisations: list[OrganisationSource] = []
     timeline: list[TimelineSource] = []
     involvement: list[InvolvementSource] = []
     child_summary: ChildSummary

@@ -11,7 +11,6 @@ adding a role is a change to the YAML plus its tests.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ from warehouse.yaml_model import load_yaml_model
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
 INTERNAL_TABLES = frozenset({"person_names", "person_records"})  # never granted to a role
 CURATED_FILE = "curated.yaml"  # beside the policy, as Settings lays the config folder out
-# How an organisations query of the curation config names its type: 'school' as organisation_type
-_ORGANISATION_TYPE = re.compile(r"'([^']+)'\s+as\s+\"?organisation_type\b", re.IGNORECASE)
 
 Rows = Literal["scope", "organisation", "all"]
 
@@ -109,19 +106,18 @@ class Policy(_Strict):
         return self
 
     def unknown_values(
-        self, agencies: Collection[str], organisation_types: Collection[str] | None
+        self, agencies: Collection[str], organisation_types: Collection[str]
     ) -> list[str]:
         """Granted agencies and scoped organisation types the curated tables never hold.
 
-        Either would make the role quietly read nothing. ``organisation_types`` None: not
-        known, not checked."""
+        Either would make the role quietly read nothing."""
         problems = []
         for name, role in self.roles.items():
             scope_type = role.scope.organisation_type if role.scope else None
-            if organisation_types is not None and scope_type not in {None, *organisation_types}:
+            if scope_type not in {None, *organisation_types}:
                 problems.append(
                     f"roles.{name}.scope.organisation_type: unknown organisation type "
-                    f"{scope_type!r} (known: {', '.join(sorted(organisation_types))})"
+                    f"{scope_type!r} (known: {', '.join(sorted(organisation_types)) or 'none'})"
                 )
             for table_name, grant in role.tables.items():
                 for agency in grant.agencies or ():
@@ -152,21 +148,15 @@ class Policy(_Strict):
         return Grant(table_name, columns, rows, agencies)
 
 
-def known_values(curated: CuratedConfig) -> tuple[frozenset[str], frozenset[str] | None]:
+def known_values(curated: CuratedConfig) -> tuple[frozenset[str], frozenset[str]]:
     """(agencies, organisation types) the curated build writes, from its configuration.
 
     Agencies are those of the timeline and involvement entries (the tables with an agency
-    column, and the aggregates built from them). Organisation types are read from each
-    ``organisations`` query's ``'<type>' as organisation_type``; a query that computes its
-    type instead leaves the types unknown (None), and unchecked rather than refused."""
+    column, and the aggregates built from them). Organisation types are those the
+    ``organisations`` entries declare: the build writes exactly these, never a type a query
+    computes, so every scope is checked."""
     agencies = frozenset(e.agency for e in (*curated.timeline, *curated.involvement))
-    types: set[str] = set()
-    for query in curated.organisations:
-        found = _ORGANISATION_TYPE.findall(query.sql)
-        if not found:
-            return agencies, None
-        types.update(found)
-    return agencies, frozenset(types)
+    return agencies, frozenset(e.organisation_type for e in curated.organisations)
 
 
 def load_policy(path: Path = DEFAULT_POLICY, curated: CuratedConfig | None = None) -> Policy:
