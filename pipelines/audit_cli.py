@@ -7,10 +7,15 @@ the id as it was when the data was read. ``sdv audit verify`` checks the hash ch
 1 if anything was changed, deleted or inserted; ``sdv audit no-share`` records a decision
 not to share. Without options, ``sdv audit`` lists the latest events. The trail lives in the
 operational store (``SDV_OPERATIONAL_URL``).
+
+Reading the trail is itself recorded in it, before anything is shown (action
+``audit_read``, the reader from ``--user``): the trail names who has seen whom, so each
+person whose history is read finds that reading in their own history.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +51,10 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data directory (default: SDV_DATA_DIR, else ./data)."),
 ]
 Limit = Annotated[int, typer.Option(min=0, help="Latest events to list; 0 for all.")]
+Reader = Annotated[
+    str | None,
+    typer.Option("--user", envvar="USER", help="Who reads the trail (default: $USER)."),
+]
 
 
 def _engine(settings: Settings) -> Engine:
@@ -215,7 +224,7 @@ def _table(title: str, records: list[AuditRecord], show_persons: bool) -> Table:
     return table
 
 
-def _person(settings: Settings, person_id: str, as_json: bool) -> None:
+def _person(settings: Settings, person_id: str, as_json: bool, reader: str) -> None:
     from warehouse import audit
 
     person_id = person_id.strip()
@@ -226,7 +235,14 @@ def _person(settings: Settings, person_id: str, as_json: bool) -> None:
     if found.warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(found.warning)}")
     with _reported():
-        records = audit.person_history(_engine(settings), found.ids)
+        engine = _engine(settings)
+        records = audit.person_history(engine, found.ids)
+        audit.record_audit_read(
+            engine,
+            by=reader,
+            person_ids=found.ids,
+            detail={"query": "person", "events": len(records)},
+        )
     if as_json:
         payload = {
             "person_id": person_id,
@@ -257,9 +273,11 @@ def main(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     limit: Limit = 50,
+    user: Reader = None,
     data_dir: DataDir = None,
 ) -> None:
-    """With --person: that person's audit history. Alone: the latest events."""
+    """With --person: that person's audit history. Alone: the latest events. Either reading
+    is recorded in the trail first."""
     ctx.obj = {"data_dir": data_dir}
     if ctx.invoked_subcommand is not None:
         if person is not None:
@@ -267,13 +285,21 @@ def main(
             raise typer.Exit(code=2)
         return
     settings = settings_for(ctx, data_dir)
+    reader = user or getpass.getuser()
     if person is not None:
-        _person(settings, person, as_json)
+        _person(settings, person, as_json, reader)
         return
     from warehouse import audit
 
     with _reported():
-        records = audit.events(_engine(settings), limit=limit or None, newest_first=True)
+        engine = _engine(settings)
+        records = audit.events(engine, limit=limit or None, newest_first=True)
+        audit.record_audit_read(
+            engine,
+            by=reader,
+            person_ids={p for record in records for p in record.person_ids},
+            detail={"query": "latest", "events": len(records)},
+        )
     records.reverse()
     if as_json:
         typer.echo(json.dumps([_record_json(record) for record in records], indent=2))

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.settings import PROJECT_ROOT
 from warehouse.audit import (
+    AUDIT_READ,
     GENESIS,
     AuditError,
     AuditEvent,
@@ -508,6 +509,11 @@ def sdv(*args: str):
     return CliRunner().invoke(app, ["audit", *args])
 
 
+def _data_reads(found: dict) -> list[int]:
+    """The events of a history that read the person's data (not readings of the trail)."""
+    return [e["seq"] for e in found["events"] if e["action"] != AUDIT_READ]
+
+
 def test_cli_person_history_follows_former_ids(cli_env):
     result = sdv("--person", "P1", "--json")
     assert result.exit_code == 0, result.output
@@ -519,11 +525,31 @@ def test_cli_person_history_follows_former_ids(cli_env):
     # A split-off person's history goes back through P1 to P0.
     found = json.loads(sdv("--person", "P5", "--json").stdout)
     assert set(found["former_ids"]) == {"P0", "P1"}
-    assert [e["seq"] for e in found["events"]] == [1, 2]
+    assert _data_reads(found) == [1, 2]
     # The absorbed id points to where later reads are recorded.
     found = json.loads(sdv("--person", "P0", "--json").stdout)
-    assert [e["seq"] for e in found["events"]] == [1]
+    assert _data_reads(found) == [1]
     assert any("merged into P1" in note for note in found["notes"])
+
+
+def test_reading_the_trail_is_recorded_in_it_first(cli_env):
+    """The trail says who has seen whom: reading it is an access to everyone it shows, and
+    the person whose history was read finds that reading in it."""
+    assert sdv("--person", "P1", "--user", "erin").exit_code == 0
+    (read,) = [r for r in events(cli_env) if r.action == AUDIT_READ]
+    assert (read.user_id, read.purpose, read.outcome) == ("erin", "accountability", "allowed")
+    assert "Art. 5(2) accountability" in read.lawful_basis
+    assert read.person_ids == ("P0", "P1")  # P1 and the id merged into it
+    assert read.detail == {"query": "person", "events": 2}
+    found = json.loads(sdv("--person", "P1", "--json").stdout)
+    assert (found["events"][-1]["action"], found["events"][-1]["user_id"]) == (AUDIT_READ, "erin")
+    # The latest events: one reading naming every person the listed events name.
+    shown = json.loads(sdv("--json", "--limit", "3").stdout)
+    latest = events(cli_env)[-1]
+    assert (latest.action, latest.user_id) == (AUDIT_READ, "dana")  # $USER by default
+    assert set(latest.person_ids) == {p for e in shown for p in e["person_ids"]}
+    assert latest.detail == {"query": "latest", "events": 3}
+    assert verify(cli_env).ok
 
 
 def test_cli_person_history_table(cli_env):
@@ -578,9 +604,10 @@ def test_cli_no_share(cli_env):
     assert record.person_ids == ("P1", "P7") and record.purpose == "tenancy"
     shown = sdv("--person", "P7")
     assert "not shared" in shown.output and "Housing" in shown.output
+    recorded = len(events(cli_env))
     refused = sdv("no-share", *args, "--reason", " ", "--purpose", "tenancy")
     assert refused.exit_code == 1 and "a reason" in refused.stderr
-    assert len(events(cli_env)) == 4
+    assert len(events(cli_env)) == recorded
     assert sdv("verify").exit_code == 0
 
 

@@ -530,6 +530,35 @@ def _append_in(conn: Connection, batch: Sequence[_Pending]) -> list[AuditRecord]
     return records
 
 
+AUDIT_READ = "audit_read"  # the action: the trail itself was read (`sdv audit`)
+ACCOUNTABILITY_PURPOSE = "accountability"
+# Keeping and checking the record of who has seen what is the controller's own duty.
+ACCOUNTABILITY_LAWFUL_BASIS = "UK GDPR 6(1)(c) legal obligation (Art. 5(2) accountability)"
+
+
+def record_audit_read(
+    engine: Engine, *, by: str, person_ids: Iterable[str], detail: Mapping[str, Any]
+) -> AuditRecord:
+    """Record a reading of the trail before it is shown. The trail says who has seen whom,
+    when and why: reading it is an access to every person it names, and those people find
+    it in their own history (``sdv audit --person``, a subject access export). The detail
+    holds counts, never the events read."""
+    return append(
+        engine,
+        AuditEvent(
+            user_id=by,
+            role="dpo",
+            purpose=ACCOUNTABILITY_PURPOSE,
+            lawful_basis=ACCOUNTABILITY_LAWFUL_BASIS,
+            action=AUDIT_READ,
+            outcome="allowed",
+            person_ids=tuple(sorted(set(person_ids))),
+            tables=("audit_events",),
+            detail=detail,
+        ),
+    )
+
+
 RIGHTS_PURPOSE = "subject_rights"
 # Answering a subject-rights request is a duty the law puts on the partnership, whoever in
 # the DPO's office acts: the basis is the same for every such action.
