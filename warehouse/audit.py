@@ -543,17 +543,42 @@ def record_audit_read(
     when and why: reading it is an access to every person it names, and those people find
     it in their own history (``sdv audit --person``, a subject access export). The detail
     holds counts, never the events read."""
+    return _dpo_office(
+        engine,
+        by=by,
+        purpose=ACCOUNTABILITY_PURPOSE,
+        lawful_basis=ACCOUNTABILITY_LAWFUL_BASIS,
+        action=AUDIT_READ,
+        person_ids=sorted(set(person_ids)),
+        tables=("audit_events",),
+        detail=detail,
+    )
+
+
+def _dpo_office(
+    engine: Engine,
+    *,
+    by: str,
+    purpose: str,
+    lawful_basis: str,
+    action: str,
+    person_ids: Iterable[str],
+    tables: Iterable[str],
+    detail: Mapping[str, Any],
+) -> AuditRecord:
+    """An action of the DPO's office, which acts outside the role policy: allowed, as role
+    ``dpo``."""
     return append(
         engine,
         AuditEvent(
             user_id=by,
             role="dpo",
-            purpose=ACCOUNTABILITY_PURPOSE,
-            lawful_basis=ACCOUNTABILITY_LAWFUL_BASIS,
-            action=AUDIT_READ,
+            purpose=purpose,
+            lawful_basis=lawful_basis,
+            action=action,
             outcome="allowed",
-            person_ids=tuple(sorted(set(person_ids))),
-            tables=("audit_events",),
+            person_ids=tuple(person_ids),
+            tables=tuple(tables),
             detail=detail,
         ),
     )
@@ -577,19 +602,15 @@ def record_rights_action(
     """Record a subject-rights action (restrict, rectify, erase, a subject access export)
     taken by the DPO's office: who, on whom, why (``detail["reason"]``), under which
     lawful basis, counts only. The DPO reads these back through the API's rights log."""
-    return append(
+    return _dpo_office(
         engine,
-        AuditEvent(
-            user_id=by,
-            role="dpo",
-            purpose=RIGHTS_PURPOSE,
-            lawful_basis=RIGHTS_LAWFUL_BASIS,
-            action=action,
-            outcome="allowed",
-            person_ids=tuple(person_ids),
-            tables=tuple(tables),
-            detail=detail,
-        ),
+        by=by,
+        purpose=RIGHTS_PURPOSE,
+        lawful_basis=RIGHTS_LAWFUL_BASIS,
+        action=action,
+        person_ids=person_ids,
+        tables=tables,
+        detail=detail,
     )
 
 

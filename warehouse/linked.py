@@ -144,6 +144,27 @@ def previous_registry(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return found.select("record_id", "person_id")
 
 
+def earlier_ids(
+    con: duckdb.DuckDBPyConnection, person_id: str, *, merges_only: bool = False
+) -> set[str]:
+    """Person ids that became ``person_id`` over every run, directly or through ids that
+    became those (``person_id`` itself not included): merged into it, or, unless
+    ``merges_only``, split from into it. The audit keeps ids as they were when read, and a
+    retired record keeps the id it last had, so both follow these."""
+    if not _exists(con, "person_events"):
+        return set()
+    merges = " and event = 'merge'" if merges_only else ""
+    events = con.execute(
+        "select person_id, previous_person_ids from linked.person_events "
+        f"where person_id is not null{merges}"
+    ).fetchall()
+    found, frontier = {person_id}, {person_id}
+    while frontier:
+        frontier = {p for pid, prevs in events if pid in frontier for p in prevs or []} - found
+        found |= frontier
+    return found - {person_id}
+
+
 def issued_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
     ensure_linked_schema(con)
     return {r[0] for r in con.execute("select person_id from linked.person_ids").fetchall()}

@@ -11,8 +11,8 @@ Two paths lead to a retired record, and :func:`records_of` takes both:
 
 * ``linked.retired_records`` keeps the person each record resolved to on the last night it
   was delivered (``warehouse.linked.write_run``). A person id absorbed into another by a
-  merge since brings its retired records with it (:func:`absorbed_ids`). A split does not:
-  the record was one person's, and which of the two it was is not known.
+  merge since brings its retired records with it (``warehouse.linked.earlier_ids``). A split
+  does not: the record was one person's, and which of the two it was is not known.
 * A table's ``former_keys`` (source config, ``former_upn: upn``): a row saying which key
   its record had before leads to the record delivered under that key, whether or not
   linkage ever put the two together (the pupil's only record was the school's).
@@ -26,25 +26,10 @@ from collections.abc import Collection, Mapping
 
 import duckdb
 
+from warehouse.linked import earlier_ids
 from warehouse.sources import Source, Table
 from warehouse.store import relation_name, table_exists
 from warehouse.subjects import key_sql, value_sql
-
-
-def absorbed_ids(con: duckdb.DuckDBPyConnection, person_id: str) -> set[str]:
-    """Person ids merged into ``person_id`` by any linkage run, directly or through ids
-    merged into those (``person_id`` itself not included)."""
-    if not table_exists(con, "linked", "person_events"):
-        return set()
-    merges = con.execute(
-        "select person_id, previous_person_ids from linked.person_events "
-        "where event = 'merge' and person_id is not null"
-    ).fetchall()
-    found, frontier = {person_id}, {person_id}
-    while frontier:
-        frontier = {prev for pid, prevs in merges if pid in frontier for prev in prevs} - found
-        found |= frontier
-    return found - {person_id}
 
 
 def _retired_to(con: duckdb.DuckDBPyConnection, person_ids: Collection[str]) -> set[str]:
@@ -119,6 +104,6 @@ def records_of(
     """The person's records no source delivers any more, given their ``current`` records
     (module docstring): the ones to erase or give in a subject access as well."""
     own = set(current)
-    retired = _retired_to(con, {person_id} | absorbed_ids(con, person_id))
+    retired = _retired_to(con, {person_id} | earlier_ids(con, person_id, merges_only=True))
     found = (retired | predecessors(con, sources, own | retired)) - own
     return found - _linked_to_others(con, person_id, found)

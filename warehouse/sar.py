@@ -49,7 +49,7 @@ import sqlalchemy as sa
 from jinja2 import Environment
 from sqlalchemy.engine import Engine
 
-from warehouse import audit, retired, review, subjects
+from warehouse import audit, linked, retired, review, subjects
 from warehouse.publish import SnapshotStore, person_record_ids
 from warehouse.rectification import rectifications
 from warehouse.restriction import restrictions
@@ -228,23 +228,6 @@ def _labelled(frame: pl.DataFrame, layer: str, source: str, table: str) -> pl.Da
 # -- resolving the subject --------------------------------------------------------------------
 
 
-def _former_ids(con: duckdb.DuckDBPyConnection, person_id: str) -> set[str]:
-    """Ids merged or split into this one over every linkage run (the audit keeps ids as read)."""
-    if not table_exists(con, "linked", "person_events"):
-        return set()
-    events = con.sql(
-        "select person_id, previous_person_ids from linked.person_events "
-        "where person_id is not null"
-    ).fetchall()
-    found, frontier = {person_id}, {person_id}
-    while frontier:
-        frontier = {
-            prev for pid, prevs in events if pid in frontier for prev in prevs or []
-        } - found
-        found |= frontier
-    return found - {person_id}
-
-
 def resolve_subject(
     snapshot: duckdb.DuckDBPyConnection,
     warehouse: duckdb.DuckDBPyConnection,
@@ -269,7 +252,7 @@ def resolve_subject(
             "select distinct person_id from person_records where person_id <> ?", [person_id]
         ).fetchall()
     }
-    former = _former_ids(warehouse, person_id)
+    former = linked.earlier_ids(warehouse, person_id)
     subject = Subject(
         person_id, tuple(records), tuple(sorted(former - others)), current.snapshot, current.as_of
     )
