@@ -18,6 +18,7 @@ from assets.resources import FamilyViewSettings, LandingZone, OperationalStore, 
 from warehouse import retention as rules
 from warehouse.audit import AuditError
 from warehouse.audit_config import AuditConfig
+from warehouse.curated_config import CuratedConfig
 from warehouse.erasure import ErasureError
 from warehouse.sources import Source
 
@@ -31,8 +32,10 @@ class RetentionConfig(dg.Config):
 
 
 def build_retention_asset(
-    sources: dict[str, Source], audit_config: AuditConfig
+    sources: dict[str, Source], audit_config: AuditConfig, curated: CuratedConfig | None = None
 ) -> dg.AssetsDefinition:
+    """The asset; ``curated`` (default ``config/curated.yaml``) says which curated rows the
+    kept snapshots made from rows that go (``warehouse.derived``)."""
     layers = (raw_key, staged_key, quarantine_key)
 
     @dg.asset(
@@ -41,7 +44,8 @@ def build_retention_asset(
         deps=[key(s.name, t) for s in sources.values() for t in s.tables for key in layers],
         pool=WRITER_POOL,
         description="Destroy rows whose source's retention period has ended, in raw, staged, "
-        "quarantine, the linked layer and every kept snapshot; counts per source/table/layer "
+        "quarantine, the linked layer and every kept snapshot (with the timeline and "
+        "involvement rows made from them); counts per source/table/layer "
         "kept in meta.retention_runs. Landing-zone delivery folders go landing_keep_days "
         "after they were loaded or rejected (meta.landing_purges); audit events after "
         "config/audit.yaml's keep_years. First, erased records that a restored backup "
@@ -68,6 +72,7 @@ def build_retention_asset(
                 actor=("dagster", "system"),
                 audit_config=audit_config,
                 as_of=as_of,
+                curated=curated,
             )
         except (rules.RetentionError, AuditError, ErasureError) as exc:
             raise dg.Failure(str(exc)) from exc
@@ -86,6 +91,9 @@ def build_retention_asset(
                 "per_source": dg.MetadataValue.json(detail["per_source"]),
                 "undetermined_rows": int(result.plan.counts["undetermined"].sum()),
                 "snapshot_rows_destroyed": dg.MetadataValue.json(result.published),
+                # the same per curated table: expired records' rows, and those made from
+                # destroyed rows whose person stays (child summaries computed again)
+                "snapshot_rows_per_table": dg.MetadataValue.json(detail["published_tables"]),
                 "landing_folders_destroyed": dg.MetadataValue.json(detail["landing_folders"]),
                 # None when config/audit.yaml sets no keep_years (the trail is kept in full)
                 "audit_events_destroyed": detail["audit_events"],

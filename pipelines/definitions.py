@@ -54,9 +54,8 @@ def build_defs(settings: Settings) -> dg.Definitions:
     )
     linkage_config = load_linkage_config(settings.linkage_config)
     linkage, linkage_checks = build_linkage_assets(linkage_config)
-    family_view = build_family_view_assets(
-        linkage_config, load_curated_config(settings.curated_config), sources
-    )
+    curated = load_curated_config(settings.curated_config)
+    family_view = build_family_view_assets(linkage_config, curated, sources)
     publish_job = dg.define_asset_job(
         PUBLISH_JOB,
         selection=dg.AssetSelection.assets(SNAPSHOT, PUBLISHED),
@@ -79,7 +78,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(MODEL),
         description="Train and save a new version of the Splink linkage model.",
     )
-    retention = build_retention_asset(sources, load_audit_config(settings.config_dir))
+    retention = build_retention_asset(sources, load_audit_config(settings.config_dir), curated)
     retention_job = dg.define_asset_job(
         RETENTION_JOB,
         selection=dg.AssetSelection.assets(RETENTION),

@@ -5,7 +5,9 @@ Prints, per source, table and layer, the rows that went (or with ``--dry-run`` w
 and the rows whose expiry cannot be read from their dates (see ``warehouse.retention``),
 then the landing zone's delivery folders past their keep period
 (``warehouse.landing_retention``), then the audit trail's events past ``keep_years``
-(``config/audit.yaml``, ``warehouse.audit.expire``). Erased records that a restored backup
+(``config/audit.yaml``, ``warehouse.audit.expire``), and last the rows removed from kept
+snapshots and analysts' files per curated table (the expired records', and those made from
+destroyed rows whose person stays: ``warehouse.derived``). Erased records that a restored backup
 brought back are destroyed again first (``warehouse.erasure.reapply``). A real run is
 recorded in ``meta.retention_runs`` and ``meta.landing_purges``, and as one audit event
 with counts only (a cut of the audit trail, and erased records destroyed again, also as
@@ -141,6 +143,7 @@ def retention(
     from warehouse import retention as rules
     from warehouse.audit import AuditError
     from warehouse.audit_config import AuditConfigError, load_audit_config
+    from warehouse.curated_config import CuratedConfigError, load_curated_config
     from warehouse.erasure import ErasureError
     from warehouse.operational import engine_for
     from warehouse.sources import ConfigError, load_sources
@@ -148,10 +151,18 @@ def retention(
     day = _as_of(as_of)
     settings = settings_for(ctx, data_dir)
     landing_zone = (landing or settings.landing).resolve()
-    errors = (rules.RetentionError, ConfigError, AuditConfigError, AuditError, ErasureError)
+    errors = (
+        rules.RetentionError,
+        ConfigError,
+        AuditConfigError,
+        CuratedConfigError,
+        AuditError,
+        ErasureError,
+    )
     with reported(errors, (duckdb.Error,), "the warehouse"):
         sources = load_sources(settings.config_dir)
         audit_config = load_audit_config(settings.config_dir)
+        curated = load_curated_config(settings.curated_config)
         if not settings.warehouse.exists():
             raise rules.RetentionError(f"no warehouse at {settings.warehouse}: load first")
         result = rules.enforce(
@@ -165,6 +176,7 @@ def retention(
             audit_config=audit_config,
             as_of=day,
             dry_run=dry_run,
+            curated=curated,
         )
     found = result.plan
     _print_erased_again(result.erased_again, dry_run)
@@ -190,6 +202,10 @@ def retention(
         f"(run {result.done.run_id}); {sum(result.published.values()):,} rows removed from "
         "kept snapshots."
     )
+    tables = result.detail["published_tables"]
+    if tables:
+        listed = ", ".join(f"{table} {n:,}" for table, n in tables.items())
+        out.print(f"Kept snapshots and analysts' files, rows removed or recomputed: {listed}.")
 
 
 def register(app: typer.Typer) -> None:

@@ -951,3 +951,345 @@ def test_retention_reaches_the_linked_layer_every_snapshot_and_the_file_bytes(
     for path in [county.warehouse, *snapshots, *copies]:
         data = path.read_bytes()
         assert not [r for r in sorted(gone) if r.encode() in data], path.name
+
+
+# --- rows that go while their person stays: what the kept snapshots made of them ------------
+
+
+def snapshot_files(county) -> tuple[list[Path], list[Path]]:
+    folder = county.published / "snapshots"
+    return sorted(folder.glob("family-view-*.duckdb")), sorted(folder.glob("analyst-*.duckdb"))
+
+
+def read(path: Path, sql: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays(
+    published_county, tmp_path, monkeypatch
+):
+    """A child's health encounter goes eight years after their last one while their record
+    is kept to their 25th birthday. Every kept snapshot (the one `sdv rollback` would serve
+    too) and every analysts' file loses the timeline event made from it, down to the files'
+    bytes, and keeps the child, their record and every other row about them; the counts are
+    reported; a dry run changes nothing."""
+    import stat
+
+    from family_view_county import PSEUDONYM_KEY
+
+    from warehouse.pseudonymise import pseudonym
+    from warehouse.sources import load_sources
+
+    monkeypatch.setenv("SDV_PSEUDONYM_KEY", PSEUDONYM_KEY.hex())
+    county = published_county.copy(tmp_path / "county")
+    county.publish()  # two kept snapshots: the current one and the one rollback serves
+    health = {"health": load_sources()["health"]}
+    as_of = D("2031-06-01")
+    con = connect(county.warehouse, read_only=True)
+    try:
+        plan = retention.plan(con, health, as_of)
+        rowids = next(
+            ids
+            for rel, ids in plan.targets.items()
+            if (rel.schema, rel.table) == ("staged", "encounters")
+        )
+        gone = con.execute(
+            "select encounter_id, local_patient_id from staged.health__encounters "
+            "where rowid in (select unnest(?::bigint[]))",
+            [sorted(rowids)],
+        ).fetchall()
+    finally:
+        con.close()
+    assert gone and not plan.expired_records, "the county needs an encounter going alone"
+    encounters = {e for e, _ in gone}
+    records = {f"health|patients|{p}" for _, p in gone}
+    snapshots, analysts = snapshot_files(county)
+    assert len(snapshots) == len(analysts) == 2
+
+    def about(path: Path) -> dict:
+        """The patients' people in one snapshot: their events, records and other rows."""
+        people = {
+            p
+            for (p,) in read(
+                path,
+                "select person_id from person_records where record_id in "
+                "(select unnest(?::varchar[]))",
+                [sorted(records)],
+            )
+        }
+        ids = sorted(people)
+        return {
+            "people": people,
+            "events": set(
+                read(
+                    path,
+                    "select person_id, source, source_key from timeline "
+                    "where person_id in (select unnest(?::varchar[]))",
+                    [ids],
+                )
+            ),
+            "records": set(
+                read(
+                    path,
+                    "select person_id, record_id from person_records "
+                    "where person_id in (select unnest(?::varchar[]))",
+                    [ids],
+                )
+            ),
+            **{
+                table: sorted(
+                    read(
+                        path,
+                        f"select * from {table} where person_id in (select unnest(?::varchar[]))",
+                        [ids],
+                    ),
+                    key=repr,
+                )
+                for table in ("involvement", "person", "child_summary")
+            },
+        }
+
+    def analyst_rows(path: Path, keys: list[str]) -> dict[str, list[tuple]]:
+        return {
+            table: sorted(
+                read(
+                    path,
+                    f"select * from {table} where person_key in (select unnest(?::varchar[]))",
+                    [keys],
+                ),
+                key=repr,
+            )
+            for table in ("person", "timeline", "involvement", "child_summary")
+        }
+
+    before = {p.name.split(".")[0]: about(p) for p in snapshots}
+    for name, seen in before.items():
+        made = {(person, "health", e) for person in seen["people"] for e in encounters}
+        assert seen["people"] and made <= seen["events"], f"{name} must hold it before"
+    people = set().union(*(seen["people"] for seen in before.values()))
+    hashed = sorted(pseudonym(p, PSEUDONYM_KEY) for p in people)
+    analysts_before = {p.name.split(".")[0]: analyst_rows(p, hashed) for p in analysts}
+    files_before = {p.name: p.read_bytes() for p in (county.published / "snapshots").iterdir()}
+
+    def run(dry_run: bool) -> retention.Enforced:
+        return retention.enforce(
+            county.warehouse,
+            tmp_path / "landing",
+            health,
+            published_dir=county.published,
+            data_dir=county.data,
+            operational=county.engine(),
+            actor=("dpo1", "operator"),
+            as_of=as_of,
+            dry_run=dry_run,
+        )
+
+    dry = run(dry_run=True)
+    assert dry.published == {}
+    assert {p.name: p.read_bytes() for p in (county.published / "snapshots").iterdir()} == (
+        files_before
+    )
+
+    done = run(dry_run=False)
+
+    snapshots, analysts = snapshot_files(county)
+    assert len(snapshots) == len(analysts) == 2
+    for path in snapshots:
+        seen, was = about(path), before[path.name.split(".")[0]]
+        made = {(person, "health", e) for person in was["people"] for e in encounters}
+        # The event made from the encounter is gone; the child, their records, their other
+        # events, services and summary are all still there.
+        assert seen["events"] == was["events"] - made, path.name
+        assert seen["people"] == was["people"] and seen["records"] == was["records"]
+        for table in ("person", "involvement", "child_summary"):
+            assert seen[table] == was[table], (path.name, table)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        for copy in (path, serving_path(path)):  # the API's copy too, and no free block
+            data = copy.read_bytes()
+            assert not [e for e in encounters if e.encode() in data], copy.name
+    for path in analysts:
+        seen, was = analyst_rows(path, hashed), analysts_before[path.name.split(".")[0]]
+        assert {t: rows for t, rows in seen.items() if t != "timeline"} == {
+            t: rows for t, rows in was.items() if t != "timeline"
+        }, path.name
+        health_rows = [r for r in was["timeline"] if r[1] == "health"]
+        assert len(seen["timeline"]) == len(was["timeline"]) - len(encounters), path.name
+        assert [r for r in seen["timeline"] if r[1] != "health"] == [
+            r for r in was["timeline"] if r[1] != "health"
+        ]
+        assert len([r for r in seen["timeline"] if r[1] == "health"]) == len(health_rows) - len(
+            encounters
+        )
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+    # Counted per file and table, and reported the same way in the audit trail.
+    expected = len(encounters)
+    assert purge.per_table(done.published) == {"timeline": 4 * expected}
+    assert all(n == expected for n in done.published.values())
+    (event,) = [e for e in audit.events(county.engine(), limit=50) if e.action == "retention"]
+    assert event.detail["published_rows"] == 4 * expected
+    assert event.detail["published_tables"] == {"timeline": 4 * expected}
+
+
+def test_episodes_kept_shorter_than_their_people_leave_services_and_summaries(
+    published_county, tmp_path, monkeypatch
+):
+    """An agreement keeping social care episodes one year after the child's last event, and
+    the people themselves 25: once the episodes go, the kept snapshot and its analysts' file
+    lose the timeline events and the services made from them, and each child summary made
+    from them says what the rest says (no open plan, no key worker); everyone stays."""
+    from family_view_county import PSEUDONYM_KEY
+
+    from warehouse.pseudonymise import pseudonym
+    from warehouse.sources import RetentionYearsAfterLastEvent, load_sources
+
+    monkeypatch.setenv("SDV_PSEUDONYM_KEY", PSEUDONYM_KEY.hex())
+    county = published_county.copy(tmp_path / "county")
+    csc = load_sources()["council_csc"]
+    shorter = RetentionYearsAfterLastEvent(rule="years_after_last_event", years=1)
+    agreement = csc.agreement.model_copy(update={"table_retention": {"episodes": shorter}})
+    sources = {"council_csc": csc.model_copy(update={"agreement": agreement})}
+    (snapshot_path,), (analyst_path,) = snapshot_files(county)
+
+    def csc_rows(path: Path) -> tuple[int, int]:
+        return read(
+            path,
+            "select (select count(*) from timeline where agency = 'council_csc'), "
+            "(select count(*) from involvement where agency = 'council_csc')",
+        )[0]
+
+    in_care = dict(
+        read(
+            snapshot_path,
+            "select person_id, social_care_status from child_summary "
+            "where social_care_status <> 'none'",
+        )
+    )
+    assert in_care and all(csc_rows(snapshot_path)), "the county needs children in care"
+    assert all(csc_rows(analyst_path))
+    people = read(snapshot_path, "select count(*) from person")[0][0]
+    summaries = read(snapshot_path, "select * from child_summary order by person_id")
+
+    done = retention.enforce(
+        county.warehouse,
+        tmp_path / "landing",
+        sources,
+        published_dir=county.published,
+        data_dir=county.data,
+        operational=county.engine(),
+        actor=("dpo1", "operator"),
+        as_of=D("2031-06-01"),
+    )
+    assert not done.plan.expired_records  # every child's record is kept
+
+    (snapshot_path,), (analyst_path,) = snapshot_files(county)
+    assert csc_rows(snapshot_path) == csc_rows(analyst_path) == (0, 0)
+    assert read(snapshot_path, "select count(*) from person")[0][0] == people
+    after = read(snapshot_path, "select * from child_summary order by person_id")
+    assert len(after) == len(summaries)
+    columns = [
+        c for (c,) in read(snapshot_path, "select column_name from (describe child_summary)")
+    ]
+    changed = {}
+    for old, new in zip(summaries, after, strict=True):
+        old, new = dict(zip(columns, old, strict=True)), dict(zip(columns, new, strict=True))
+        assert old["person_id"] == new["person_id"]
+        if old != new:
+            changed[new["person_id"]] = new
+    assert set(changed) == set(in_care)
+    for row in changed.values():
+        assert row["social_care_status"] == "none" and not row["cin_open"]
+        assert not row["looked_after"] and not row["cp_open"]
+        assert "council_csc" not in row["key_workers"]
+    keys = sorted(pseudonym(p, PSEUDONYM_KEY) for p in in_care)
+    statuses = read(
+        analyst_path,
+        "select distinct social_care_status from child_summary "
+        "where person_key in (select unnest(?::varchar[]))",
+        [keys],
+    )
+    assert statuses == [("none",)]
+    counts = purge.per_table(done.published)
+    assert counts["child_summary"] == 2 * len(in_care)
+    assert counts["timeline"] > 0 and counts["involvement"] > 0
+
+
+def test_a_curated_query_that_cannot_be_traced_stops_retention_before_anything_goes(
+    warehouse, tmp_path, sources
+):
+    """Retention finds what the kept snapshots made of a row before destroying it: if a
+    curated query cannot be run over the rows, it refuses rather than destroy rows whose
+    copies in the snapshots it could not find."""
+    from warehouse.curated_config import load_curated_config
+
+    con, load = warehouse
+    load(
+        "health",
+        "2026-11-20",
+        {
+            "patients": [patient("A", "2005-01-10")],  # 25 in 2030: kept
+            "encounters": [
+                {
+                    "encounter_id": "E1",
+                    "local_patient_id": "A",
+                    "encounter_type": "ed_attendance",
+                    "encounter_date": "2010-03-03",  # gone in 2018
+                }
+            ],
+        },
+    )
+    before = snapshot(con)
+    con.close()
+    data = tmp_path / "data"
+    (data / "published").mkdir()
+    config = load_curated_config()
+    broken = [
+        q.model_copy(update={"sql": 'select no_such_column from "current".health__encounters'})
+        if q.agency == "health"
+        else q
+        for q in config.timeline
+    ]
+    with pytest.raises(retention.RetentionError, match="timeline query of health"):
+        retention.enforce(
+            data / "warehouse.duckdb",
+            tmp_path / "landing",
+            {"health": sources["health"]},
+            published_dir=data / "published",
+            data_dir=data,
+            operational=engine_for(f"sqlite:///{data / 'operational.db'}"),
+            actor=("dpo1", "operator"),
+            as_of=D("2026-11-20"),
+            curated=config.model_copy(update={"timeline": broken}),
+        )
+    check = connect(data / "warehouse.duckdb", read_only=True)
+    try:
+        assert snapshot(check) == before
+    finally:
+        check.close()
+
+
+def test_an_analysts_file_loses_as_many_equal_rows_as_its_snapshot_lost():
+    """The analysts' file has no event keys: equal rows are interchangeable, so exactly as
+    many go as were removed from the snapshot, and no more."""
+    from warehouse.derived import _delete_matching
+
+    con = duckdb.connect()
+    con.execute("create table timeline (person_key varchar, event_month varchar, role varchar)")
+    con.execute(
+        "insert into timeline values ('k1', '2022-10', null), ('k1', '2022-10', null), "
+        "('k1', '2022-10', null), ('k1', '2022-11', null), ('k2', '2022-10', null)"
+    )
+    gone = pl.DataFrame(
+        {"person_key": ["k1", "k1"], "event_month": ["2022-10", "2022-10"], "role": [None, None]},
+        schema={"person_key": pl.String, "event_month": pl.String, "role": pl.String},
+    )
+    assert _delete_matching(con, "timeline", gone) == 2
+    assert sorted(con.execute("select person_key, event_month from timeline").fetchall()) == [
+        ("k1", "2022-10"),
+        ("k1", "2022-11"),
+        ("k2", "2022-10"),
+    ]

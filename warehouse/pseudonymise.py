@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import polars as pl
@@ -179,35 +179,44 @@ def analyst_tables(
     hashed = Pseudonyms(key)
     hidden = list(withheld)
     for name, spec in ANALYST_TABLES.items():
-        schema = TABLES[name]
-        for column in spec.get("keep", ()):
-            kind = schema.column(column).kind
-            if kind in FORBIDDEN_KINDS:
-                raise ValueError(f"{name}.{column} is {kind}: never in the analyst file")
         frame = tables[name]
         persons = [c for c in spec.get("hash", ()) if c.endswith("person_id")]
         if hidden and persons:
             frame = frame.filter(*(~pl.col(c).is_in(hidden).fill_null(False) for c in persons))
-        out[name] = frame.select(
-            *(
-                pl.col(c)
-                .map_batches(hashed, return_dtype=pl.String)
-                .alias(c.removesuffix("_id") + "_key")
-                for c in spec.get("hash", ())
-            ),
-            *(pl.col(c) for c in spec.get("keep", ())),
-            *(age_band(c) for c in spec.get("band", ())),
-            # Months as text ("2026-03"), so no value can equal a date of birth.
-            *(
-                pl.col(c).dt.strftime("%Y-%m").alias(c.removesuffix("_date") + "_month")
-                for c in spec.get("month", ())
-            ),
-            *(pl.col(c).list.join(",").alias(c) for c in spec.get("lists", ())),
-        )
+        out[name] = analyst_frame(name, frame, hashed)
     for name, table in TABLES.items():
         if table.aggregate:
             out[name] = tables[name]
     return out
+
+
+def analyst_frame(
+    name: str, frame: pl.DataFrame, hashed: Callable[[pl.Series], pl.Series]
+) -> pl.DataFrame:
+    """Curated table ``name``'s rows as its analyst table holds them (``hashed``: a
+    :class:`Pseudonyms`). One function for the build and for a purge that has to find, or
+    write again, the analyst rows made from given curated rows."""
+    spec, schema = ANALYST_TABLES[name], TABLES[name]
+    for column in spec.get("keep", ()):
+        kind = schema.column(column).kind
+        if kind in FORBIDDEN_KINDS:
+            raise ValueError(f"{name}.{column} is {kind}: never in the analyst file")
+    return frame.select(
+        *(
+            pl.col(c)
+            .map_batches(hashed, return_dtype=pl.String)
+            .alias(c.removesuffix("_id") + "_key")
+            for c in spec.get("hash", ())
+        ),
+        *(pl.col(c) for c in spec.get("keep", ())),
+        *(age_band(c) for c in spec.get("band", ())),
+        # Months as text ("2026-03"), so no value can equal a date of birth.
+        *(
+            pl.col(c).dt.strftime("%Y-%m").alias(c.removesuffix("_date") + "_month")
+            for c in spec.get("month", ())
+        ),
+        *(pl.col(c).list.join(",").alias(c) for c in spec.get("lists", ())),
+    )
 
 
 def analyst_columns(name: str) -> dict[str, str]:

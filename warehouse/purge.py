@@ -6,7 +6,9 @@ Three places hold a person's records and everything derived from them:
   :func:`erasure_targets` finds the rows (by DuckDB ``rowid``, through
   :mod:`warehouse.subjects`) and :func:`purge_ingest` deletes them;
 * the ``linked`` schema (:func:`purge_linked`): record-keyed and person-keyed tables;
-* the published folder (:func:`purge_published`): every snapshot file and analysts' file.
+* the published folder (:func:`purge_published`): every snapshot file and analysts' file,
+  including, for retention, the curated rows made from destroyed rows that were not person
+  rows (:mod:`warehouse.derived`).
 
 Each returns how many rows it removed or rewrote per ``"<file name>:<schema.table>"`` so the
 caller can record and show exactly what was destroyed.
@@ -40,6 +42,7 @@ import polars as pl
 
 from warehouse import file_modes
 from warehouse.curated_schema import TABLES
+from warehouse.derived import DerivedRows, Removed, remove_from_analyst, remove_from_snapshot
 from warehouse.pseudonymise import pseudonym
 from warehouse.publish import ANALYST_LINK, ANALYST_PREFIX, HISTORY, POINTER
 from warehouse.serving import serving_path, write_serving_from
@@ -205,6 +208,16 @@ def purge_ingest(
                 f"r where r.{RECORD_ID} = d.{RECORD_ID})",
             )
     return counts
+
+
+def per_table(counts: Counts) -> Counts:
+    """``"<file>:<table>"`` counts summed per table, sorted by table: what a report shows
+    (which kinds of rows left the published files), without the file names."""
+    totals: Counts = {}
+    for key, n in counts.items():
+        table = key.rpartition(":")[2]
+        totals[table] = totals.get(table, 0) + n
+    return dict(sorted(totals.items()))
 
 
 def targeted_rows(counts: Counts) -> int:
@@ -592,7 +605,18 @@ def _rename_everywhere(root: Path, renamed: dict[str, str]) -> None:
         serving_path(root / "snapshots" / old).unlink(missing_ok=True)
 
 
-def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes) -> Counts:
+def _add(counts: Counts, more: Counts) -> Counts:
+    for table, n in more.items():
+        counts[table] = counts.get(table, 0) + n
+    return counts
+
+
+def purge_published(
+    published_dir: Path,
+    record_ids: Collection[str],
+    key: bytes,
+    derived: DerivedRows | None = None,
+) -> Counts:
     """Remove ``record_ids`` and what was derived from them from every published file.
 
     In each snapshot the people holding the records are found from that snapshot's own
@@ -607,17 +631,24 @@ def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes
     organisations cannot be traced to one record and are rebuilt by the next publish.
     Aggregates hold suppressed counts, no identifiers, and are left alone.
 
+    ``derived`` (retention: :func:`warehouse.derived.derived_rows`) names the timeline and
+    involvement rows made from destroyed rows that were not person rows, whose people stay:
+    those rows go too, and the child summaries made from them are computed again
+    (:func:`warehouse.derived.remove_from_snapshot`).
+
     The analysts' file of each snapshot gets the same, by keyed-hash ids (``key`` must be
     the key the file was built with). Rewritten files get new names (module docstring).
     """
     root = Path(published_dir)
     folder = root / "snapshots"
     wanted = set(record_ids)
-    if not wanted or not folder.exists():
+    derived = derived if derived is not None else DerivedRows()
+    if not (wanted or derived) or not folder.exists():
         return {}
     files = sorted(p for p in folder.glob("*.duckdb") if p.is_file())
     analysts = {p.name for p in files if p.name.startswith(ANALYST_PREFIX)}
     plans: dict[str, _Plan] = {}
+    removals: dict[str, Removed] = {}
     counts: Counts = {}
     renamed: dict[str, str] = {}
     for path in (p for p in files if p.name not in analysts):
@@ -625,9 +656,11 @@ def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes
         try:
             plan = _plan(con, wanted)
             plans[path.name] = plan
-            if not plan:
+            changed = _purge_snapshot(con, plan, wanted) if plan else {}
+            more, removals[path.name] = remove_from_snapshot(con, derived)
+            changed = _add(changed, more)
+            if not plan and not any(more.values()):
                 continue
-            changed = _purge_snapshot(con, plan, wanted)
             renamed[path.name] = _new_name(path.name)
             _write_copy(con, folder / renamed[path.name])
         finally:
@@ -639,12 +672,16 @@ def purge_published(published_dir: Path, record_ids: Collection[str], key: bytes
         everyone.merge(plan)
     pairs = _pairs(root)
     for name in sorted(analysts):
-        plan = plans.get(pairs.get(name, ""), everyone)
-        if not plan:
+        paired = pairs.get(name, "")
+        plan = plans.get(paired, everyone)
+        # Unpaired (no history names its snapshot): what any snapshot lost.
+        removed = [removals[paired]] if paired in removals else list(removals.values())
+        if not plan and not any(removed):
             continue
         con = _load_copy(folder / name)
         try:
-            changed = _purge_analyst(con, plan, key)
+            changed = _purge_analyst(con, plan, key) if plan else {}
+            changed = _add(changed, remove_from_analyst(con, removed, key) if any(removed) else {})
             if not any(changed.values()):
                 continue
             renamed[name] = _new_name(name)

@@ -41,6 +41,13 @@ Semantics (the agreement is about *records*, so clocks are per person-level reco
   same date destroy more than the first. Runs are idempotent. The records whose person
   rows are all destroyed are :attr:`RetentionPlan.expired_records`, for the linked layer
   and snapshots to follow.
+* **Kept snapshots.** An expired record leaves every kept snapshot and analysts' file
+  (:func:`warehouse.purge.purge_published`). A row that is not a person row can go while
+  its person stays (a child's encounter eight years after the last, their record kept to
+  25): what the curated build made of it (its timeline event, the service it fed, and the
+  child summary computed from those) leaves every kept snapshot and analysts' file too, so
+  ``sdv rollback`` cannot serve it. :func:`enforce` finds those rows by running the curated
+  queries over the destroyed rows before they go (:mod:`warehouse.derived`).
 * **later_of.** Kept until the last of its rules runs out (health: a child's record to the
   25th birthday, an adult's 8 years after the last encounter); undetermined while any of
   them is.
@@ -75,6 +82,8 @@ from sqlalchemy.engine import Engine
 
 from warehouse import audit, erasure, landing_retention, purge
 from warehouse.audit_config import AuditConfig
+from warehouse.curated_config import CuratedConfig, load_curated_config
+from warehouse.derived import DerivedError, DerivedRows, derived_rows
 from warehouse.operational import ensure_schema, holds_table
 from warehouse.pseudonymise import load_key
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
@@ -530,7 +539,10 @@ class Enforced:
     plan: RetentionPlan
     done: RetentionRun | None  # None for a dry run
     folders: list[landing_retention.LandingFolder]  # landing folders destroyed (or due)
-    published: dict[str, int]  # rows removed per kept snapshot and analysts' file
+    # rows removed (or, for a child summary, computed again) per "<file>:<table>" of every
+    # kept snapshot and analysts' file: the expired records' rows and those made from
+    # destroyed rows that were not person rows (warehouse.derived)
+    published: dict[str, int]
     audit_trail: audit.Expiry | None = None  # None: the trail is kept in full (no keep_years)
     audit_refused: str | None = None  # why the trail's due events were not destroyed
     # erased records a restored backup brought back, destroyed again first (or found)
@@ -548,6 +560,8 @@ class Enforced:
             "per_source": self.plan.per_source(),
             "records_expired": len(self.plan.expired_records),
             "published_rows": sum(self.published.values()),
+            # per curated table, over every kept snapshot and analysts' file
+            "published_tables": purge.per_table(self.published),
             "landing_folders": landing_retention.per_source(self.folders),
             "audit_events": self.audit_trail.destroyed if self.audit_trail else None,
             "erased_records_found_again": self.erased_again.records,
@@ -567,6 +581,7 @@ def enforce(
     audit_config: AuditConfig | None = None,
     as_of: date | None = None,
     dry_run: bool = False,
+    curated: CuratedConfig | None = None,
 ) -> Enforced:
     """Everything a retention run does, in order, for `sdv retention` and the nightly asset
     alike, so that neither can leave a step out.
@@ -576,11 +591,13 @@ def enforce(
     unless ``dry_run``: destroy the expired rows in the warehouse and the operational
     store's rows about the expired records (:func:`apply`), then the landing folders past
     their keep period (judged on the same date), then the expired records in every kept
-    snapshot and analysts' file (tonight's publish rebuilds the current view without them),
-    then the audit trail's events past ``audit_config``'s ``keep_years``
-    (:func:`warehouse.audit.expire`, which records its own cut), then append one audit event
-    as ``actor`` (user id, role) with counts only. A dry run changes nothing and records
-    nothing, and counts the operational rows that would go.
+    snapshot and analysts' file, and the curated rows made from destroyed rows that were
+    not person rows, found with ``curated``'s queries (default ``config/curated.yaml``)
+    before the rows go (:func:`warehouse.derived.derived_rows`; tonight's publish rebuilds
+    the current view without them), then the audit trail's events past ``audit_config``'s
+    ``keep_years`` (:func:`warehouse.audit.expire`, which records its own cut), then append
+    one audit event as ``actor`` (user id, role) with counts only. A dry run changes nothing
+    and records nothing, and counts the operational rows that would go.
     """
     erased_again = erasure.Reapplied()
     if erasure.any_tombstones(operational):  # the key is read only when it is needed
@@ -597,6 +614,12 @@ def enforce(
     con = connect(warehouse)
     try:
         found = plan(con, sources, as_of)
+        derived = DerivedRows()
+        if not dry_run and published_dir.exists():
+            try:  # before the rows go: what the kept snapshots made of them
+                derived = derived_rows(con, found.targets, curated or load_curated_config())
+            except DerivedError as exc:
+                raise RetentionError(str(exc)) from exc
         done = None if dry_run else apply(con, found, warehouse, operational)
     finally:
         con.close()
@@ -611,9 +634,9 @@ def enforce(
     finally:
         con.close()
     published: dict[str, int] = {}
-    if done is not None and done.plan.expired_records and published_dir.exists():
+    if done is not None and (done.plan.expired_records or derived) and published_dir.exists():
         published = purge.purge_published(
-            published_dir, done.plan.expired_records, load_key(data_dir)
+            published_dir, done.plan.expired_records, load_key(data_dir), derived
         )
     if done is not None:
         ensure_schema(operational)
