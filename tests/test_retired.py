@@ -86,6 +86,12 @@ def test_former_keys_lead_back_through_every_earlier_key(load, sources):
     assert retired.predecessors(con, sources, {f"school|pupils|{TEMP}"}) == set()
 
 
+def test_a_former_key_no_delivery_carried_leads_nowhere(load, sources):
+    """Nothing is held under a key never delivered: no record to erase, none to tombstone."""
+    con = load("2026-11-01", pupil(FIRST, former=upn(99)))
+    assert retired.predecessors(con, sources, {f"school|pupils|{FIRST}"}) == set()
+
+
 def test_a_former_key_linkage_gives_to_someone_else_is_not_taken(load, sources):
     """The old UPN is still delivered and linkage put it with another person: it is theirs."""
     con = load("2026-11-01", pupil(TEMP), pupil(FIRST, former=TEMP))

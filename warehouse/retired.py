@@ -56,7 +56,8 @@ def predecessors(
 ) -> set[str]:
     """Records that ``record_ids`` were delivered as before (their rows' ``former_keys``),
     and those records' own predecessors, as far back as the rows go. Read from ``raw``,
-    which holds every record ever delivered."""
+    which holds every record ever delivered: a former key no delivery carried is not a
+    record held, and is left out."""
     seen = set(record_ids)
     found: set[str] = set()
     frontier = set(record_ids)
@@ -70,9 +71,12 @@ def predecessors(
                 if not spec.former_keys or not keys or not table_exists(con, "raw", relation):
                     continue
                 former, whole = _former_key_sql(spec)
+                # Only a key some delivery carried: a former key naming no record leads nowhere.
                 rows = con.execute(
                     f'select distinct {former} from raw."{relation}" t '
-                    f"where {whole} and list_contains(?, {key_sql(spec.local_key, 't', spec)})",
+                    f"where {whole} and list_contains(?, {key_sql(spec.local_key, 't', spec)}) "
+                    f"and {former} in (select {key_sql(spec.local_key, 'u', spec)} "
+                    f'from raw."{relation}" u)',
                     [keys],
                 ).fetchall()
                 step |= {prefix + key for (key,) in rows}
