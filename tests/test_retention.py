@@ -1130,7 +1130,11 @@ def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays
     expected = len(encounters)
     assert purge.per_table(done.published) == {"timeline": 4 * expected}
     assert all(n == expected for n in done.published.values())
-    (event,) = [e for e in audit.events(county.engine(), limit=50) if e.action == "retention"]
+    (event,) = [
+        e
+        for e in audit.events(county.engine(), limit=50, newest_first=True)
+        if e.action == "retention"
+    ]
     assert event.detail["published_rows"] == 4 * expected
     assert event.detail["published_tables"] == {"timeline": 4 * expected}
 
