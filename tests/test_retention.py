@@ -961,6 +961,23 @@ def snapshot_files(county) -> tuple[list[Path], list[Path]]:
     return sorted(folder.glob("family-view-*.duckdb")), sorted(folder.glob("analyst-*.duckdb"))
 
 
+def enforce_county(
+    county, tmp_path: Path, sources: dict, as_of: date, *, dry_run: bool = False
+) -> retention.Enforced:
+    """A retention run over a published county's warehouse and kept snapshots."""
+    return retention.enforce(
+        county.warehouse,
+        tmp_path / "landing",
+        sources,
+        published_dir=county.published,
+        data_dir=county.data,
+        operational=county.engine(),
+        actor=("dpo1", "operator"),
+        as_of=as_of,
+        dry_run=dry_run,
+    )
+
+
 def read(path: Path, sql: str, params: list | None = None) -> list[tuple]:
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -1076,17 +1093,7 @@ def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays
     files_before = {p.name: p.read_bytes() for p in (county.published / "snapshots").iterdir()}
 
     def run(dry_run: bool) -> retention.Enforced:
-        return retention.enforce(
-            county.warehouse,
-            tmp_path / "landing",
-            health,
-            published_dir=county.published,
-            data_dir=county.data,
-            operational=county.engine(),
-            actor=("dpo1", "operator"),
-            as_of=as_of,
-            dry_run=dry_run,
-        )
+        return enforce_county(county, tmp_path, health, as_of, dry_run=dry_run)
 
     dry = run(dry_run=True)
     assert dry.published == {}
@@ -1178,16 +1185,7 @@ def test_episodes_kept_shorter_than_their_people_leave_services_and_summaries(
     people = read(snapshot_path, "select count(*) from person")[0][0]
     summaries = read(snapshot_path, "select * from child_summary order by person_id")
 
-    done = retention.enforce(
-        county.warehouse,
-        tmp_path / "landing",
-        sources,
-        published_dir=county.published,
-        data_dir=county.data,
-        operational=county.engine(),
-        actor=("dpo1", "operator"),
-        as_of=D("2031-06-01"),
-    )
+    done = enforce_county(county, tmp_path, sources, D("2031-06-01"))
     assert not done.plan.expired_records  # every child's record is kept
 
     (snapshot_path,), (analyst_path,) = snapshot_files(county)
