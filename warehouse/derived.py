@@ -127,11 +127,9 @@ def _copy(
     """``staged.name`` into ``scratch`` as ``_all_<name>`` (every row) and ``_gone_<name>``
     (the destroyed rows), business columns only (what the queries read)."""
     columns = "columns(lambda c: not starts_with(c, '_'))"
-    frames = {"all": con.sql(f'select {columns} from staged."{name}"').pl()}
-    frames["gone"] = con.sql(
-        f'select {columns} from staged."{name}" where rowid in (select unnest(?::bigint[]))',
-        params=[rowids or []],
-    ).pl()
+    rows = con.sql(f'select rowid as _rowid, {columns} from staged."{name}"').pl()
+    gone = pl.col("_rowid").is_in(pl.Series(rowids or [], dtype=pl.Int64).implode())
+    frames = {"all": rows.drop("_rowid"), "gone": rows.filter(gone).drop("_rowid")}
     for kind, frame in frames.items():
         scratch.register("_frame", frame)
         try:
@@ -312,8 +310,10 @@ def remove_from_snapshot(
     """Take what ``derived`` names out of the curated snapshot loaded in ``con``: rows
     removed or rewritten per table, and what was removed (for its analysts' file)."""
     empty = Removed(pl.DataFrame(), pl.DataFrame(), pl.DataFrame())
+    if not derived:  # an erasure's purge, or nothing destroyed that a snapshot shows
+        return {}, empty
     present = {r[0] for r in con.sql("select table_name from duckdb_tables()").fetchall()}
-    if not derived or not {"person_records", "timeline", "involvement"} <= present:
+    if not {"person_records", "timeline", "involvement"} <= present:
         return {}, empty
     removed: dict[str, pl.DataFrame] = {}
     for table, frame, on in (
