@@ -33,7 +33,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.users import ApiUser, ApiUsers
 from warehouse import audit
 from warehouse.access import MAX_OFFSET, MAX_PAGE, AccessError, AccessLayer, NotFound, Page, User
+from warehouse.analytics import MAX_SQL_CHARS
 from warehouse.curated_schema import TABLES
 
 API_VERSION = "1.0"
@@ -114,6 +115,29 @@ class AggregateOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
+
+
+class QueryIn(BaseModel):
+    sql: str = Field(
+        min_length=1,
+        max_length=MAX_SQL_CHARS,
+        description="One SELECT over the analysts' pseudonymised tables (DuckDB SQL).",
+    )
+    max_rows: int | None = Field(
+        None, ge=1, le=1_000_000, description="At most this many rows (and the role's limit)."
+    )
+
+
+class QueryColumnOut(BaseModel):
+    name: str
+    type: str
+
+
+class QueryOut(BaseModel):
+    columns: list[QueryColumnOut]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -448,6 +472,30 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         audited(request)
         items = await run_in_threadpool(access.aggregate, who.user, who.purpose, table)
         return {"table": table, "items": items}
+
+    @app.post(
+        "/analytics/query",
+        response_model=QueryOut,
+        responses=_ERRORS,
+        tags=["analytics"],
+    )
+    async def analytics_query(request: Request, who: Authorised, body: QueryIn) -> dict[str, Any]:
+        """SQL over the analysts' pseudonymised file, for pseudonymised roles (analysts).
+
+        One `SELECT` (DuckDB SQL) over the tables of `analyst.duckdb`, read-only, within
+        the role's limits (`query` in `config/policy.yaml`: rows, seconds, memory). The
+        audit records the query, the tables it read and the answer's size. `truncated` is
+        true when there were more rows than `max_rows` or the role's limit."""
+        audited(request)
+        answer = await run_in_threadpool(
+            access.query, who.user, who.purpose, body.sql, body.max_rows
+        )
+        return {
+            "columns": [{"name": name, "type": kind} for name, kind in answer.columns],
+            "rows": answer.rows,
+            "row_count": len(answer.rows),
+            "truncated": answer.truncated,
+        }
 
     @app.get(
         "/rights/actions",

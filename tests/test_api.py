@@ -45,6 +45,7 @@ ENDPOINTS = {
     "/people/{person_id}/involvement",
     "/aggregates/{table}",
     "/rights/actions",
+    "/analytics/query",
 }
 AGGREGATES = [name for name, table in TABLES.items() if table.aggregate]
 

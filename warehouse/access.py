@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from matching.standardise import nickname_table
-from warehouse import audit, restriction
+from warehouse import analytics, audit, restriction
 from warehouse.curated_schema import TABLES
 from warehouse.name_index import NameIndex
 from warehouse.policy import Grant, Policy, Role
@@ -58,9 +58,16 @@ READ_ACTIONS = frozenset(
 
 
 class AccessError(Exception):
-    """A read that cannot be served; ``status`` is the HTTP status the API answers with."""
+    """A read that cannot be served; ``status`` is the HTTP status the API answers with.
+
+    ``audit_reason``, when given, is what the audit records instead of the message: an
+    analyst's failed query is told DuckDB's message, which can quote a value."""
 
     status = 400
+
+    def __init__(self, message: str, audit_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.audit_reason = audit_reason
 
 
 class AccessDenied(AccessError):
@@ -105,6 +112,7 @@ class _Trail:
     tables: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     person_ids: set[str] = field(default_factory=set)
+    detail: dict[str, Any] = field(default_factory=dict)  # added to the event's detail
 
     def saw(self, grant: Grant, rows: Sequence[dict[str, Any]]) -> None:
         if grant.table not in self.tables:
@@ -244,9 +252,10 @@ class AccessLayer:
         return grant
 
     @contextmanager
-    def _request(
+    def _audited(
         self, user: User, purpose: str, action: str, detail: dict[str, Any]
-    ) -> Iterator[tuple[Role, _Trail, sqlite3.Cursor]]:
+    ) -> Iterator[tuple[Role, _Trail]]:
+        """The role's check and the one audit event of a request, whatever its outcome."""
         trail = _Trail()
         # "allowed" only once the read has completed: anything that escapes otherwise (a
         # bug, a broken snapshot) must not be on record as data shared.
@@ -255,23 +264,14 @@ class AccessLayer:
         try:
             role = self._role(user, purpose)
             lawful_basis = role.lawful_basis
-            self._state.restricted = (
-                [] if role.sees_restricted else restriction.restricted_records(self.audit_engine)
-            )
-            with self._snapshots.connection() as (snapshot, con):
-                self._state.snapshot = snapshot
-                cursor = con.cursor()
-                try:
-                    yield role, trail, cursor
-                finally:
-                    cursor.close()
+            yield role, trail
             outcome = "allowed"
         except NotFound:
             outcome = "not_found"
             raise
         except AccessError as err:  # denied, or a request that cannot be served
             outcome = "denied"
-            detail = {**detail, "reason": str(err)}
+            detail = {**detail, "reason": err.audit_reason or str(err)}
             raise
         except BaseException as err:
             # The type only: a database error's message can quote the data or the query.
@@ -291,9 +291,26 @@ class AccessLayer:
                     tables=tuple(trail.tables),
                     columns=tuple(dict.fromkeys(trail.columns)),
                     person_ids=tuple(sorted(trail.person_ids)),
-                    detail={**detail, "snapshot": self._state.snapshot},
+                    detail={**detail, **trail.detail, "snapshot": self._state.snapshot},
                 ),
             )
+
+    @contextmanager
+    def _request(
+        self, user: User, purpose: str, action: str, detail: dict[str, Any]
+    ) -> Iterator[tuple[Role, _Trail, sqlite3.Cursor]]:
+        """An audited read of the current snapshot's serving copy."""
+        with self._audited(user, purpose, action, detail) as (role, trail):
+            self._state.restricted = (
+                [] if role.sees_restricted else restriction.restricted_records(self.audit_engine)
+            )
+            with self._snapshots.connection() as (snapshot, con):
+                self._state.snapshot = snapshot
+                cursor = con.cursor()
+                try:
+                    yield role, trail, cursor
+                finally:
+                    cursor.close()
 
     def _members(self, role: Role, user: User, grant: Grant) -> tuple[str | None, list[Any]]:
         """A subquery of the person ids in the grant's rows, or None: everyone."""
@@ -679,6 +696,40 @@ class AccessLayer:
             ]
             trail.person_ids.update(p for item in items for p in item["person_ids"])
             return Page(items, total, limit, offset)
+
+    def query(
+        self, user: User, purpose: str, sql: str, max_rows: int | None = None
+    ) -> analytics.Answer:
+        """An analyst's SQL over the current analysts' file (:mod:`warehouse.analytics`):
+        for pseudonymised roles only, within the role's ``query`` limits. The audit holds
+        the SQL, the tables it read, the answer's columns and row count; a query that fails
+        is on record with why, but not DuckDB's message, which can quote a value."""
+        with self._audited(user, purpose, "query", {"sql": sql}) as (role, trail):
+            if role.dataset != "pseudonymised":
+                raise AccessDenied(
+                    f"role {user.role} reads the Family View through its endpoints; "
+                    "SQL is for pseudonymised roles, over the analysts' file"
+                )
+            store = self._snapshots.store
+            current = store.current()
+            if current is None or current.analyst is None:
+                raise Unavailable("no analysts' file has been published yet")
+            self._state.snapshot = current.snapshot
+            limits = analytics.Limits(**role.query.model_dump())
+            try:
+                answer = analytics.run(store.path(current.analyst), sql, limits, max_rows)
+            except analytics.FileUnavailable as err:
+                raise Unavailable(str(err)) from None
+            except analytics.QueryError as err:
+                raise AccessError(str(err), err.audit_reason) from None
+            trail.tables.extend(answer.tables)
+            trail.detail.update(
+                analyst_file=current.analyst,
+                answer_columns=[name for name, _ in answer.columns],
+                rows=len(answer.rows),
+                truncated=answer.truncated,
+            )
+            return answer
 
     def aggregate(self, user: User, purpose: str, table: str) -> list[dict[str, Any]]:
         """A published aggregate (small counts already suppressed)."""

@@ -48,6 +48,14 @@ class TableGrant(_Strict):
     agencies: list[str] | None = None
 
 
+class QueryLimits(_Strict):
+    """What one SQL query of a pseudonymised role may take (``POST /analytics/query``)."""
+
+    max_rows: int = Field(10_000, ge=1, le=1_000_000)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    memory_limit_mb: int = Field(1024, ge=64, le=65_536)
+
+
 class Role(_Strict):
     description: str
     purposes: list[str] = Field(min_length=1)
@@ -60,6 +68,8 @@ class Role(_Strict):
     # restrictions, erasures, retention runs): the DPO only.
     reads_rights_log: bool = False
     tables: dict[str, TableGrant] = {}
+    # A pseudonymised role's SQL over its file (the API's audited query endpoint).
+    query: QueryLimits = QueryLimits()
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,10 @@ class Policy(_Strict):
     def _check(self) -> Policy:
         problems = []
         for name, role in self.roles.items():
+            if "query" in role.model_fields_set and role.dataset != "pseudonymised":
+                problems.append(
+                    f"roles.{name}.query: only a pseudonymised role queries its file with SQL"
+                )
             for table_name, grant in role.tables.items():
                 where = f"roles.{name}.tables.{table_name}"
                 if table_name not in TABLES or table_name in INTERNAL_TABLES:
