@@ -18,7 +18,7 @@ import duckdb
 from assets.linkage import run_linkage
 from matching.config import load_linkage_config
 from synth.generate import generate_county
-from warehouse.curated_config import load_curated_config
+from warehouse.curated_config import CuratedConfig, load_curated_config
 from warehouse.family_view import build_snapshot, check_snapshot, publish_snapshot
 from warehouse.operational import engine_for, ensure_schema
 from warehouse.publish import SnapshotStore
@@ -59,15 +59,16 @@ class FamilyViewCounty:
     def connect(self) -> duckdb.DuckDBPyConnection:
         return connect(self.warehouse, read_only=True)
 
-    def publish(self):
-        """Build, check and publish a new snapshot from the warehouse (as the nightly run)."""
+    def publish(self, config: CuratedConfig | None = None):
+        """Build, check and publish a new snapshot from the warehouse (as the nightly run),
+        under ``config`` (default ``config/curated.yaml``)."""
         con = connect(self.warehouse, read_only=True)
         try:
             built = build_snapshot(
                 con,
                 self.store(),
                 load_linkage_config(),
-                load_curated_config(),
+                config or load_curated_config(),
                 load_sources(),
                 PSEUDONYM_KEY,
                 self.engine(),

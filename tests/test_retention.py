@@ -986,6 +986,28 @@ def read(path: Path, sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
+def lone_encounters(county, health: dict, as_of: date) -> tuple[set[str], set[str]]:
+    """The encounters retention destroys on ``as_of`` while their patients stay, and the
+    patients' records."""
+    con = connect(county.warehouse, read_only=True)
+    try:
+        plan = retention.plan(con, health, as_of)
+        rowids = next(
+            ids
+            for rel, ids in plan.targets.items()
+            if (rel.schema, rel.table) == ("staged", "encounters")
+        )
+        gone = con.execute(
+            "select encounter_id, local_patient_id from staged.health__encounters "
+            "where rowid in (select unnest(?::bigint[]))",
+            [sorted(rowids)],
+        ).fetchall()
+    finally:
+        con.close()
+    assert gone and not plan.expired_records, "the county needs an encounter going alone"
+    return {e for e, _ in gone}, {f"health|patients|{p}" for _, p in gone}
+
+
 def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays(
     published_county, tmp_path, monkeypatch
 ):
@@ -1006,24 +1028,7 @@ def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays
     county.publish()  # two kept snapshots: the current one and the one rollback serves
     health = {"health": load_sources()["health"]}
     as_of = D("2031-06-01")
-    con = connect(county.warehouse, read_only=True)
-    try:
-        plan = retention.plan(con, health, as_of)
-        rowids = next(
-            ids
-            for rel, ids in plan.targets.items()
-            if (rel.schema, rel.table) == ("staged", "encounters")
-        )
-        gone = con.execute(
-            "select encounter_id, local_patient_id from staged.health__encounters "
-            "where rowid in (select unnest(?::bigint[]))",
-            [sorted(rowids)],
-        ).fetchall()
-    finally:
-        con.close()
-    assert gone and not plan.expired_records, "the county needs an encounter going alone"
-    encounters = {e for e, _ in gone}
-    records = {f"health|patients|{p}" for _, p in gone}
+    encounters, records = lone_encounters(county, health, as_of)
     snapshots, analysts = snapshot_files(county)
     assert len(snapshots) == len(analysts) == 2
 
@@ -1272,6 +1277,163 @@ def test_a_curated_query_that_cannot_be_traced_stops_retention_before_anything_g
         assert snapshot(check) == before
     finally:
         check.close()
+
+
+def earlier_health_query(config, key_sql: str):
+    """``config`` as it was when the health timeline query keyed encounters by ``key_sql``."""
+    timeline = [
+        q.model_copy(
+            update={"sql": q.sql.replace("encounter_id as event_key", f"{key_sql} as event_key")}
+        )
+        if q.agency == "health"
+        else q
+        for q in config.timeline
+    ]
+    assert timeline != config.timeline, "the health query no longer reads encounter_id"
+    return config.model_copy(update={"timeline": timeline})
+
+
+def stored_info(path: Path) -> dict:
+    return {k: json.loads(v) for k, v in read(path, "select key, value from snapshot_info")}
+
+
+def test_each_kept_snapshot_is_traced_with_the_queries_it_was_built_under(
+    published_county, tmp_path, monkeypatch
+):
+    """The health timeline query keyed each encounter another way when an older kept
+    snapshot was built: that snapshot loses the events its own query made of an expired
+    encounter, and so does its analysts' file, while the snapshot built under today's
+    query loses today's, and one built before snapshots kept their configuration is traced
+    with today's. Each snapshot keeps the configuration it was built under through the
+    purge; the analysts' files hold only their as-of date."""
+    from family_view_county import PSEUDONYM_KEY
+
+    from warehouse.curated_config import load_curated_config
+    from warehouse.pseudonymise import pseudonym
+    from warehouse.sources import load_sources
+
+    monkeypatch.setenv("SDV_PSEUDONYM_KEY", PSEUDONYM_KEY.hex())
+    county = published_county.copy(tmp_path / "county")
+    today = load_curated_config()
+    earlier = earlier_health_query(today, "'enc-' || encounter_id")
+    (legacy,), _ = snapshot_files(county)
+    assert stored_info(legacy)["curated_config"] == today.model_dump(mode="json")
+    con = duckdb.connect(str(legacy))  # as built before snapshots kept their configuration
+    try:
+        con.execute("delete from snapshot_info where key = 'curated_config'")
+    finally:
+        con.close()
+    county.publish(earlier)
+    county.publish()  # tonight's, under today's query
+    health = {"health": load_sources()["health"]}
+    as_of = D("2031-06-01")
+    encounters, records = lone_encounters(county, health, as_of)
+    snapshots, analysts = snapshot_files(county)
+    assert len(snapshots) == len(analysts) == 3  # oldest first, each with its analysts' file
+    prefixes = ["", "enc-", ""]  # how each snapshot's health query keyed an encounter
+
+    def events(path: Path) -> tuple[set[str], set[tuple]]:
+        people = {
+            p
+            for (p,) in read(
+                path,
+                "select person_id from person_records where record_id in "
+                "(select unnest(?::varchar[]))",
+                [sorted(records)],
+            )
+        }
+        return people, set(
+            read(
+                path,
+                "select person_id, source, source_key from timeline "
+                "where person_id in (select unnest(?::varchar[]))",
+                [sorted(people)],
+            )
+        )
+
+    def analyst_timeline(path: Path, people: set[str]) -> list[tuple]:
+        keys = sorted(pseudonym(p, PSEUDONYM_KEY) for p in people)
+        return read(
+            path,
+            "select agency from timeline where person_key in (select unnest(?::varchar[]))",
+            [keys],
+        )
+
+    before = []
+    for path, analyst, prefix in zip(snapshots, analysts, prefixes, strict=True):
+        people, seen = events(path)
+        made = {(p, "health", prefix + e) for p in people for e in encounters}
+        other = "" if prefix else "enc-"  # the other query's key: not in this snapshot
+        assert people and made <= seen, path.name
+        assert not {(p, "health", other + e) for p in people for e in encounters} & seen
+        before.append((people, seen, made, analyst_timeline(analyst, people)))
+
+    done = enforce_county(county, tmp_path, health, as_of)
+
+    snapshots, analysts = snapshot_files(county)
+    for path, analyst, (people, seen, made, rows) in zip(snapshots, analysts, before, strict=True):
+        assert events(path) == (people, seen - made), path.name
+        after = analyst_timeline(analyst, people)
+        assert len(after) == len(rows) - len(encounters), analyst.name
+        assert sorted(a for (a,) in after if a != "health") == sorted(
+            a for (a,) in rows if a != "health"
+        )
+        assert set(stored_info(analyst)) == {"as_of"}, analyst.name
+    assert "curated_config" not in stored_info(snapshots[0])
+    assert stored_info(snapshots[1])["curated_config"] == earlier.model_dump(mode="json")
+    assert stored_info(snapshots[2])["curated_config"] == today.model_dump(mode="json")
+    expected = len(encounters)
+    assert purge.per_table(done.published) == {"timeline": 6 * expected}
+    assert len(done.published) == 6 and all(n == expected for n in done.published.values())
+
+
+@pytest.mark.parametrize("stored", ["unreadable", "invalid", "unrunnable"])
+def test_a_snapshot_whose_configuration_cannot_be_traced_stops_retention_before_anything_goes(
+    published_county, tmp_path, stored
+):
+    """A kept snapshot's stored configuration that is not JSON, not a valid configuration,
+    or whose queries cannot be run over the rows leaves what that snapshot made of them
+    unknown: retention refuses, naming the snapshot, before destroying anything."""
+    import re
+
+    from warehouse.curated_config import load_curated_config
+    from warehouse.sources import load_sources
+
+    county = published_county.copy(tmp_path / "county")
+    today = load_curated_config().model_dump(mode="json")
+    value = {
+        "unreadable": "{not json",
+        "invalid": json.dumps(today | {"timeline": [{"agency": "health"}]}),
+        "unrunnable": earlier_health_query(
+            load_curated_config(), "no_such_column"
+        ).model_dump_json(),
+    }[stored]
+    (path,), _ = snapshot_files(county)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("update snapshot_info set value = ? where key = 'curated_config'", [value])
+    finally:
+        con.close()
+    health = {"health": load_sources()["health"]}
+    as_of = D("2031-06-01")
+    lone_encounters(county, health, as_of)  # there are rows to trace
+    check = connect(county.warehouse, read_only=True)
+    try:
+        warehouse_before = snapshot(check)
+    finally:
+        check.close()
+    folder = county.published / "snapshots"
+    files_before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    with pytest.raises(retention.RetentionError, match=re.escape(path.name)):
+        enforce_county(county, tmp_path, health, as_of)
+
+    check = connect(county.warehouse, read_only=True)
+    try:
+        assert snapshot(check) == warehouse_before
+    finally:
+        check.close()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files_before
 
 
 def test_an_analysts_file_loses_as_many_equal_rows_as_its_snapshot_lost():

@@ -22,6 +22,18 @@ through its ``person_records`` (ids can differ between nights; records do not). 
 ``staged`` rows count: ``current`` is a view of it, so a row destroyed in ``raw`` or
 ``quarantine`` alone was never in a snapshot.
 
+**Each snapshot's own queries.** A query may have changed since an older kept snapshot was
+built (an event keyed another way), so the current query would not find what that
+snapshot made. Every snapshot therefore keeps the curation configuration it was built
+under (``snapshot_info``, key ``curated_config``: :mod:`warehouse.family_view`), and
+:func:`trace` reads every kept snapshot's before anything is destroyed and runs
+:func:`derived_rows` once per distinct configuration (its timeline, involvement and child
+summary sections; most nights there is one, today's), each snapshot given the rows its own
+configuration found (:class:`Traced`) and its child summaries recomputed under its own
+rules. A snapshot built before snapshots kept theirs is traced with today's configuration.
+A stored configuration that cannot be read or validated, or whose queries cannot be run,
+stops retention before any row is destroyed, naming the snapshot.
+
 What each kept snapshot loses (:func:`remove_from_snapshot`):
 
 * ``timeline``: the events made from destroyed rows; the person's other events stay.
@@ -31,7 +43,7 @@ What each kept snapshot loses (:func:`remove_from_snapshot`):
   practitioner) may be the destroyed row's own.
 * ``child_summary``: computed from the person's timeline and involvement, so the rows of
   people who lost any are computed again from what the snapshot still holds
-  (:func:`warehouse.curate.build_child_summary`, on the snapshot's own as-of date).
+  (:func:`warehouse.curate.build_child_summary`, on the snapshot's own as-of date and rules).
 
 The analysts' file (:func:`remove_from_analyst`) has no event keys: its rows are matched to
 the rows removed from its snapshot by every column it keeps (the person's keyed hash, agency,
@@ -42,8 +54,6 @@ erasure leaves them.
 
 Not traced: ``person.address_as_of`` may be the date of a police incident (the newest
 record holding an address is dated by its last incident) and stays until the next publish.
-The queries are today's: a snapshot built under a query since changed may hold rows the
-current query would key differently.
 """
 
 from __future__ import annotations
@@ -53,13 +63,16 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from warehouse.curate import build_child_summary, conform
 from warehouse.curated_config import CuratedConfig, InvolvementSource, TimelineSource
+from warehouse.file_modes import ANALYST_PREFIX
 from warehouse.pseudonymise import Pseudonyms, analyst_frame
+from warehouse.publish import CURATED_CONFIG, SNAPSHOT_TABLE, file_stem
 from warehouse.store import relation_name, table_exists
 from warehouse.subjects import Relation
 
@@ -73,6 +86,10 @@ TIMELINE_SCHEMA = {
 INVOLVEMENT_SCHEMA = {"record_id": pl.String, "agency": pl.String, "service": pl.String}
 # A table a configured query reads: "current".name, current.name or "current"."name".
 _READS = re.compile(r'(?:"current"|\bcurrent)\s*\.\s*(?:"([^"]+)"|(\w+))', re.IGNORECASE)
+# What a snapshot's stored configuration decides here: the queries traced and the child
+# summary rules that recompute. The rest is taken from today's: it decides nothing here, and
+# a section reshaped since must not stop retention.
+OWN_PARTS = ("timeline", "involvement", "child_summary")
 
 
 class DerivedError(RuntimeError):
@@ -94,6 +111,27 @@ class DerivedRows:
 
     def __bool__(self) -> bool:
         return not (self.timeline.is_empty() and self.involvement.is_empty())
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What the destroyed rows made in each kept snapshot, each traced with the queries that
+    snapshot was built under: :class:`DerivedRows` by :func:`warehouse.publish.file_stem`
+    (a purge's rewrite in between, an erasure's, keeps it).
+
+    A snapshot not traced was built after the trace, and a build cannot read the warehouse
+    while retention holds it, so from a warehouse whose rows were already destroyed: it
+    holds nothing made from them and is given nothing (today's rows could name a service
+    it rebuilt from the rows that remain)."""
+
+    snapshots: Mapping[str, DerivedRows] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return any(self.snapshots.values())
+
+    def of(self, name: str) -> DerivedRows:
+        """The rows to take out of the snapshot file ``name``."""
+        return self.snapshots.get(file_stem(name), DerivedRows())
 
 
 @dataclass(frozen=True)
@@ -217,6 +255,102 @@ def derived_rows(
         involvement=pl.concat([pl.DataFrame(schema=INVOLVEMENT_SCHEMA), *found[False]]).unique(),
         config=config,
     )
+
+
+def _kept_snapshots(published_dir: Path) -> list[Path]:
+    """Every snapshot file under ``published_dir`` (published or not; not the analysts'
+    files, which follow their snapshot): those :func:`warehouse.purge.purge_published`
+    purges."""
+    folder = Path(published_dir) / "snapshots"
+    if not folder.exists():
+        return []
+    return sorted(
+        p for p in folder.glob("*.duckdb") if p.is_file() and not p.name.startswith(ANALYST_PREFIX)
+    )
+
+
+def _own(config: CuratedConfig) -> str:
+    """``config``'s :data:`OWN_PARTS` as canonical JSON: snapshots equal in them are traced
+    once."""
+    dumped = config.model_dump(mode="json")
+    return json.dumps({part: dumped[part] for part in OWN_PARTS}, sort_keys=True)
+
+
+def stored_config(path: Path, today: CuratedConfig) -> CuratedConfig | None:
+    """The curation configuration the snapshot at ``path`` was built under (its
+    :data:`OWN_PARTS`; the rest is ``today``'s), or None for a snapshot built before
+    snapshots kept theirs. One that cannot be read or validated raises
+    :class:`DerivedError` naming the file: what the snapshot made of a row is then unknown.
+    """
+    quoted = str(path).replace("'", "''")
+    con = duckdb.connect()  # attached read-only, as a purge reads a published file
+    try:
+        con.execute(f"attach '{quoted}' as _kept (read_only)")
+        present = con.execute(
+            "select count(*) from duckdb_tables() where database_name = '_kept' "
+            "and schema_name = 'main' and table_name = ?",
+            [SNAPSHOT_TABLE],
+        ).fetchall()[0][0]
+        if not present:
+            return None
+        rows = con.execute(
+            f"select value from _kept.main.{SNAPSHOT_TABLE} where key = ?", [CURATED_CONFIG]
+        ).fetchall()
+        if not rows:
+            return None
+        stored = json.loads(rows[0][0])
+        if not isinstance(stored, dict) or not set(OWN_PARTS) <= stored.keys():
+            raise ValueError(f"{CURATED_CONFIG} lacks one of {', '.join(OWN_PARTS)}")
+        own = {part: stored[part] for part in OWN_PARTS}
+        return CuratedConfig.model_validate(today.model_dump(mode="json") | own)
+    except (duckdb.Error, ValueError, TypeError) as err:  # pydantic's errors are ValueErrors
+        raise DerivedError(
+            f"kept snapshot {path.name}: the curation configuration it was built under "
+            f"cannot be read, so what it made of the rows retention would destroy is "
+            f"unknown: {err}"
+        ) from err
+    finally:
+        con.close()
+
+
+def trace(
+    con: duckdb.DuckDBPyConnection,
+    targets: Mapping[Relation, Collection[int]],
+    published_dir: Path,
+    today: CuratedConfig,
+) -> Traced:
+    """What the destroyed rows among ``targets`` made in each kept snapshot under
+    ``published_dir`` (and so in its analysts' file), traced with the queries that
+    snapshot was built under (:func:`stored_config`; ``today``'s for one built before
+    snapshots kept theirs). :func:`derived_rows` runs once per distinct configuration
+    (most nights one: every snapshot was built under today's), today's always: a broken
+    configuration stops retention, as it would stop tonight's publish. Run before the
+    rows are destroyed; reads only.
+
+    A stored configuration that cannot be read, or whose queries cannot be run over the
+    rows, raises :class:`DerivedError` naming the snapshots built under it: no row may be
+    destroyed whose copies in a kept snapshot cannot be found.
+    """
+    if not any(r.schema == "staged" and ids for r, ids in targets.items()):
+        return Traced()  # only a staged row was ever in a snapshot
+    todays = _own(today)
+    configs: dict[str, tuple[CuratedConfig, list[str]]] = {todays: (today, [])}
+    for path in _kept_snapshots(published_dir):  # every one read before any is traced
+        config = stored_config(path, today) or today
+        configs.setdefault(_own(config), (config, []))[1].append(path.name)
+    traced: dict[str, DerivedRows] = {}
+    for own, (config, names) in configs.items():
+        try:
+            rows = derived_rows(con, targets, config)
+        except DerivedError as err:
+            if own == todays:
+                raise
+            raise DerivedError(
+                f"kept snapshot {', '.join(names)}, built under an earlier curation "
+                f"configuration: {err}"
+            ) from err
+        traced |= {file_stem(name): rows for name in names}
+    return Traced(traced)
 
 
 # --- in a kept snapshot ----------------------------------------------------------------------

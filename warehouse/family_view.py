@@ -26,6 +26,7 @@ from warehouse.curated_schema import DIRECT_IDENTIFIERS, TABLES
 from warehouse.operational import ensure_schema
 from warehouse.pseudonymise import FORBIDDEN_KINDS, analyst_comments, analyst_tables
 from warehouse.publish import (
+    CURATED_CONFIG,
     Published,
     PublishError,
     SnapshotStore,
@@ -151,6 +152,10 @@ def build_snapshot(
                 "snapshot": snapshot_path.name,
                 "as_of": built.as_of,
                 "unlinked": built.unlinked,
+                # What the snapshot was built under, so retention can find what it made of
+                # a destroyed row after the configuration changed (warehouse.derived). The
+                # analysts' file is not given it: it holds its as-of date only.
+                CURATED_CONFIG: config.model_dump(mode="json"),
             }
             write_tables(snapshot_path, built.tables, info, curated_comments())
             analyst = analyst_tables(built.tables, key, _restricted(built.tables, operational))

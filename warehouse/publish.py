@@ -40,6 +40,12 @@ POINTER = "CURRENT.json"
 HISTORY = "history.jsonl"
 ANALYST_LINK = "analyst.duckdb"
 SNAPSHOT_TABLE = "snapshot_info"
+# The snapshot_info key holding the curation configuration a snapshot was built under
+# (``CuratedConfig.model_dump``): retention traces what it made of destroyed rows with the
+# snapshot's own queries (warehouse.derived).
+CURATED_CONFIG = "curated_config"
+# The suffix a purge's rewrite adds to a published file's name (warehouse.purge).
+_RENAMED = re.compile(r"\.e[0-9a-f]{6}$")
 # Readers cannot read files, install extensions or change that: the access layer hands
 # out cursors on these connections, so SQL reaching them can touch nothing but the snapshot.
 READER_CONFIG = {
@@ -74,6 +80,13 @@ def built_at(snapshot: str) -> datetime | None:
     if found is None:
         return None
     return datetime.strptime(found.group(1), _ID_TIME).replace(tzinfo=UTC)
+
+
+def file_stem(name: str) -> str:
+    """A published file's name without ``.duckdb`` and the suffix a purge's rewrite adds:
+    the same for every version of one file, so something said of a file survives its
+    rewrite by a purge (an erasure's, meanwhile)."""
+    return _RENAMED.sub("", name.removesuffix(".duckdb"))
 
 
 def new_snapshot_id() -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,9 +41,9 @@ import polars as pl
 
 from warehouse import file_modes
 from warehouse.curated_schema import TABLES
-from warehouse.derived import DerivedRows, Removed, remove_from_analyst, remove_from_snapshot
+from warehouse.derived import Removed, Traced, remove_from_analyst, remove_from_snapshot
 from warehouse.pseudonymise import pseudonym
-from warehouse.publish import ANALYST_LINK, ANALYST_PREFIX, HISTORY, POINTER
+from warehouse.publish import ANALYST_LINK, ANALYST_PREFIX, HISTORY, POINTER, file_stem
 from warehouse.serving import serving_path, write_serving_from
 from warehouse.sources import Source
 from warehouse.store import RECORD_ID, relation_name, table_exists
@@ -59,7 +58,6 @@ _FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
     "dob": ("dob", "dob_estimated", "age", "is_child"),
     "date_of_death": ("date_of_death", "deceased"),
 }  # fmt: skip
-_RENAMED = re.compile(r"\.e[0-9a-f]{6}$")
 
 
 class PurgeError(RuntimeError):
@@ -543,8 +541,7 @@ def _write_copy(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 def _new_name(name: str) -> str:
-    stem = _RENAMED.sub("", name.removesuffix(".duckdb"))
-    return f"{stem}.e{secrets.token_hex(3)}.duckdb"
+    return f"{file_stem(name)}.e{secrets.token_hex(3)}.duckdb"
 
 
 def _pairs(root: Path) -> dict[str, str]:
@@ -615,7 +612,7 @@ def purge_published(
     published_dir: Path,
     record_ids: Collection[str],
     key: bytes,
-    derived: DerivedRows | None = None,
+    derived: Traced | None = None,
 ) -> Counts:
     """Remove ``record_ids`` and what was derived from them from every published file.
 
@@ -631,9 +628,10 @@ def purge_published(
     organisations cannot be traced to one record and are rebuilt by the next publish.
     Aggregates hold suppressed counts, no identifiers, and are left alone.
 
-    ``derived`` (retention: :func:`warehouse.derived.derived_rows`) names the timeline and
-    involvement rows made from destroyed rows that were not person rows, whose people stay:
-    those rows go too, and the child summaries made from them are computed again
+    ``derived`` (retention: :func:`warehouse.derived.trace`) names, per snapshot, the
+    timeline and involvement rows made from destroyed rows that were not person rows, whose
+    people stay, as the queries that snapshot was built under made them: those rows go too,
+    and the child summaries made from them are computed again under its own rules
     (:func:`warehouse.derived.remove_from_snapshot`).
 
     The analysts' file of each snapshot gets the same, by keyed-hash ids (``key`` must be
@@ -642,7 +640,7 @@ def purge_published(
     root = Path(published_dir)
     folder = root / "snapshots"
     wanted = set(record_ids)
-    derived = derived if derived is not None else DerivedRows()
+    derived = derived if derived is not None else Traced()
     if not (wanted or derived) or not folder.exists():
         return {}
     files = sorted(p for p in folder.glob("*.duckdb") if p.is_file())
@@ -657,7 +655,7 @@ def purge_published(
             plan = _plan(con, wanted)
             plans[path.name] = plan
             changed = _purge_snapshot(con, plan, wanted) if plan else {}
-            more, removals[path.name] = remove_from_snapshot(con, derived)
+            more, removals[path.name] = remove_from_snapshot(con, derived.of(path.name))
             changed = _add(changed, more)
             if not plan and not any(more.values()):
                 continue

@@ -47,7 +47,8 @@ Semantics (the agreement is about *records*, so clocks are per person-level reco
   25): what the curated build made of it (its timeline event, the service it fed, and the
   child summary computed from those) leaves every kept snapshot and analysts' file too, so
   ``sdv rollback`` cannot serve it. :func:`enforce` finds those rows by running the curated
-  queries over the destroyed rows before they go (:mod:`warehouse.derived`).
+  queries over the destroyed rows before they go, for each snapshot the queries it was
+  built under (kept in the snapshot: :mod:`warehouse.derived`).
 * **later_of.** Kept until the last of its rules runs out (health: a child's record to the
   25th birthday, an adult's 8 years after the last encounter); undetermined while any of
   them is.
@@ -83,7 +84,7 @@ from sqlalchemy.engine import Engine
 from warehouse import audit, erasure, landing_retention, purge
 from warehouse.audit_config import AuditConfig
 from warehouse.curated_config import CuratedConfig, load_curated_config
-from warehouse.derived import DerivedError, DerivedRows, derived_rows
+from warehouse.derived import DerivedError, Traced, trace
 from warehouse.operational import ensure_schema, holds_table
 from warehouse.pseudonymise import load_key
 from warehouse.sources import RetentionLaterOf, RetentionRule, RetentionUntilAge, Source, Table
@@ -592,12 +593,14 @@ def enforce(
     store's rows about the expired records (:func:`apply`), then the landing folders past
     their keep period (judged on the same date), then the expired records in every kept
     snapshot and analysts' file, and the curated rows made from destroyed rows that were
-    not person rows, found with ``curated``'s queries (default ``config/curated.yaml``)
-    before the rows go (:func:`warehouse.derived.derived_rows`; tonight's publish rebuilds
-    the current view without them), then the audit trail's events past ``audit_config``'s
-    ``keep_years`` (:func:`warehouse.audit.expire`, which records its own cut), then append
-    one audit event as ``actor`` (user id, role) with counts only. A dry run changes nothing
-    and records nothing, and counts the operational rows that would go.
+    not person rows, found before the rows go with the queries each snapshot was built
+    under (stored in it; ``curated``'s, default ``config/curated.yaml``, for one built
+    before snapshots stored theirs: :func:`warehouse.derived.trace`; tonight's publish
+    rebuilds the current view without them), then the audit trail's events past
+    ``audit_config``'s ``keep_years`` (:func:`warehouse.audit.expire`, which records its
+    own cut), then append one audit event as ``actor`` (user id, role) with counts only. A
+    dry run changes nothing and records nothing, and counts the operational rows that
+    would go.
     """
     erased_again = erasure.Reapplied()
     if erasure.any_tombstones(operational):  # the key is read only when it is needed
@@ -614,10 +617,11 @@ def enforce(
     con = connect(warehouse)
     try:
         found = plan(con, sources, as_of)
-        derived = DerivedRows()
+        derived = Traced()
         if not dry_run and published_dir.exists():
-            try:  # before the rows go: what the kept snapshots made of them
-                derived = derived_rows(con, found.targets, curated or load_curated_config())
+            try:  # before the rows go: what each kept snapshot made of them, by its own queries
+                today = curated or load_curated_config()
+                derived = trace(con, found.targets, published_dir, today)
             except DerivedError as exc:
                 raise RetentionError(str(exc)) from exc
         done = None if dry_run else apply(con, found, warehouse, operational)
