@@ -147,6 +147,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Nothing found within the caller's access"},
     503: {"model": ErrorOut, "description": "Nothing published to serve yet; retry later"},
 }
+_QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    429: {"model": ErrorOut, "description": "Too many of the role's queries running; retry"},
+}
 
 
 # -- auditing what the access layer does not see -------------------------------------------
@@ -476,7 +480,7 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
     @app.post(
         "/analytics/query",
         response_model=QueryOut,
-        responses=_ERRORS,
+        responses=_QUERY_ERRORS,
         tags=["analytics"],
     )
     async def analytics_query(request: Request, who: Authorised, body: QueryIn) -> dict[str, Any]:
@@ -485,7 +489,8 @@ def create_app(access: AccessLayer, users: ApiUsers) -> FastAPI:
         One `SELECT` (DuckDB SQL) over the tables of `analyst.duckdb`, read-only, within
         the role's limits (`query` in `config/policy.yaml`: rows, seconds, memory). The
         audit records the query, the tables it read and the answer's size. `truncated` is
-        true when there were more rows than `max_rows` or the role's limit."""
+        true when there were more rows than `max_rows` or the role's limit. 429: the role
+        already has its `concurrent` queries running; retry when one has finished."""
         audited(request)
         answer = await run_in_threadpool(
             access.query, who.user, who.purpose, body.sql, body.max_rows

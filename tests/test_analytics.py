@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -276,3 +278,35 @@ def test_an_analysts_file_gone_since_the_pointer_was_read_is_unavailable(
     assert caught.value.status == 503
     event = audit.events(engine, limit=1, newest_first=True)[0]
     assert (event.action, event.outcome) == ("query", "denied")
+
+
+def test_queries_beyond_the_roles_concurrent_slots_are_refused_until_one_ends(
+    api: Api, published_county, monkeypatch
+):
+    """An analyst's heavy queries must not take every core from the practitioners' reads:
+    the role's ``query.concurrent`` (2 as shipped) run at once, the next is 429 and on
+    record, and a slot frees when a query ends."""
+    running, release = threading.Semaphore(0), threading.Event()
+    real_run = analytics.run
+
+    def held(*args, **kwargs):
+        running.release()
+        release.wait(30)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(analytics, "run", held)
+    slots = load_policy().roles["analyst"].query.concurrent
+    with ThreadPoolExecutor(slots) as pool:
+        first = [pool.submit(_post, api, "analyst", {"sql": AGE_BANDS}) for _ in range(slots)]
+        for _ in range(slots):
+            assert running.acquire(timeout=30), "a held query never started"
+        before = _latest_seq(api.engine)
+        refused = _post(api, "analyst", {"sql": AGE_BANDS})
+        assert refused.status_code == 429, refused.text
+        assert "query.concurrent" in refused.json()["detail"]
+        [event] = audit.events(api.engine, after_seq=before)
+        assert (event.action, event.outcome) == ("query", "denied")
+        release.set()
+        assert [f.result().status_code for f in first] == [200] * slots
+    monkeypatch.setattr(analytics, "run", real_run)
+    assert _post(api, "analyst", {"sql": AGE_BANDS}).status_code == 200

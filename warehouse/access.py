@@ -78,6 +78,12 @@ class NotFound(AccessError):
     status = 404
 
 
+class Busy(AccessError):
+    """Too many of the role's queries are running: retry when one has finished."""
+
+    status = 429
+
+
 class Unavailable(AccessError):
     """Nothing can be served now: no snapshot published yet, or its serving copy cannot be
     read. The server's state, not the request's fault, so a client may retry later."""
@@ -229,6 +235,9 @@ class AccessLayer:
         # Per request (requests run on many threads): the records under restriction that
         # this caller may not see, read from the operational store when the request starts.
         self._state = threading.local()
+        # Per role: the analyst queries it may run at once (its ``query.concurrent``).
+        self._query_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -715,13 +724,16 @@ class AccessLayer:
             if current is None or current.analyst is None:
                 raise Unavailable("no analysts' file has been published yet")
             self._state.snapshot = current.snapshot
-            limits = analytics.Limits(**role.query.model_dump())
-            try:
-                answer = analytics.run(store.path(current.analyst), sql, limits, max_rows)
-            except analytics.FileUnavailable as err:
-                raise Unavailable(str(err)) from None
-            except analytics.QueryError as err:
-                raise AccessError(str(err), err.audit_reason) from None
+            limits = analytics.Limits(
+                role.query.max_rows, role.query.timeout_seconds, role.query.memory_limit_mb
+            )
+            with self._query_slot(user.role, role.query.concurrent):
+                try:
+                    answer = analytics.run(store.path(current.analyst), sql, limits, max_rows)
+                except analytics.FileUnavailable as err:
+                    raise Unavailable(str(err)) from None
+                except analytics.QueryError as err:
+                    raise AccessError(str(err), err.audit_reason) from None
             trail.tables.extend(answer.tables)
             trail.detail.update(
                 analyst_file=current.analyst,
@@ -730,6 +742,21 @@ class AccessLayer:
                 truncated=answer.truncated,
             )
             return answer
+
+    @contextmanager
+    def _query_slot(self, role: str, concurrent: int) -> Iterator[None]:
+        """One of the role's ``concurrent`` query slots for this query, or :class:`Busy`."""
+        with self._slots_lock:
+            slots = self._query_slots.setdefault(role, threading.BoundedSemaphore(concurrent))
+        if not slots.acquire(blocking=False):
+            raise Busy(
+                f"{concurrent} queries of role {role} are already running (the role's "
+                "query.concurrent): retry when one has finished"
+            )
+        try:
+            yield
+        finally:
+            slots.release()
 
     def aggregate(self, user: User, purpose: str, table: str) -> list[dict[str, Any]]:
         """A published aggregate (small counts already suppressed)."""

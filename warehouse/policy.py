@@ -54,6 +54,9 @@ class QueryLimits(_Strict):
     max_rows: int = Field(10_000, ge=1, le=1_000_000)
     timeout_seconds: float = Field(30.0, gt=0, le=3600)
     memory_limit_mb: int = Field(1024, ge=64, le=65_536)
+    # Queries of the role running at once in one API worker; more are refused (429), so
+    # analysts cannot take the cores the practitioners' reads need.
+    concurrent: int = Field(2, ge=1, le=64)
 
 
 class Role(_Strict):
