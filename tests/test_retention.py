@@ -986,6 +986,12 @@ def read(path: Path, sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
+def people_of(path: Path, records: set[str]) -> set[str]:
+    """The person ids a snapshot file gives these records."""
+    sql = "select person_id from person_records where record_id in (select unnest(?::varchar[]))"
+    return {p for (p,) in read(path, sql, [sorted(records)])}
+
+
 def lone_encounters(county, health: dict, as_of: date) -> tuple[set[str], set[str]]:
     """The encounters retention destroys on ``as_of`` while their patients stay, and the
     patients' records."""
@@ -1034,15 +1040,7 @@ def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays
 
     def about(path: Path) -> dict:
         """The patients' people in one snapshot: their events, records and other rows."""
-        people = {
-            p
-            for (p,) in read(
-                path,
-                "select person_id from person_records where record_id in "
-                "(select unnest(?::varchar[]))",
-                [sorted(records)],
-            )
-        }
+        people = people_of(path, records)
         ids = sorted(people)
         return {
             "people": people,
@@ -1333,15 +1331,7 @@ def test_each_kept_snapshot_is_traced_with_the_queries_it_was_built_under(
     prefixes = ["", "enc-", ""]  # how each snapshot's health query keyed an encounter
 
     def events(path: Path) -> tuple[set[str], set[tuple]]:
-        people = {
-            p
-            for (p,) in read(
-                path,
-                "select person_id from person_records where record_id in "
-                "(select unnest(?::varchar[]))",
-                [sorted(records)],
-            )
-        }
+        people = people_of(path, records)
         return people, set(
             read(
                 path,
