@@ -143,7 +143,8 @@ def test_values_come_back_as_json_holds_them(api: Api):
     sql = (
         "select date '2026-01-31' as d, 1.25::decimal(5, 2) as n, x'00ff'::blob as b, "
         "interval 90 minutes as i, [1, 2] as l, {'k': date '2020-02-29'} as s, "
-        "'6f1c2f3e-1d2a-4b7c-9e0f-1a2b3c4d5e6f'::uuid as u, null as z"
+        "'6f1c2f3e-1d2a-4b7c-9e0f-1a2b3c4d5e6f'::uuid as u, null as z, "
+        "'nan'::double as nan, 'inf'::double as inf, 2::hugeint ** 100 as big"
     )
     response = _post(api, "analyst", {"sql": sql})
     assert response.status_code == 200, response.text
@@ -157,6 +158,9 @@ def test_values_come_back_as_json_holds_them(api: Api):
             {"k": "2020-02-29"},
             "6f1c2f3e-1d2a-4b7c-9e0f-1a2b3c4d5e6f",
             None,
+            "nan",
+            "inf",
+            2.0**100,
         ]
     ]
 

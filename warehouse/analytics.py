@@ -25,6 +25,7 @@ plan can answer ``count(*)`` from statistics and name none.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,7 +131,10 @@ def _message(err: duckdb.Error) -> str:
 
 
 def json_value(value: Any) -> Any:
-    """A value of a DuckDB row as JSON holds it (dates as ISO text, decimals as numbers)."""
+    """A value of a DuckDB row as JSON holds it (dates as ISO text, decimals as numbers;
+    JSON has no NaN or infinity, so those are text: "nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, datetime | date | time):
