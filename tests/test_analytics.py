@@ -233,6 +233,9 @@ def test_roles_reading_the_family_view_cannot_send_sql(api: Api, user: str):
     assert response.status_code == 403, response.text
     [event] = audit.events(api.engine, after_seq=before)
     assert (event.user_id, event.action, event.outcome) == (user, "query", "denied")
+    # A query is a read: a DPO's, made under subject_rights, is not a subject-rights action.
+    log = api.get("/rights/actions", "dpo", params={"limit": 500}).json()["items"]
+    assert "query" not in {item["action"] for item in log}
 
 
 def test_a_purpose_not_the_roles_is_refused(api: Api):

@@ -53,7 +53,7 @@ MAX_OFFSET = 1_000_000_000
 # request is not itself a subject-rights action, so the log leaves these out.
 READ_ACTIONS = frozenset(
     {"read", "person", "child_profile", "household", "search", "rights_log", "api"}
-    | {"timeline", "involvement", "relationships"}
+    | {"timeline", "involvement", "relationships", "query"}
 )
 
 
