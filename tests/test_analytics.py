@@ -17,7 +17,7 @@ from test_api import Api, _api_over, _latest_seq
 from warehouse import analytics, audit
 from warehouse.access import AccessError, AccessLayer, User
 from warehouse.curated_config import load_curated_config
-from warehouse.policy import DEFAULT_POLICY, PolicyError, load_policy
+from warehouse.policy import DEFAULT_POLICY, PolicyError, QueryLimits, load_policy
 from warehouse.publish import SnapshotStore
 
 AGE_BANDS = "select age_band, count(*) as people from person group by age_band order by age_band"
@@ -47,10 +47,8 @@ def _newest(api: Api) -> audit.AuditRecord:
     return audit.events(api.engine, limit=1, newest_first=True)[0]
 
 
-def _limits(**overrides) -> analytics.Limits:
-    return analytics.Limits(
-        **{"max_rows": 100, "timeout_seconds": 30, "memory_limit_mb": 256} | overrides
-    )
+def _limits(**overrides) -> QueryLimits:
+    return QueryLimits(**{"max_rows": 100, "memory_limit_mb": 256} | overrides)
 
 
 # -- answered, and on record ---------------------------------------------------------------

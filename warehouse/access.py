@@ -724,12 +724,9 @@ class AccessLayer:
             if current is None or current.analyst is None:
                 raise Unavailable("no analysts' file has been published yet")
             self._state.snapshot = current.snapshot
-            limits = analytics.Limits(
-                role.query.max_rows, role.query.timeout_seconds, role.query.memory_limit_mb
-            )
             with self._query_slot(user.role, role.query.concurrent):
                 try:
-                    answer = analytics.run(store.path(current.analyst), sql, limits, max_rows)
+                    answer = analytics.run(store.path(current.analyst), sql, role.query, max_rows)
                 except analytics.FileUnavailable as err:
                     raise Unavailable(str(err)) from None
                 except analytics.QueryError as err:

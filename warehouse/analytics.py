@@ -37,6 +37,7 @@ from uuid import UUID
 
 import duckdb
 
+from warehouse.policy import QueryLimits
 from warehouse.publish import READER_CONFIG
 
 MAX_SQL_CHARS = 20_000  # a query longer than this is not an analyst's query
@@ -63,15 +64,6 @@ class QueryTimeout(QueryError):
 
 
 @dataclass(frozen=True)
-class Limits:
-    """How much one query may take (a role's ``query`` settings)."""
-
-    max_rows: int
-    timeout_seconds: float
-    memory_limit_mb: int
-
-
-@dataclass(frozen=True)
 class Answer:
     """A query's answer: column names and DuckDB types, rows (JSON-ready), and what it read."""
 
@@ -81,7 +73,7 @@ class Answer:
     tables: list[str]  # tables the query read
 
 
-def _open(path: Path, limits: Limits) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, limits: QueryLimits) -> duckdb.DuckDBPyConnection:
     config = {
         **READER_CONFIG,
         "threads": 1,  # one query must not take both cores from the API's workers
@@ -154,7 +146,7 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
-def run(path: Path, sql: str, limits: Limits, max_rows: int | None = None) -> Answer:
+def run(path: Path, sql: str, limits: QueryLimits, max_rows: int | None = None) -> Answer:
     """Answer one analyst query on the file at ``path``, within ``limits``.
 
     ``max_rows`` asks for fewer rows than the role's limit (never more). Raises

@@ -70,9 +70,15 @@ import polars as pl
 
 from warehouse.curate import build_child_summary, conform
 from warehouse.curated_config import CuratedConfig, InvolvementSource, TimelineSource
-from warehouse.file_modes import ANALYST_PREFIX
 from warehouse.pseudonymise import Pseudonyms, analyst_frame
-from warehouse.publish import CURATED_CONFIG, SNAPSHOT_TABLE, file_stem
+from warehouse.publish import (
+    CURATED_CONFIG,
+    PublishError,
+    file_stem,
+    open_snapshot,
+    snapshot_files,
+    snapshot_info,
+)
 from warehouse.store import relation_name, table_exists
 from warehouse.subjects import Relation
 
@@ -257,18 +263,6 @@ def derived_rows(
     )
 
 
-def _kept_snapshots(published_dir: Path) -> list[Path]:
-    """Every snapshot file under ``published_dir`` (published or not; not the analysts'
-    files, which follow their snapshot): those :func:`warehouse.purge.purge_published`
-    purges."""
-    folder = Path(published_dir) / "snapshots"
-    if not folder.exists():
-        return []
-    return sorted(
-        p for p in folder.glob("*.duckdb") if p.is_file() and not p.name.startswith(ANALYST_PREFIX)
-    )
-
-
 def _own(config: CuratedConfig) -> str:
     """``config``'s :data:`OWN_PARTS` as canonical JSON: snapshots equal in them are traced
     once."""
@@ -282,35 +276,25 @@ def stored_config(path: Path, today: CuratedConfig) -> CuratedConfig | None:
     snapshots kept theirs. One that cannot be read or validated raises
     :class:`DerivedError` naming the file: what the snapshot made of a row is then unknown.
     """
-    quoted = str(path).replace("'", "''")
-    con = duckdb.connect()  # attached read-only, as a purge reads a published file
     try:
-        con.execute(f"attach '{quoted}' as _kept (read_only)")
-        present = con.execute(
-            "select count(*) from duckdb_tables() where database_name = '_kept' "
-            "and schema_name = 'main' and table_name = ?",
-            [SNAPSHOT_TABLE],
-        ).fetchall()[0][0]
-        if not present:
+        con = open_snapshot(path)
+        try:
+            stored = snapshot_info(con, CURATED_CONFIG)
+        finally:
+            con.close()
+        if stored is None:
             return None
-        rows = con.execute(
-            f"select value from _kept.main.{SNAPSHOT_TABLE} where key = ?", [CURATED_CONFIG]
-        ).fetchall()
-        if not rows:
-            return None
-        stored = json.loads(rows[0][0])
         if not isinstance(stored, dict) or not set(OWN_PARTS) <= stored.keys():
             raise ValueError(f"{CURATED_CONFIG} lacks one of {', '.join(OWN_PARTS)}")
         own = {part: stored[part] for part in OWN_PARTS}
         return CuratedConfig.model_validate(today.model_dump(mode="json") | own)
-    except (duckdb.Error, ValueError, TypeError) as err:  # pydantic's errors are ValueErrors
+    # Pydantic's validation errors are ValueErrors; a file gone meanwhile is a PublishError.
+    except (duckdb.Error, PublishError, ValueError, TypeError) as err:
         raise DerivedError(
             f"kept snapshot {path.name}: the curation configuration it was built under "
             f"cannot be read, so what it made of the rows retention would destroy is "
             f"unknown: {err}"
         ) from err
-    finally:
-        con.close()
 
 
 def trace(
@@ -335,7 +319,7 @@ def trace(
         return Traced()  # only a staged row was ever in a snapshot
     todays = _own(today)
     configs: dict[str, tuple[CuratedConfig, list[str]]] = {todays: (today, [])}
-    for path in _kept_snapshots(published_dir):  # every one read before any is traced
+    for path in snapshot_files(published_dir):  # every one read before any is traced
         config = stored_config(path, today) or today
         configs.setdefault(_own(config), (config, []))[1].append(path.name)
     traced: dict[str, DerivedRows] = {}
@@ -378,10 +362,8 @@ def _delete_rowids(con: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFram
 
 
 def _snapshot_as_of(con: duckdb.DuckDBPyConnection) -> date | None:
-    if not table_exists(con, "main", "snapshot_info"):
-        return None
-    rows = con.execute("select value from snapshot_info where key = 'as_of'").fetchall()
-    return date.fromisoformat(json.loads(rows[0][0])) if rows else None
+    as_of = snapshot_info(con, "as_of")
+    return date.fromisoformat(as_of) if as_of is not None else None
 
 
 def _summaries_again(

@@ -50,7 +50,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from warehouse import audit, landing_retention, purge, retired, review
 from warehouse.operational import UTCDateTime, ensure_schema, holds_table, metadata
-from warehouse.publish import ANALYST_PREFIX, PublishError, SnapshotStore, person_record_ids
+from warehouse.publish import PublishError, SnapshotStore, person_record_ids, snapshot_files
 from warehouse.rectification import rectifications
 from warehouse.restriction import restrictions
 from warehouse.sources import Source
@@ -581,12 +581,7 @@ def _published_record_ids(published_dir: Path) -> set[str]:
     """Record ids in every kept snapshot. The analysts' files name people by keyed hash
     only; :func:`warehouse.purge.purge_published` purges each with its snapshot."""
     held: set[str] = set()
-    folder = Path(published_dir) / "snapshots"
-    if not folder.is_dir():
-        return held
-    for path in sorted(folder.glob("*.duckdb")):
-        if path.name.startswith(ANALYST_PREFIX) or not path.is_file():
-            continue
+    for path in snapshot_files(published_dir):
         con = duckdb.connect(str(path), read_only=True)
         try:
             if table_exists(con, "main", "person_records"):

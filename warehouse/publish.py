@@ -35,6 +35,7 @@ from warehouse.curated_schema import TABLES
 from warehouse.file_modes import ANALYST_PREFIX
 from warehouse.serving import SUFFIX as SERVING_SUFFIX
 from warehouse.serving import serving_path, write_serving_from
+from warehouse.store import table_exists
 
 POINTER = "CURRENT.json"
 HISTORY = "history.jsonl"
@@ -143,6 +144,26 @@ def write_tables(
     finally:
         con.close()
     os.replace(building, path)
+
+
+def snapshot_files(published_dir: Path) -> list[Path]:
+    """Every snapshot file under ``published_dir`` (published or not), oldest first by
+    name; not the analysts' files, which follow their snapshot."""
+    folder = Path(published_dir) / "snapshots"
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.glob("*.duckdb") if p.is_file() and not p.name.startswith(ANALYST_PREFIX)
+    )
+
+
+def snapshot_info(con: duckdb.DuckDBPyConnection, key: str) -> Any:
+    """One value of a published file's ``snapshot_info`` (JSON-decoded), or None when the
+    file has no such table or key (a file written before the key was)."""
+    if not table_exists(con, "main", SNAPSHOT_TABLE):
+        return None
+    rows = con.execute(f"select value from {SNAPSHOT_TABLE} where key = ?", [key]).fetchall()
+    return json.loads(rows[0][0]) if rows else None
 
 
 def open_snapshot(path: Path) -> duckdb.DuckDBPyConnection:

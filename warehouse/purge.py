@@ -43,7 +43,14 @@ from warehouse import file_modes
 from warehouse.curated_schema import TABLES
 from warehouse.derived import Removed, Traced, remove_from_analyst, remove_from_snapshot
 from warehouse.pseudonymise import pseudonym
-from warehouse.publish import ANALYST_LINK, ANALYST_PREFIX, HISTORY, POINTER, file_stem
+from warehouse.publish import (
+    ANALYST_LINK,
+    ANALYST_PREFIX,
+    HISTORY,
+    POINTER,
+    file_stem,
+    snapshot_files,
+)
 from warehouse.serving import serving_path, write_serving_from
 from warehouse.sources import Source
 from warehouse.store import RECORD_ID, relation_name, table_exists
@@ -643,13 +650,12 @@ def purge_published(
     derived = derived if derived is not None else Traced()
     if not (wanted or derived) or not folder.exists():
         return {}
-    files = sorted(p for p in folder.glob("*.duckdb") if p.is_file())
-    analysts = {p.name for p in files if p.name.startswith(ANALYST_PREFIX)}
+    analysts = {p.name for p in folder.glob(f"{ANALYST_PREFIX}*.duckdb") if p.is_file()}
     plans: dict[str, _Plan] = {}
     removals: dict[str, Removed] = {}
     counts: Counts = {}
     renamed: dict[str, str] = {}
-    for path in (p for p in files if p.name not in analysts):
+    for path in snapshot_files(root):
         con = _load_copy(path)
         try:
             plan = _plan(con, wanted)
