@@ -41,7 +41,11 @@ CHECKS = {
 
 
 def _store(settings: FamilyViewSettings) -> SnapshotStore:
-    return SnapshotStore(Path(settings.published_dir), keep=settings.keep)
+    return SnapshotStore(
+        Path(settings.published_dir),
+        keep=settings.keep,
+        analysts_group_read=settings.analysts_group_read,
+    )
 
 
 def refuse_broken_linkage(instance: dg.DagsterInstance) -> None:

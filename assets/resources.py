@@ -59,9 +59,12 @@ class LinkageSettings(dg.ConfigurableResource):
 
 
 class FamilyViewSettings(dg.ConfigurableResource):
-    """Where published snapshots live, how many are kept, and the data directory whose
-    ``secrets/`` holds the pseudonymisation key (unless ``SDV_PSEUDONYM_KEY`` is set)."""
+    """Where published snapshots live, how many are kept, whether the analysts' group may
+    open their file directly (``publishing`` in ``config/curated.yaml``), and the data
+    directory whose ``secrets/`` holds the pseudonymisation key (unless
+    ``SDV_PSEUDONYM_KEY`` is set)."""
 
     published_dir: str
     data_dir: str
     keep: int = 3
+    analysts_group_read: bool = False

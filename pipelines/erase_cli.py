@@ -40,9 +40,7 @@ def erase(
     """Erase a person from every layer and snapshot, for good (an upheld Art. 17 request),
     and the landing zone's loaded or rejected delivery folders of the sources holding them."""
     from warehouse import erasure
-    from warehouse.curated_config import load_curated_config
     from warehouse.pseudonymise import load_key
-    from warehouse.publish import SnapshotStore
     from warehouse.purge import PurgeError
     from warehouse.sources import load_sources
 
@@ -54,7 +52,6 @@ def erase(
             "This cannot be undone",
             abort=True,
         )
-    keep = load_curated_config(settings.curated_config).publishing.keep
     with reported((erasure.ErasureError, PurgeError), (sa.exc.OperationalError,), "the stores"):
         report = erasure.erase(
             person_id=person_id,
@@ -62,7 +59,7 @@ def erase(
             upheld_by=upheld_by,
             recorded_by=by or getpass.getuser(),
             warehouse=settings.warehouse,
-            store=SnapshotStore(settings.published_dir, keep=keep),
+            store=settings.snapshot_store(),
             engine=settings.operational_engine(),
             sources=load_sources(settings.config_dir),
             key=load_key(settings.data_dir),

@@ -28,14 +28,6 @@ DataDir = Annotated[
 ]
 
 
-def _store(settings: Settings):
-    from warehouse.curated_config import load_curated_config
-    from warehouse.publish import SnapshotStore
-
-    keep = load_curated_config(settings.curated_config).publishing.keep
-    return SnapshotStore(settings.published_dir, keep=keep)
-
-
 def published_or_exit(settings: Settings, trigger: str) -> None:
     """Run the publish job; print what readers now see, or why nothing changed."""
     from pipelines.cli import run_job
@@ -93,7 +85,7 @@ def rollback(
         raise typer.Exit(code=2)
     settings = Settings.for_data_dir(data_dir)
     try:
-        back = _store(settings).rollback()
+        back = settings.snapshot_store().rollback()
     except PublishError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from exc
@@ -132,7 +124,7 @@ def _warn_unapplied(engine, snapshot: str) -> None:
 def snapshots(data_dir: DataDir = None) -> None:
     """List the kept snapshots, newest first, and which one readers get."""
     settings = Settings.for_data_dir(data_dir)
-    store = _store(settings)
+    store = settings.snapshot_store()
     current = store.current()
     table = Table("snapshot", "as of", "published", "readers")
     seen = set()

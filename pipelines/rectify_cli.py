@@ -33,12 +33,10 @@ def _published(settings, person_id: str, field: str) -> tuple[str | None, str | 
     """The value of ``field`` readers see for the person, where it came from, their records."""
     import json
 
-    from warehouse.curated_config import load_curated_config
-    from warehouse.publish import SnapshotStore, person_record_ids
+    from warehouse.publish import person_record_ids
     from warehouse.rectification import RectificationError, as_text
 
-    keep = load_curated_config(settings.curated_config).publishing.keep
-    with SnapshotStore(settings.published_dir, keep=keep).reader() as con:
+    with settings.snapshot_store().reader() as con:
         # ``field`` is one of rectification.FIELDS (checked by the caller), never user text.
         found = con.execute(
             f'select "{field}", field_sources from person where person_id = ?', [person_id]
@@ -193,8 +191,6 @@ def _viewers_of(settings, rectification_id: int) -> None:
 
     from pipelines.audit_cli import lineage
     from warehouse import rectification
-    from warehouse.curated_config import load_curated_config
-    from warehouse.publish import SnapshotStore
 
     engine = settings.operational_engine()
     with reported((), (sa.exc.DBAPIError,), "the operational store"):
@@ -203,8 +199,7 @@ def _viewers_of(settings, rectification_id: int) -> None:
     if done is None:
         out.print(f"[red]No rectification {rectification_id}[/red] (sdv rectifications lists them)")
         raise typer.Exit(code=1)
-    keep = load_curated_config(settings.curated_config).publishing.keep
-    history = SnapshotStore(settings.published_dir, keep=keep).history()
+    history = settings.snapshot_store().history()
     until = rectification.served_until(
         [p.published_at for p in history if p.action == "publish"], done.recorded_at
     )

@@ -20,6 +20,7 @@ from warehouse.curated_config import load_curated_config
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
+    publishing = load_curated_config(settings.curated_config).publishing
     return {
         "landing": LandingZone(path=str(settings.landing)),
         "warehouse": Warehouse(path=str(settings.warehouse)),
@@ -28,6 +29,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "family_view": FamilyViewSettings(
             published_dir=str(settings.published_dir),
             data_dir=str(settings.data_dir),
-            keep=load_curated_config(settings.curated_config).publishing.keep,
+            keep=publishing.keep,
+            analysts_group_read=publishing.analysts_group_read,
         ),
     }

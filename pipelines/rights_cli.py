@@ -29,14 +29,12 @@ def restrict(
 ) -> None:
     """Restrict processing of a person (hidden from every role but the DPO), or --lift it."""
     from warehouse import audit, restriction
-    from warehouse.curated_config import load_curated_config
-    from warehouse.publish import PublishError, SnapshotStore, person_record_ids
+    from warehouse.publish import PublishError, person_record_ids
 
     settings = Settings.for_data_dir(data_dir)
     who = by or getpass.getuser()
-    keep = load_curated_config(settings.curated_config).publishing.keep
     try:
-        with SnapshotStore(settings.published_dir, keep=keep).reader() as con:
+        with settings.snapshot_store().reader() as con:
             records = person_record_ids(con, person_id)
     except PublishError as exc:
         console.print(f"[red]{exc}[/red]")

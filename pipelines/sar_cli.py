@@ -33,18 +33,16 @@ def sar(
     import sqlalchemy as sa
 
     from warehouse.audit import AuditError
-    from warehouse.curated_config import load_curated_config
-    from warehouse.publish import PublishError, SnapshotStore
+    from warehouse.publish import PublishError
     from warehouse.sar import SarError, export_subject_access
     from warehouse.sources import ConfigError, load_sources
 
     settings = settings_for(ctx, data_dir)
     refusals = (SarError, PublishError, AuditError, ConfigError)
     with reported(refusals, (sa.exc.DBAPIError, duckdb.Error), "the warehouse"):
-        keep = load_curated_config(settings.curated_config).publishing.keep
         result = export_subject_access(
             warehouse=settings.warehouse,
-            store=SnapshotStore(settings.published_dir, keep=keep),
+            store=settings.snapshot_store(),
             engine=settings.operational_engine(),
             sources=load_sources(settings.config_dir),
             person_id=person_id,

@@ -49,15 +49,12 @@ def app_from_settings(settings: Settings | None = None) -> FastAPI:
     from api.app import create_app
     from api.users import load_api_users, users_path
     from warehouse.access import AccessLayer
-    from warehouse.curated_config import load_curated_config
     from warehouse.policy import load_policy
-    from warehouse.publish import SnapshotStore
 
     settings = settings or Settings.from_env()
     policy = load_policy(settings.policy)
     users = load_api_users(users_path(settings.config_dir), policy)
-    keep = load_curated_config(settings.curated_config).publishing.keep
-    store = SnapshotStore(settings.published_dir, keep=keep)
+    store = settings.snapshot_store()
     engine = settings.operational_engine()
     return create_app(AccessLayer(store, policy, engine), users)
 

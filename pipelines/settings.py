@@ -19,6 +19,8 @@ from warehouse.sources import DEFAULT_CONFIG_DIR
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from warehouse.publish import SnapshotStore
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,6 +85,15 @@ class Settings:
         engine = engine_for(self.operational_url)
         ensure_schema(engine)
         return engine
+
+    def snapshot_store(self) -> SnapshotStore:
+        """The published folder, as ``config/curated.yaml``'s ``publishing`` section sets it
+        (snapshots kept, who may open the analysts' file)."""
+        from warehouse.curated_config import load_curated_config
+        from warehouse.publish import SnapshotStore
+
+        publishing = load_curated_config(self.curated_config).publishing
+        return SnapshotStore.configured(self.published_dir, publishing)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path | None) -> Settings:

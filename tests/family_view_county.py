@@ -53,8 +53,10 @@ class FamilyViewCounty:
         ensure_schema(engine)
         return engine
 
-    def store(self) -> SnapshotStore:
-        return SnapshotStore(self.published, keep=load_curated_config().publishing.keep)
+    def store(self, config: CuratedConfig | None = None) -> SnapshotStore:
+        """The published folder as ``config`` (default ``config/curated.yaml``) sets it."""
+        publishing = (config or load_curated_config()).publishing
+        return SnapshotStore.configured(self.published, publishing)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         return connect(self.warehouse, read_only=True)
@@ -62,13 +64,15 @@ class FamilyViewCounty:
     def publish(self, config: CuratedConfig | None = None):
         """Build, check and publish a new snapshot from the warehouse (as the nightly run),
         under ``config`` (default ``config/curated.yaml``)."""
+        config = config or load_curated_config()
+        store = self.store(config)
         con = connect(self.warehouse, read_only=True)
         try:
             built = build_snapshot(
                 con,
-                self.store(),
+                store,
                 load_linkage_config(),
-                config or load_curated_config(),
+                config,
                 load_sources(),
                 PSEUDONYM_KEY,
                 self.engine(),
@@ -76,7 +80,7 @@ class FamilyViewCounty:
             checks = check_snapshot(built, con)
         finally:
             con.close()
-        return built, checks, publish_snapshot(self.store(), built, checks)
+        return built, checks, publish_snapshot(store, built, checks)
 
     def deliver_again(self, source: str, landing: Path, day: str) -> Path:
         """``source``'s delivery of this county, copied into ``landing`` dated ``day`` (its

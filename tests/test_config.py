@@ -179,3 +179,42 @@ def test_bad_organisation_type_is_refused_naming_file_entry_and_value(tmp_path, 
     message = str(err.value)
     assert message.startswith(f"{path}: ") and "organisations.1.organisation_type" in message
     assert expected in message
+
+
+# --- curated.yaml: who may open the analysts' file ---------------------------------------
+
+
+@pytest.mark.parametrize("group_read", [False, True])
+def test_analysts_group_read_reaches_every_store_the_product_builds(tmp_path, group_read):
+    """The CLI's stores (``Settings.snapshot_store``) and the Dagster resources publish
+    under the same ``publishing`` section, so the setting cannot hold for one and not the
+    other."""
+    from pipelines.resources import build_resources
+    from pipelines.settings import Settings
+
+    config_dir = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config_dir)
+    path = config_dir / "curated.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert data["publishing"]["analysts_group_read"] is False  # shipped: audited reads only
+    data["publishing"]["analysts_group_read"] = group_read
+    data["publishing"]["keep"] = 4
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir, data_dir / "landing", data_dir / "w.duckdb", config_dir)
+
+    store = settings.snapshot_store()
+    assert (store.analysts_group_read, store.keep) == (group_read, 4)
+    resource = build_resources(settings)["family_view"]
+    assert (resource.analysts_group_read, resource.keep) == (group_read, 4)
+
+
+def test_analysts_group_read_must_be_a_yes_or_no(tmp_path):
+    data = yaml.safe_load(DEFAULT_CURATED_CONFIG.read_text(encoding="utf-8"))
+    data["publishing"]["analysts_group_read"] = "sometimes"
+    path = tmp_path / "curated.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(CuratedConfigError) as err:
+        load_curated_config(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert "publishing.analysts_group_read" in str(err.value)

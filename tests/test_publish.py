@@ -148,13 +148,47 @@ def test_sdv_publish_runs_the_dagster_job_and_switches_readers(county):
     }
 
 
-def test_only_the_analysts_file_is_readable_beyond_the_service_account(county):
-    """Under the common umask 022 every new file would be readable by every local user,
-    and the analysts' group could open the identifying snapshot beside their own file:
-    the snapshot and its serving copy are the service account's alone, the analysts'
-    file their group's to read, the warehouse nobody else's."""
-    import os
+def test_sdv_publish_gives_the_analysts_group_their_file_when_config_says(
+    county, tmp_path, monkeypatch
+):
+    """The Dagster job publishes under ``publishing.analysts_group_read`` as the CLI does."""
+    import shutil
+
+    import yaml
+
+    from warehouse.sources import DEFAULT_CONFIG_DIR
+
+    config_dir = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config_dir)
+    curated = config_dir / "curated.yaml"
+    data = yaml.safe_load(curated.read_text(encoding="utf-8"))
+    data["publishing"]["analysts_group_read"] = True
+    curated.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    monkeypatch.setenv("SDV_CONFIG_DIR", str(config_dir))
+
+    result = CliRunner().invoke(app, ["publish", "--data-dir", str(county.data)])
+    assert result.exit_code == 0, result.output
+    current = county.store().current()
+    assert _mode(county.published / "snapshots" / current.analyst) == 0o640
+    assert _mode(county.published / "snapshots" / current.snapshot) == 0o600
+
+
+def _mode(path) -> int:
     import stat
+
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _modes(county) -> dict[str, int]:
+    """Every file in the published snapshots folder, by name, with its mode."""
+    return {p.name: _mode(p) for p in (county.published / "snapshots").iterdir() if p.is_file()}
+
+
+def test_every_data_file_is_the_service_accounts_alone_by_default(county):
+    """Under the common umask 022 every new file would be readable by every local user.
+    By default no data file is readable beyond the service account, the analysts' file
+    included: a read of a file cannot be audited, so analysts come in through the API."""
+    import os
 
     from warehouse.serving import serving_path
     from warehouse.store import connect
@@ -166,11 +200,61 @@ def test_only_the_analysts_file_is_readable_beyond_the_service_account(county):
     finally:
         os.umask(previous)
 
-    def mode(path) -> int:
-        return stat.S_IMODE(path.stat().st_mode)
-
-    assert mode(built.snapshot) == 0o600
-    assert mode(serving_path(built.snapshot)) == 0o600
-    assert mode(built.analyst) == 0o640
-    assert mode(county.warehouse) == 0o600
+    assert _mode(built.snapshot) == 0o600
+    assert _mode(serving_path(built.snapshot)) == 0o600
+    assert _mode(built.analyst) == 0o600
+    assert _mode(county.warehouse) == 0o600
     assert published.analyst == built.analyst.name
+    assert set(_modes(county).values()) == {0o600}
+
+
+def test_analysts_group_read_opens_the_analysts_files_alone_and_follows_the_config(county):
+    """``publishing.analysts_group_read`` gives the analysts' group their file (0640) and
+    nothing else; a purge's rewritten copy stays as readable as the file it replaced;
+    turning the setting off closes every kept analysts' file at the next publish."""
+    import os
+
+    from family_view_county import PSEUDONYM_KEY
+
+    from warehouse.curated_config import load_curated_config
+    from warehouse.file_modes import ANALYST_PREFIX
+    from warehouse.publish import person_record_ids
+    from warehouse.purge import purge_published
+
+    config = load_curated_config()
+    opened = config.model_copy(
+        update={"publishing": config.publishing.model_copy(update={"analysts_group_read": True})}
+    )
+    previous = os.umask(0o022)
+    try:
+        county.publish(opened)
+        county.publish(opened)
+
+        modes = _modes(county)
+        analysts = {n for n in modes if n.startswith(ANALYST_PREFIX)}
+        assert len(analysts) == config.publishing.keep
+        assert {modes[n] for n in analysts} == {0o640}  # the kept older ones too
+        assert {m for n, m in modes.items() if n not in analysts} == {0o600}
+
+        # A purge rewrites files under new names: none comes back more or less readable.
+        with county.store().reader() as con:
+            person = con.sql("select person_id from person order by person_id limit 1")
+            records = person_record_ids(con, person.fetchall()[0][0])
+        counts = purge_published(county.published, records, PSEUDONYM_KEY)
+        assert counts, "the purge must have rewritten files"
+        after = _modes(county)
+        assert set(after) != set(modes)  # renamed: these are the rewritten copies
+        assert {m for n, m in after.items() if n.startswith(ANALYST_PREFIX)} == {0o640}
+        assert {m for n, m in after.items() if not n.startswith(ANALYST_PREFIX)} == {0o600}
+
+        county.publish(config)  # the setting off again
+    finally:
+        os.umask(previous)
+    assert set(_modes(county).values()) == {0o600}
+    assert _mode(county.warehouse) == 0o600
+
+    # Rolling back under the opened setting gives the group their kept files back.
+    county.store(opened).rollback()
+    modes = _modes(county)
+    assert {m for n, m in modes.items() if n.startswith(ANALYST_PREFIX)} == {0o640}
+    assert {m for n, m in modes.items() if not n.startswith(ANALYST_PREFIX)} == {0o600}

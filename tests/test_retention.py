@@ -1134,7 +1134,7 @@ def test_an_expired_encounter_leaves_every_kept_snapshot_while_its_patient_stays
         assert len([r for r in seen["timeline"] if r[1] == "health"]) == len(health_rows) - len(
             encounters
         )
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # no more readable than before
 
     # Counted per file and table, and reported the same way in the audit trail.
     expected = len(encounters)

@@ -1,12 +1,14 @@
 """Analysts' SQL over their pseudonymised file, one read-only query at a time.
 
-Analysts are given ``analyst.duckdb`` (:mod:`warehouse.pseudonymise`) through their group,
-and a read of a file cannot be audited. The partnership's agreements ask for every access
-on record, so the API also answers analysts' SQL (``POST /analytics/query``), and
+Analysts' data is ``analyst.duckdb`` (:mod:`warehouse.pseudonymise`), and a read of a file
+cannot be audited. The partnership's agreements ask for every access on record, so the
+API answers analysts' SQL (``POST /analytics/query``), and
 :meth:`warehouse.access.AccessLayer.query` audits each query: who, under which role,
 purpose and lawful basis, the SQL itself, the tables it read, the columns and row count
-of the answer, and the snapshot. A deployment that must audit every analyst read leaves
-the analysts' group empty; this is then their only way in.
+of the answer, and the snapshot. The file itself is the service account's alone, so this
+is analysts' only way in, unless the curation config's
+``publishing.analysts_group_read`` also gives the file to their group
+(:mod:`warehouse.file_modes`), for reads that are then not audited.
 
 What a query may do is settled here, not by inspecting its text:
 

@@ -79,6 +79,13 @@ class OrganisationSource(Query):
 
 class Publishing(_Strict):
     keep: int = Field(3, ge=2, description="Snapshots kept, the current one included.")
+    analysts_group_read: bool = Field(
+        False,
+        description="Let the analysts' group open their pseudonymised file directly (mode "
+        "0640). Such reads never pass the access layer, so they are not audited; by default "
+        "the file is the service account's alone (0600) and analysts query it through the "
+        "API (POST /analytics/query), every query on the audit trail.",
+    )
 
 
 class TimelineSource(Query):

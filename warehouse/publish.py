@@ -31,6 +31,7 @@ import duckdb
 import polars as pl
 
 from warehouse import file_modes
+from warehouse.curated_config import Publishing
 from warehouse.curated_schema import TABLES
 from warehouse.file_modes import ANALYST_PREFIX
 from warehouse.serving import SUFFIX as SERVING_SUFFIX
@@ -187,12 +188,19 @@ def person_record_ids(con: duckdb.DuckDBPyConnection, person_id: str) -> list[st
 class SnapshotStore:
     """The published folder: snapshots, the pointer readers follow, and the history."""
 
-    def __init__(self, root: Path, keep: int = 3) -> None:
+    def __init__(self, root: Path, keep: int = 3, analysts_group_read: bool = False) -> None:
         if keep < 2:
             raise ValueError("keep at least 2 snapshots, so there is one to roll back to")
         self.root = Path(root)
         self.keep = keep
+        self.analysts_group_read = analysts_group_read
         self.snapshots = self.root / "snapshots"
+
+    @classmethod
+    def configured(cls, root: Path, publishing: Publishing) -> SnapshotStore:
+        """The store at ``root`` as the curation config's ``publishing`` section sets it:
+        how many snapshots are kept, and who may open the analysts' file."""
+        return cls(root, keep=publishing.keep, analysts_group_read=publishing.analysts_group_read)
 
     def path(self, name: str) -> Path:
         return self.snapshots / name
@@ -271,7 +279,7 @@ class SnapshotStore:
             published_at=datetime.now(UTC).isoformat(),
             checks=checks or {},
         )
-        file_modes.settle(self.snapshots)
+        file_modes.settle(self.snapshots, self.analysts_group_read)
         self._switch(entry)
         self.prune()
         return entry
@@ -293,7 +301,7 @@ class SnapshotStore:
                     action="rollback",
                     checks=entry.checks,
                 )
-                file_modes.settle(self.snapshots)
+                file_modes.settle(self.snapshots, self.analysts_group_read)
                 self._switch(back)
                 return back
         raise PublishError("no earlier snapshot is kept to roll back to")

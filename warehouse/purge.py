@@ -106,7 +106,7 @@ def rewrite_database(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     name = con.sql("select current_database()").fetchall()[0][0]
     con.execute("checkpoint")
     con.execute(f"attach '{_sql_text(str(fresh))}' as _purge_fresh")
-    file_modes.restrict(fresh)
+    file_modes.like(fresh, path)
     try:
         con.execute(f'copy from database "{name}" to _purge_fresh')
         con.execute("checkpoint _purge_fresh")
@@ -534,11 +534,13 @@ def _load_copy(path: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _write_copy(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _write_copy(con: duckdb.DuckDBPyConnection, original: Path, path: Path) -> None:
+    """Write ``con``'s database to ``path``, the purged copy of ``original``, readable by
+    whoever could read the original (:func:`warehouse.file_modes.like`)."""
     building = path.with_name(path.name + ".building")
     building.unlink(missing_ok=True)
     con.execute(f"attach '{_sql_text(str(building))}' as _purge_new")
-    file_modes.restrict(building)
+    file_modes.like(building, original)
     try:
         con.execute("copy from database memory to _purge_new")
         con.execute("checkpoint _purge_new")
@@ -666,7 +668,7 @@ def purge_published(
             if not plan and not any(more.values()):
                 continue
             renamed[path.name] = _new_name(path.name)
-            _write_copy(con, folder / renamed[path.name])
+            _write_copy(con, path, folder / renamed[path.name])
         finally:
             con.close()
         write_serving_from(folder / renamed[path.name])  # the API's copy, rebuilt from it
@@ -689,7 +691,7 @@ def purge_published(
             if not any(changed.values()):
                 continue
             renamed[name] = _new_name(name)
-            _write_copy(con, folder / renamed[name])
+            _write_copy(con, folder / name, folder / renamed[name])
         finally:
             con.close()
         counts |= {f"{renamed[name]}:{t}": n for t, n in changed.items() if n}
