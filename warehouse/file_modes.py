@@ -30,17 +30,22 @@ ANALYSTS = 0o640
 ANALYST_PREFIX = "analyst-"  # an analysts' file; every other .duckdb in snapshots/ is a snapshot
 
 
-def mode_for(path: Path, analysts_group_read: bool = False) -> int:
+def mode_for(path: Path, analysts_group_read: bool) -> int:
     """The mode a data file should have, from its name: the analysts' group's to read only
     for an analysts' file, and only when the configuration gives it to them."""
     analysts = analysts_group_read and Path(path).name.startswith(ANALYST_PREFIX)
     return ANALYSTS if analysts else PRIVATE
 
 
-def restrict(path: Path, analysts_group_read: bool = False) -> None:
-    """Set ``path``'s mode for what it holds (see :func:`mode_for`); gone is fine."""
+def restrict(path: Path) -> None:
+    """Make ``path`` the service account's alone (a file being built, the warehouse); gone
+    is fine. Only :func:`settle` and :func:`like` give a file to the analysts' group."""
+    _chmod(path, PRIVATE)
+
+
+def _chmod(path: Path, mode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.chmod(path, mode_for(path, analysts_group_read))
+        os.chmod(path, mode)
 
 
 def like(path: Path, original: Path) -> None:
@@ -50,8 +55,7 @@ def like(path: Path, original: Path) -> None:
         mode = stat.S_IMODE(original.stat().st_mode)
     except FileNotFoundError:
         mode = PRIVATE
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(path, mode if mode in (PRIVATE, ANALYSTS) else PRIVATE)
+    _chmod(path, mode if mode in (PRIVATE, ANALYSTS) else PRIVATE)
 
 
 def settle(folder: Path, analysts_group_read: bool = False) -> None:
@@ -60,4 +64,4 @@ def settle(folder: Path, analysts_group_read: bool = False) -> None:
         return
     for path in folder.iterdir():
         if path.is_file() and not path.is_symlink():
-            restrict(path, analysts_group_read)
+            _chmod(path, mode_for(path, analysts_group_read))
